@@ -1,0 +1,192 @@
+//! One shard of the hot tier: an LRU of entries under one lock, bounded in bytes, and the
+//! entries it evicted that the spill writer has not yet put into the cold tier.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use lru::LruCache;
+
+use crate::entry::{alloc_size, encode, Data, Entry, ENTRY_OVERHEAD};
+
+/// An evicted dirty entry on its way to the cold tier. `value: None` deletes.
+#[derive(Debug)]
+pub(crate) struct SpillOp {
+    pub shard: u16,
+    pub key: Box<[u8]>,
+    pub value: Option<Arc<[u8]>>,
+    pub seq: u64,
+}
+
+/// The newest version of a key that is queued for (or being written to) the cold tier.
+#[derive(Debug)]
+pub(crate) struct Pending {
+    pub seq: u64,
+    pub value: Option<Arc<[u8]>>,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct ShardStats {
+    pub hits: u64,
+    pub misses: u64,
+    pub cold_reads: u64,
+    pub evictions: u64,
+    pub spills: u64,
+}
+
+pub(crate) struct Shard {
+    pub index: u16,
+    pub lru: LruCache<Box<[u8]>, Entry>,
+    /// Bytes charged by the entries in `lru`.
+    pub used: usize,
+    pub budget: usize,
+    pub pending: HashMap<Box<[u8]>, Pending>,
+    pub pending_bytes: usize,
+    pub outgoing: Vec<SpillOp>,
+    pub outgoing_bytes: usize,
+    /// Send `outgoing` to the spill writer once it holds this many bytes.
+    pub send_threshold: usize,
+    next_seq: u64,
+    /// Whether the cold tier may hold anything of this shard. Until it does, deletes need no
+    /// tombstones and misses need no cold read.
+    pub spilled_any: bool,
+    pub stats: ShardStats,
+}
+
+/// Bytes that a key plus payload cost in the hot tier.
+#[inline]
+pub(crate) fn charge(key_len: usize, data: &Data) -> usize {
+    ENTRY_OVERHEAD + alloc_size(key_len) + data.mem_size()
+}
+
+impl Shard {
+    pub fn new(index: u16, budget: usize, send_threshold: usize) -> Self {
+        Shard {
+            index,
+            lru: LruCache::unbounded(),
+            used: 0,
+            budget,
+            pending: HashMap::new(),
+            pending_bytes: 0,
+            outgoing: Vec::new(),
+            outgoing_bytes: 0,
+            send_threshold,
+            next_seq: 0,
+            spilled_any: false,
+            stats: ShardStats::default(),
+        }
+    }
+
+    /// Queues `key` for the cold tier: its encoded value, or a delete.
+    pub fn spill(&mut self, key: Box<[u8]>, value: Option<Arc<[u8]>>) {
+        self.next_seq += 1;
+        let seq = self.next_seq;
+        let bytes = pending_size(&key, value.as_deref());
+        if let Some(old) = self.pending.insert(
+            key.clone(),
+            Pending {
+                seq,
+                value: value.clone(),
+            },
+        ) {
+            self.pending_bytes -= pending_size(&key, old.value.as_deref());
+        }
+        self.pending_bytes += bytes;
+        self.outgoing_bytes += bytes;
+        self.outgoing.push(SpillOp {
+            shard: self.index,
+            key,
+            value,
+            seq,
+        });
+        self.spilled_any = true;
+        self.stats.spills += 1;
+    }
+
+    /// Forgets the pending versions that the spill writer has committed (unless a newer one
+    /// was queued meanwhile).
+    pub fn release(&mut self, ops: &[SpillOp]) {
+        for op in ops {
+            if let Some(p) = self.pending.get(&op.key) {
+                if p.seq == op.seq {
+                    self.pending_bytes -= pending_size(&op.key, p.value.as_deref());
+                    self.pending.remove(&op.key);
+                }
+            }
+        }
+    }
+
+    /// Takes the queued spills if there are enough of them to send (or any, with `all`).
+    pub fn take_outgoing(&mut self, all: bool) -> Option<Vec<SpillOp>> {
+        if self.outgoing.is_empty() || (!all && self.outgoing_bytes < self.send_threshold) {
+            return None;
+        }
+        self.outgoing_bytes = 0;
+        Some(std::mem::take(&mut self.outgoing))
+    }
+
+    /// Evicts least recently used entries until the shard is within budget. Dirty entries go
+    /// to the spill queue; clean ones are dropped (the cold tier has them); expired ones are
+    /// dropped too, with a delete if an older version may be in the cold tier.
+    pub fn evict(&mut self, now_ms: u64, scratch: &mut Vec<u8>) {
+        while self.used > self.budget {
+            let Some((key, mut entry)) = self.lru.pop_lru() else {
+                break;
+            };
+            self.used -= entry.charged as usize;
+            self.stats.evictions += 1;
+            self.write_back(key, &mut entry, now_ms, scratch);
+        }
+    }
+
+    /// What eviction does with one entry already removed from the LRU.
+    pub fn write_back(
+        &mut self,
+        key: Box<[u8]>,
+        entry: &mut Entry,
+        now_ms: u64,
+        scratch: &mut Vec<u8>,
+    ) {
+        if !entry.dirty {
+            return;
+        }
+        entry.data.purge_expired(now_ms);
+        let dead = matches!(entry.data, Data::Tombstone)
+            || entry.data.all_expired(now_ms)
+            || crate::entry::is_empty_data(&entry.data);
+        if dead {
+            if self.spilled_any {
+                self.spill(key, None);
+            }
+        } else {
+            scratch.clear();
+            encode(&entry.data, scratch);
+            self.spill(key, Some(Arc::from(&scratch[..])));
+        }
+    }
+
+    /// Removes wholly expired entries among the `max` least recently used. Returns how many.
+    pub fn cleanup_expired(&mut self, max: usize, now_ms: u64, scratch: &mut Vec<u8>) -> usize {
+        let expired: Vec<Box<[u8]>> = self
+            .lru
+            .iter()
+            .rev()
+            .take(max)
+            .filter(|(_, e)| e.data.all_expired(now_ms))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in &expired {
+            if let Some((key, mut entry)) = self.lru.pop_entry(key) {
+                self.used -= entry.charged as usize;
+                // An expired entry is dead whether dirty or not; a clean one leaves its expired
+                // cold copy for the cold tier's own cleanup.
+                self.write_back(key, &mut entry, now_ms, scratch);
+            }
+        }
+        expired.len()
+    }
+}
+
+fn pending_size(key: &[u8], value: Option<&[u8]>) -> usize {
+    // Key twice (map and queue), the value once (shared), map slot and queue slot.
+    2 * alloc_size(key.len()) + value.map_or(0, |v| alloc_size(v.len() + 16)) + 96
+}

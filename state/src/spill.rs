@@ -1,0 +1,355 @@
+//! The cold tier: a redb file that holds what the hot tier evicted, written in batches by one
+//! background thread so that no state call ever waits on a redb commit (except as backpressure
+//! when the spill queue is full).
+//!
+//! The cold tier is a cache of state, not its durable copy: it is emptied when a store opens.
+//! Durability comes from the write-ahead log and snapshots. Hence spill commits use
+//! `Durability::None`, with an `Immediate` commit now and then only so that redb can reuse the
+//! pages that earlier commits freed.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use parking_lot::Mutex;
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+
+use crate::clock::Clock;
+use crate::entry::{decode, encode, Data};
+use crate::error::{Error, Result};
+use crate::shard::{Shard, SpillOp};
+
+const TABLE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("state");
+
+/// Make a commit durable at least this often, so that redb recycles freed pages.
+const DURABLE_COMMIT_INTERVAL: Duration = Duration::from_secs(2);
+/// Wake the writer this often to send what the shards have queued but not yet sent.
+const TICK: Duration = Duration::from_millis(50);
+/// Most batches merged into one redb transaction.
+const MAX_BATCHES_PER_COMMIT: usize = 64;
+
+pub(crate) type Shards = Arc<[crossbeam_utils::CachePadded<Mutex<Shard>>]>;
+
+pub(crate) enum Msg {
+    Batch(Vec<SpillOp>),
+    Flush(Sender<Result<(), String>>),
+}
+
+pub(crate) struct WriterConfig {
+    pub ttl_cleanup_interval: Option<Duration>,
+    pub ttl_cleanup_entries: usize,
+    /// Key group → shard, to find the shard of a cold-tier key (its first two bytes).
+    pub shard_of_kg: Arc<[u16]>,
+}
+
+pub(crate) struct ColdTier {
+    db: Arc<Database>,
+    path: PathBuf,
+    tx: Mutex<Option<Sender<Msg>>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    /// Set once the writer has failed; every later spill or flush reports it.
+    failed: Arc<OnceLock<String>>,
+}
+
+impl ColdTier {
+    /// Creates a fresh cold tier at `path` (removing any old one) and starts its writer.
+    pub fn create(
+        path: &Path,
+        cache_bytes: usize,
+        queue_batches: usize,
+        shards: Shards,
+        clock: Arc<dyn Clock>,
+        config: WriterConfig,
+    ) -> Result<Self> {
+        match std::fs::remove_file(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(Error::Io {
+                    path: path.display().to_string(),
+                    source,
+                })
+            }
+        }
+        let db = Database::builder()
+            .set_cache_size(cache_bytes)
+            .create(path)
+            .map_err(|e| Error::storage(format!("creating {}: {e}", path.display())))?;
+        let db = Arc::new(db);
+        let (tx, rx) = crossbeam_channel::bounded(queue_batches.max(1));
+        let failed = Arc::new(OnceLock::new());
+        let writer = Writer {
+            db: db.clone(),
+            rx,
+            shards,
+            clock,
+            config,
+            failed: failed.clone(),
+            last_durable: Instant::now(),
+            last_cleanup: Instant::now(),
+            cleanup_cursor: Vec::new(),
+            cleanup_shard: 0,
+            scratch: Vec::new(),
+        };
+        let handle = std::thread::Builder::new()
+            .name("millpond-spill".into())
+            .spawn(move || writer.run())
+            .map_err(|source| Error::Io {
+                path: path.display().to_string(),
+                source,
+            })?;
+        Ok(ColdTier {
+            db,
+            path: path.to_owned(),
+            tx: Mutex::new(Some(tx)),
+            writer: Mutex::new(Some(handle)),
+            failed,
+        })
+    }
+
+    fn check(&self) -> Result<()> {
+        match self.failed.get() {
+            Some(reason) => Err(Error::storage(reason)),
+            None => Ok(()),
+        }
+    }
+
+    /// Reads `key` from the cold tier.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Data>> {
+        let location = || format!("key {:02x?} in {}", key, self.path.display());
+        let txn = self
+            .db
+            .begin_read()
+            .map_err(|e| Error::storage(format!("read transaction: {e}")))?;
+        let table = match txn.open_table(TABLE) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(Error::storage(format!("opening table: {e}"))),
+        };
+        match table.get(key) {
+            Ok(Some(v)) => decode(v.value(), location).map(Some),
+            Ok(None) => Ok(None),
+            Err(e) => Err(Error::storage(format!("reading {}: {e}", location()))),
+        }
+    }
+
+    /// Hands a batch to the writer; blocks while the queue is full (backpressure).
+    pub fn send(&self, batch: Vec<SpillOp>) -> Result<()> {
+        self.check()?;
+        let tx = self.tx.lock().clone();
+        match tx {
+            Some(tx) => tx.send(Msg::Batch(batch)).map_err(|_| Error::Closed),
+            None => Err(Error::Closed),
+        }
+    }
+
+    /// Waits until everything queued so far (in the shards too) is in the cold tier.
+    pub fn flush(&self) -> Result<()> {
+        self.check()?;
+        let tx = self.tx.lock().clone().ok_or(Error::Closed)?;
+        let (ack_tx, ack_rx) = crossbeam_channel::bounded(1);
+        tx.send(Msg::Flush(ack_tx)).map_err(|_| Error::Closed)?;
+        match ack_rx.recv() {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(reason)) => Err(Error::storage(reason)),
+            Err(_) => Err(self.check().err().unwrap_or(Error::Closed)),
+        }
+    }
+
+    /// Stops the writer after it has written everything queued.
+    pub fn shutdown(&self) -> Result<()> {
+        let flushed = self.flush();
+        self.tx.lock().take();
+        if let Some(handle) = self.writer.lock().take() {
+            let _ = handle.join();
+        }
+        match flushed {
+            Err(Error::Closed) => Ok(()),
+            other => other,
+        }
+    }
+}
+
+impl Drop for ColdTier {
+    fn drop(&mut self) {
+        let _ = self.shutdown();
+    }
+}
+
+struct Writer {
+    db: Arc<Database>,
+    rx: Receiver<Msg>,
+    shards: Shards,
+    clock: Arc<dyn Clock>,
+    config: WriterConfig,
+    failed: Arc<OnceLock<String>>,
+    last_durable: Instant,
+    last_cleanup: Instant,
+    /// Where the next cold-tier TTL cleanup step starts.
+    cleanup_cursor: Vec<u8>,
+    cleanup_shard: usize,
+    scratch: Vec<u8>,
+}
+
+impl Writer {
+    fn run(mut self) {
+        loop {
+            let msg = self.rx.recv_timeout(TICK);
+            let mut batches = Vec::new();
+            let mut acks = Vec::new();
+            match msg {
+                Ok(Msg::Batch(b)) => batches.push(b),
+                Ok(Msg::Flush(ack)) => acks.push(ack),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+            while batches.len() < MAX_BATCHES_PER_COMMIT {
+                match self.rx.try_recv() {
+                    Ok(Msg::Batch(b)) => batches.push(b),
+                    Ok(Msg::Flush(ack)) => acks.push(ack),
+                    Err(_) => break,
+                }
+            }
+            // On a tick or a flush, also take what the shards queued but did not send.
+            if batches.is_empty() || !acks.is_empty() {
+                for shard in self.shards.iter() {
+                    if let Some(b) = shard.lock().take_outgoing(true) {
+                        batches.push(b);
+                    }
+                }
+            }
+            let mut result = if batches.is_empty() {
+                Ok(())
+            } else {
+                self.write(&batches)
+            };
+            if result.is_ok() {
+                if let Some(interval) = self.config.ttl_cleanup_interval {
+                    if self.last_cleanup.elapsed() >= interval {
+                        self.last_cleanup = Instant::now();
+                        result = self.cleanup_step();
+                    }
+                }
+            }
+            if let Err(reason) = &result {
+                let _ = self.failed.set(reason.clone());
+            }
+            for ack in acks {
+                let _ = ack.send(result.clone());
+            }
+            if result.is_err() {
+                // Keep the pending entries in memory (reads still find them) and stop writing.
+                return;
+            }
+        }
+    }
+
+    fn write(&mut self, batches: &[Vec<SpillOp>]) -> Result<(), String> {
+        let mut txn = self
+            .db
+            .begin_write()
+            .map_err(|e| format!("spill transaction: {e}"))?;
+        let durable = self.last_durable.elapsed() >= DURABLE_COMMIT_INTERVAL;
+        txn.set_durability(if durable {
+            Durability::Immediate
+        } else {
+            Durability::None
+        })
+        .map_err(|e| format!("spill durability: {e}"))?;
+        {
+            let mut table = txn
+                .open_table(TABLE)
+                .map_err(|e| format!("spill table: {e}"))?;
+            for op in batches.iter().flatten() {
+                let r = match &op.value {
+                    Some(v) => table.insert(&*op.key, &**v).map(|_| ()),
+                    None => table.remove(&*op.key).map(|_| ()),
+                };
+                r.map_err(|e| format!("spill write: {e}"))?;
+            }
+        }
+        txn.commit().map_err(|e| format!("spill commit: {e}"))?;
+        if durable {
+            self.last_durable = Instant::now();
+        }
+        for batch in batches {
+            if let Some(first) = batch.first() {
+                self.shards[first.shard as usize].lock().release(batch);
+            }
+        }
+        Ok(())
+    }
+
+    /// One bounded step of TTL cleanup: the least recently used entries of one hot shard, and
+    /// the next entries of the cold tier from where the last step stopped.
+    fn cleanup_step(&mut self) -> Result<(), String> {
+        let now = self.clock.now_ms();
+        let max = self.config.ttl_cleanup_entries;
+        if !self.shards.is_empty() {
+            self.cleanup_shard = (self.cleanup_shard + 1) % self.shards.len();
+            let mut shard = self.shards[self.cleanup_shard].lock();
+            shard.cleanup_expired(max, now, &mut self.scratch);
+        }
+        // Pending versions are newer than what the cold tier holds; clean only keys with none.
+        let mut txn = self
+            .db
+            .begin_write()
+            .map_err(|e| format!("cleanup transaction: {e}"))?;
+        txn.set_durability(Durability::None)
+            .map_err(|e| format!("cleanup durability: {e}"))?;
+        let mut rewrites: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
+        let mut last = None;
+        {
+            let table = txn
+                .open_table(TABLE)
+                .map_err(|e| format!("cleanup table: {e}"))?;
+            let range = table
+                .range::<&[u8]>(&self.cleanup_cursor[..]..)
+                .map_err(|e| format!("cleanup scan: {e}"))?;
+            for item in range.take(max) {
+                let (k, v) = item.map_err(|e| format!("cleanup scan: {e}"))?;
+                let key = k.value().to_vec();
+                // Damage found here is reported by the read that needs the entry.
+                if let Ok(mut data) = decode(v.value(), String::new) {
+                    if data.all_expired(now) {
+                        rewrites.push((key.clone(), None));
+                    } else if data.purge_expired(now) {
+                        let mut buf = Vec::new();
+                        encode(&data, &mut buf);
+                        rewrites.push((key.clone(), Some(buf)));
+                    }
+                }
+                last = Some(key);
+            }
+        }
+        {
+            let mut table = txn
+                .open_table(TABLE)
+                .map_err(|e| format!("cleanup table: {e}"))?;
+            for (key, value) in &rewrites {
+                let kg = u16::from_be_bytes([key[0], key[1]]) as usize;
+                let shard = self.config.shard_of_kg.get(kg).copied().unwrap_or(0) as usize;
+                let shard_has_newer = self.shards[shard].lock().pending.contains_key(&key[..]);
+                if shard_has_newer {
+                    continue;
+                }
+                let r = match value {
+                    Some(v) => table.insert(&key[..], &v[..]).map(|_| ()),
+                    None => table.remove(&key[..]).map(|_| ()),
+                };
+                r.map_err(|e| format!("cleanup write: {e}"))?;
+            }
+        }
+        txn.commit().map_err(|e| format!("cleanup commit: {e}"))?;
+        self.cleanup_cursor = match last {
+            Some(mut k) => {
+                k.push(0);
+                k
+            }
+            None => Vec::new(),
+        };
+        Ok(())
+    }
+}

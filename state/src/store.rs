@@ -1,0 +1,595 @@
+//! The store: registry of states, shards of the hot tier, the cold tier, and the one code path
+//! ([`Inner::run`]) through which every read, write and replayed change of a key goes.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_utils::CachePadded;
+use parking_lot::Mutex;
+
+use crate::change::{Change, ChangeOp, ChangeSink};
+use crate::clock::{Clock, SystemClock};
+use crate::descriptor::{StateInfo, StateKind};
+use crate::entry::{apply_op, decode, Data, Entry};
+use crate::error::{Error, Result};
+use crate::key_group::{key_group, KeyGroupRange};
+use crate::settings::{Budget, StoreSettings};
+use crate::shard::{charge, Shard};
+use crate::spill::{ColdTier, Shards, WriterConfig};
+use crate::ttl::{TtlUpdateType, TtlVisibility};
+
+/// Longest encoded key, in bytes.
+pub const MAX_KEY_BYTES: usize = 32 << 10;
+
+/// Bytes in front of the key in the composite key: key group (u16 BE), state id (u16 BE).
+pub(crate) const PREFIX: usize = 4;
+
+/// Builds a [`Store`]: settings plus components.
+///
+/// ```
+/// use millpond_state::{ManualClock, NullSink, Store, StoreSettings};
+/// let dir = tempfile::tempdir().unwrap();
+/// let store = Store::builder(dir.path())
+///     .settings(StoreSettings { memory_budget_bytes: 64 << 20, ..Default::default() })
+///     .clock(ManualClock::new(0))
+///     .change_sink(NullSink)
+///     .open()
+///     .unwrap();
+/// store.close().unwrap();
+/// ```
+pub struct StoreBuilder {
+    dir: PathBuf,
+    settings: StoreSettings,
+    clock: Arc<dyn Clock>,
+    sink: Option<Arc<dyn ChangeSink>>,
+}
+
+impl StoreBuilder {
+    /// Sets the settings (default: [`StoreSettings::default`]).
+    pub fn settings(mut self, settings: StoreSettings) -> Self {
+        self.settings = settings;
+        self
+    }
+
+    /// Sets the clock that TTL uses (default: [`SystemClock`]).
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    /// Sets the change sink that receives every mutation (default: none, which costs nothing).
+    pub fn change_sink(mut self, sink: impl ChangeSink) -> Self {
+        self.sink = Some(Arc::new(sink));
+        self
+    }
+
+    /// Sets a shared change sink.
+    pub fn change_sink_arc(mut self, sink: Arc<dyn ChangeSink>) -> Self {
+        self.sink = Some(sink);
+        self
+    }
+
+    /// Opens the store in its directory, creating it if needed. The cold tier starts empty:
+    /// state is rebuilt from snapshots and the WAL, not from the cold tier.
+    pub fn open(self) -> Result<Store> {
+        let budget = self.settings.validate().map_err(Error::invalid)?;
+        let io = |path: &Path| {
+            let path = path.display().to_string();
+            move |source| Error::Io { path, source }
+        };
+        std::fs::create_dir_all(&self.dir).map_err(io(&self.dir))?;
+        let lock_path = self.dir.join("LOCK");
+        let lock = File::create(&lock_path).map_err(io(&lock_path))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(Error::Locked {
+                    path: self.dir.display().to_string(),
+                })
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(io(&lock_path)(e)),
+        }
+        Store::start(self, budget, lock)
+    }
+}
+
+/// Counters and sizes of a store, for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StoreStats {
+    /// Entries in the hot tier (tombstones included).
+    pub hot_entries: u64,
+    /// Bytes charged to the hot tier.
+    pub hot_bytes: u64,
+    /// The hot tier's share of the budget.
+    pub hot_budget_bytes: u64,
+    /// Evicted entries not yet written to the cold tier.
+    pub pending_entries: u64,
+    /// Bytes of those.
+    pub pending_bytes: u64,
+    /// Accesses that found their key in the hot tier.
+    pub hits: u64,
+    /// Accesses that did not.
+    pub misses: u64,
+    /// Reads that went to the cold tier.
+    pub cold_reads: u64,
+    /// Entries evicted from the hot tier.
+    pub evictions: u64,
+    /// Entries (or deletes) queued for the cold tier.
+    pub spills: u64,
+}
+
+/// Keyed state: the five kinds of Flink's keyed state, sharded by key group, in an LRU hot
+/// tier bounded by a memory budget, spilling to redb.
+///
+/// A `Store` is a cheap handle (`Clone`); the state handles it returns keep it open.
+///
+/// ```
+/// use millpond_state::{Store, StringCodec, U64Codec, ValueStateDescriptor};
+/// let dir = tempfile::tempdir().unwrap();
+/// let store = Store::builder(dir.path()).open().unwrap();
+/// let counts = store
+///     .value_state(ValueStateDescriptor::new("counts", StringCodec, U64Codec))
+///     .unwrap();
+/// counts.update_with(&"word".to_string(), |n| Some(n.unwrap_or(0) + 1)).unwrap();
+/// assert_eq!(counts.get(&"word".to_string()).unwrap(), Some(1));
+/// ```
+#[derive(Clone)]
+pub struct Store {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub settings: StoreSettings,
+    pub budget: Budget,
+    pub owned: KeyGroupRange,
+    pub clock: Arc<dyn Clock>,
+    sink: Option<Arc<dyn ChangeSink>>,
+    shards: Shards,
+    shard_of_kg: Arc<[u16]>,
+    registry: Mutex<HashMap<String, Arc<StateInfo>>>,
+    has_ttl: AtomicBool,
+    closed: AtomicBool,
+    cold: ColdTier,
+    _lock: File,
+}
+
+/// How an access treats TTL and the change sink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Access {
+    /// A read: may return expired data (visibility permitting) and refresh TTL.
+    Read,
+    /// A write: changes go to the sink first.
+    Write,
+    /// A replayed change: applied without the sink.
+    Replay,
+}
+
+/// Hands changes to the sink, then applies them.
+pub(crate) struct Emitter<'a> {
+    sink: Option<&'a dyn ChangeSink>,
+    state: &'a StateInfo,
+    key_group: u16,
+    key: &'a [u8],
+    max_value_bytes: usize,
+    now_ms: u64,
+    changed: bool,
+}
+
+impl Emitter<'_> {
+    /// Records `op` in the sink and applies it to `slot`. Nothing changes if either refuses.
+    pub fn apply(&mut self, slot: &mut Option<Data>, op: ChangeOp<'_>) -> Result<()> {
+        let size = match op {
+            ChangeOp::Put { value, .. } => value.len() + 13,
+            ChangeOp::ListReplace { values, .. } => values.iter().map(|v| v.len() + 13).sum(),
+            ChangeOp::ListAppend { values, .. } => {
+                slot.as_ref().map_or(0, Data::encoded_size_hint)
+                    + values.iter().map(|v| v.len() + 13).sum::<usize>()
+            }
+            ChangeOp::MapPut {
+                user_key, value, ..
+            } => {
+                slot.as_ref().map_or(0, Data::encoded_size_hint) + user_key.len() + value.len() + 18
+            }
+            _ => 0,
+        };
+        if size > self.max_value_bytes {
+            return Err(Error::ValueTooLarge {
+                state: self.state.name.clone(),
+                len: size,
+                max: self.max_value_bytes,
+            });
+        }
+        if let Some(sink) = self.sink {
+            sink.append(&Change {
+                state: &self.state.name,
+                kind: self.state.kind,
+                key_group: self.key_group,
+                key: self.key,
+                op,
+            })
+            .map_err(|source| Error::ChangeSink { source })?;
+        }
+        apply_op(slot, &op);
+        self.changed = true;
+        Ok(())
+    }
+
+    /// The expiry that a write now gives (0: the state has no TTL).
+    pub fn expiry(&self) -> u64 {
+        self.state
+            .ttl
+            .map_or(0, |ttl| self.now_ms.saturating_add(ttl.ttl_ms()))
+    }
+
+    /// After a read of a present entry: refreshes its TTL if the state says reads do.
+    pub fn touch(&mut self, slot: &mut Option<Data>, map_key: Option<&[u8]>) -> Result<()> {
+        let refresh = self
+            .state
+            .ttl
+            .is_some_and(|t| t.update_type == TtlUpdateType::OnReadAndWrite);
+        if !refresh || slot.is_none() {
+            return Ok(());
+        }
+        let expires_at_ms = self.expiry();
+        match map_key {
+            Some(user_key) => self.apply(
+                slot,
+                ChangeOp::MapTouch {
+                    user_key,
+                    expires_at_ms,
+                },
+            ),
+            None => self.apply(slot, ChangeOp::Touch { expires_at_ms }),
+        }
+    }
+}
+
+impl Store {
+    /// A builder for a store kept in `dir`.
+    pub fn builder(dir: impl AsRef<Path>) -> StoreBuilder {
+        StoreBuilder {
+            dir: dir.as_ref().to_owned(),
+            settings: StoreSettings::default(),
+            clock: Arc::new(SystemClock),
+            sink: None,
+        }
+    }
+
+    fn start(b: StoreBuilder, budget: Budget, lock: File) -> Result<Store> {
+        let s = &b.settings;
+        let n = s.shards;
+        let per_shard = budget.hot_bytes / n;
+        // Half the queue waits in the channel, half in the shards' unsent batches.
+        let send_threshold = (budget.spill_queue_bytes / (2 * n)).max(4096);
+        let queue_batches = n.max(1);
+        let shards: Shards = (0..n)
+            .map(|i| CachePadded::new(Mutex::new(Shard::new(i as u16, per_shard, send_threshold))))
+            .collect();
+        let max = s.max_key_groups as usize;
+        // Contiguous key-group ranges per shard, like instances of a Flink operator.
+        let shard_of_kg: Arc<[u16]> = (0..max).map(|kg| (kg * n / max) as u16).collect();
+        let config = WriterConfig {
+            ttl_cleanup_interval: (s.ttl_cleanup_interval_ms > 0)
+                .then(|| Duration::from_millis(s.ttl_cleanup_interval_ms)),
+            ttl_cleanup_entries: s.ttl_cleanup_entries_per_step.max(1),
+            shard_of_kg: shard_of_kg.clone(),
+        };
+        let cold = ColdTier::create(
+            &b.dir.join("cold.redb"),
+            budget.cold_cache_bytes,
+            queue_batches,
+            shards.clone(),
+            b.clock.clone(),
+            config,
+        )?;
+        Ok(Store {
+            inner: Arc::new(Inner {
+                owned: s.key_groups.unwrap_or(KeyGroupRange::all(s.max_key_groups)),
+                settings: b.settings,
+                budget,
+                clock: b.clock,
+                sink: b.sink,
+                shards,
+                shard_of_kg,
+                registry: Mutex::new(HashMap::new()),
+                has_ttl: AtomicBool::new(false),
+                closed: AtomicBool::new(false),
+                cold,
+                _lock: lock,
+            }),
+        })
+    }
+
+    /// The settings the store runs with.
+    pub fn settings(&self) -> &StoreSettings {
+        &self.inner.settings
+    }
+
+    /// The key groups this store owns.
+    pub fn key_groups(&self) -> KeyGroupRange {
+        self.inner.owned
+    }
+
+    /// Replays one change (from the write-ahead log) without passing it to the change sink.
+    ///
+    /// The state must be registered. Replaying the changes a store emitted, in order, into a
+    /// fresh store gives the same state.
+    pub fn apply(&self, change: &Change<'_>) -> Result<()> {
+        let st = self
+            .inner
+            .registry
+            .lock()
+            .get(change.state)
+            .cloned()
+            .ok_or_else(|| Error::UnknownState {
+                name: change.state.to_owned(),
+            })?;
+        if st.kind != change.kind || !st.kind.accepts(&change.op) {
+            return Err(Error::invalid(format!(
+                "change {:?} does not fit state '{}' of kind {}",
+                change.op, st.name, st.kind
+            )));
+        }
+        let mut ck = Vec::with_capacity(PREFIX + change.key.len());
+        ck.extend_from_slice(&[0, 0]);
+        ck.extend_from_slice(&st.id.to_be_bytes());
+        ck.extend_from_slice(change.key);
+        self.inner.run(&st, &mut ck, Access::Replay, |slot, em| {
+            em.apply(slot, change.op)
+        })
+    }
+
+    /// Waits until every evicted entry is written to the cold tier.
+    pub fn flush(&self) -> Result<()> {
+        self.inner.check_open()?;
+        self.inner.cold.flush()
+    }
+
+    /// Removes wholly expired entries among the `max_per_shard` least recently used of every
+    /// shard, now. The background cleanup does this step by step; call it to clean on demand.
+    /// Returns how many entries were removed.
+    pub fn cleanup_expired(&self, max_per_shard: usize) -> Result<usize> {
+        self.inner.check_open()?;
+        let now = self.inner.clock.now_ms();
+        let mut scratch = Vec::new();
+        let mut removed = 0;
+        for shard in self.inner.shards.iter() {
+            let (n, out) = {
+                let mut s = shard.lock();
+                let n = s.cleanup_expired(max_per_shard, now, &mut scratch);
+                (n, s.take_outgoing(false))
+            };
+            removed += n;
+            if let Some(batch) = out {
+                self.inner.cold.send(batch)?;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Counters and sizes.
+    pub fn stats(&self) -> StoreStats {
+        let mut st = StoreStats {
+            hot_budget_bytes: self.inner.budget.hot_bytes as u64,
+            ..Default::default()
+        };
+        for shard in self.inner.shards.iter() {
+            let s = shard.lock();
+            st.hot_entries += s.lru.len() as u64;
+            st.hot_bytes += s.used as u64;
+            st.pending_entries += s.pending.len() as u64;
+            st.pending_bytes += s.pending_bytes as u64;
+            st.hits += s.stats.hits;
+            st.misses += s.stats.misses;
+            st.cold_reads += s.stats.cold_reads;
+            st.evictions += s.stats.evictions;
+            st.spills += s.stats.spills;
+        }
+        st
+    }
+
+    /// Writes what is queued to the cold tier and stops the background writer. Later calls on
+    /// this store or its state handles fail with [`Error::Closed`].
+    pub fn close(&self) -> Result<()> {
+        if self.inner.closed.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        self.inner.cold.shutdown()
+    }
+
+    pub(crate) fn register(
+        &self,
+        name: &str,
+        kind: StateKind,
+        ttl: Option<crate::TtlConfig>,
+    ) -> Result<Arc<StateInfo>> {
+        self.inner.check_open()?;
+        if name.is_empty() || name.len() > 1024 {
+            return Err(Error::invalid("a state name must have 1 to 1024 bytes"));
+        }
+        let mut reg = self.inner.registry.lock();
+        if let Some(existing) = reg.get(name) {
+            if existing.kind == kind && existing.ttl == ttl {
+                return Ok(existing.clone());
+            }
+            return Err(Error::StateMismatch {
+                name: name.to_owned(),
+                existing: format!("{} with ttl {:?}", existing.kind, existing.ttl),
+                requested: format!("{kind} with ttl {ttl:?}"),
+            });
+        }
+        let id = u16::try_from(reg.len())
+            .map_err(|_| Error::invalid("at most 65536 states per store"))?;
+        let info = Arc::new(StateInfo {
+            id,
+            name: name.to_owned(),
+            kind,
+            ttl,
+        });
+        if ttl.is_some() {
+            self.inner.has_ttl.store(true, Ordering::SeqCst);
+        }
+        reg.insert(name.to_owned(), info.clone());
+        Ok(info)
+    }
+}
+
+impl Inner {
+    fn check_open(&self) -> Result<()> {
+        if self.closed.load(Ordering::Relaxed) {
+            Err(Error::Closed)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Runs `f` on the current data of one key, under its shard's lock.
+    ///
+    /// `ck` holds the composite key: [`PREFIX`] bytes (the state id in bytes 2..4) then the
+    /// encoded key; this fills in the key group. `f` sees the data after TTL filtering, and
+    /// changes it only through the [`Emitter`], so that the sink sees every change first.
+    pub(crate) fn run<R>(
+        &self,
+        st: &StateInfo,
+        ck: &mut [u8],
+        access: Access,
+        f: impl FnOnce(&mut Option<Data>, &mut Emitter<'_>) -> Result<R>,
+    ) -> Result<R> {
+        self.check_open()?;
+        let key_len = ck.len() - PREFIX;
+        if key_len > MAX_KEY_BYTES {
+            return Err(Error::KeyTooLarge {
+                len: key_len,
+                max: MAX_KEY_BYTES,
+            });
+        }
+        let kg = key_group(&ck[PREFIX..], self.settings.max_key_groups);
+        if !self.owned.contains(kg) {
+            return Err(Error::KeyGroupNotOwned {
+                key_group: kg,
+                owned: self.owned,
+            });
+        }
+        ck[..2].copy_from_slice(&kg.to_be_bytes());
+        let ck: &[u8] = ck;
+        let has_ttl = self.has_ttl.load(Ordering::Relaxed);
+        let now_ms = if has_ttl { self.clock.now_ms() } else { 0 };
+        let return_expired = access == Access::Read
+            && st
+                .ttl
+                .is_some_and(|t| t.visibility == TtlVisibility::ReturnExpiredIfNotCleanedUp);
+        let mut em = Emitter {
+            sink: if access == Access::Write {
+                self.sink.as_deref()
+            } else {
+                None
+            },
+            state: st,
+            key_group: kg,
+            key: &ck[PREFIX..],
+            max_value_bytes: self.settings.max_value_bytes,
+            now_ms,
+            changed: false,
+        };
+
+        let mut guard = self.shards[self.shard_of_kg[kg as usize] as usize].lock();
+        let shard = &mut *guard;
+        let spilled_any = shard.spilled_any;
+        let result;
+        if let Some(entry) = shard.lru.get_mut(ck) {
+            shard.stats.hits += 1;
+            let mut data = match std::mem::replace(&mut entry.data, Data::Tombstone) {
+                Data::Tombstone => None,
+                d => Some(d),
+            };
+            if st.ttl.is_some() && !return_expired {
+                drop_expired(&mut data, now_ms);
+            }
+            result = f(&mut data, &mut em);
+            if return_expired {
+                drop_expired(&mut data, now_ms);
+            }
+            entry.data = data.unwrap_or(Data::Tombstone);
+            entry.dirty |= em.changed;
+            let old = entry.charged as usize;
+            let new = charge(ck.len(), &entry.data);
+            entry.charged = new as u32;
+            shard.used = shard.used + new - old;
+            if matches!(entry.data, Data::Tombstone) && !spilled_any {
+                // Nothing older can hide in the cold tier: forget the key entirely.
+                shard.lru.pop(ck);
+                shard.used -= new;
+            }
+        } else {
+            shard.stats.misses += 1;
+            let mut data = match shard.pending.get(ck) {
+                Some(p) => match &p.value {
+                    Some(bytes) => Some(decode(bytes, || format!("pending key {ck:02x?}"))?),
+                    None => None,
+                },
+                None if spilled_any => {
+                    shard.stats.cold_reads += 1;
+                    self.cold.get(ck)?
+                }
+                None => None,
+            };
+            if st.ttl.is_some() && !return_expired {
+                drop_expired(&mut data, now_ms);
+            }
+            result = f(&mut data, &mut em);
+            if return_expired {
+                drop_expired(&mut data, now_ms);
+            }
+            // Keep what was read (clean) or written (dirty); a tombstone hides older cold data
+            // and spares the next miss a cold read.
+            if result.is_ok() && (data.is_some() || spilled_any) {
+                let data = data.unwrap_or(Data::Tombstone);
+                let charged = charge(ck.len(), &data);
+                shard.lru.push(
+                    ck.into(),
+                    Entry {
+                        data,
+                        dirty: em.changed,
+                        charged: charged as u32,
+                    },
+                );
+                shard.used += charged;
+            }
+        }
+        if shard.used > shard.budget {
+            let mut scratch = Vec::new();
+            shard.evict(now_ms, &mut scratch);
+        }
+        let outgoing = shard.take_outgoing(false);
+        drop(guard);
+        if let Some(batch) = outgoing {
+            self.cold.send(batch)?;
+        }
+        result
+    }
+}
+
+/// Drops what TTL says is gone: an expired value, or expired elements (all of them: `None`).
+fn drop_expired(data: &mut Option<Data>, now_ms: u64) {
+    if let Some(d) = data {
+        if d.all_expired(now_ms) {
+            *data = None;
+        } else {
+            d.purge_expired(now_ms);
+            if crate::entry::is_empty_data(d) {
+                *data = None;
+            }
+        }
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let _ = self.cold.shutdown();
+    }
+}
