@@ -1,1 +1,36 @@
-fn main() {}
+//! `millpond-bench`: benchmarks that print one JSON line per run.
+//!
+//! `cargo run --release -p millpond-bench -- state --keys 1000000 --value-bytes 100 --seconds 10`
+
+mod state;
+mod util;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "millpond benchmarks; each prints one JSON line")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Keyed state: read-modify-write and get throughput, hot and cold get latency, RSS,
+    /// against a plain Mutex<HashMap> measured in the same run.
+    State(state::StateArgs),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::State(args) => state::run(args),
+    };
+    match result {
+        Ok(line) => println!("{line}"),
+        Err(e) => {
+            eprintln!("millpond-bench: {e}");
+            std::process::exit(1);
+        }
+    }
+}

@@ -53,7 +53,7 @@ pub(crate) fn alloc_size(len: usize) -> usize {
 /// Fixed cost of one hot entry beyond its key and payload: the LRU node (key, entry, two
 /// links) as its own allocation, and the hash table's slot at its typical load.
 pub(crate) const ENTRY_OVERHEAD: usize =
-    ((std::mem::size_of::<(Box<[u8]>, Entry)>() + 16 + 8 + 15) & !15) + 24;
+    ((std::mem::size_of::<(crate::hot_key::HotKey, Entry)>() + 16 + 8 + 15) & !15) + 24;
 
 /// Cost of one element in a list or map, beyond its bytes.
 const ELEM_OVERHEAD: usize = std::mem::size_of::<Elem>();

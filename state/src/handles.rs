@@ -137,7 +137,7 @@ impl<K: 'static, V: 'static> ValueState<K, V> {
             self.codec
                 .encode(value, buf)
                 .map_err(codec_err(&self.h.st))?;
-            self.h.run(key, Access::Write, |slot, em| {
+            self.h.run(key, Access::BlindWrite, |slot, em| {
                 let expires_at_ms = em.expiry();
                 em.apply(
                     slot,

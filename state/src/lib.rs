@@ -50,6 +50,7 @@ mod descriptor;
 mod entry;
 mod error;
 mod handles;
+mod hot_key;
 mod key_group;
 mod settings;
 mod shard;
@@ -75,5 +76,5 @@ pub use key_group::{
     MAX_KEY_GROUPS_LIMIT,
 };
 pub use settings::StoreSettings;
-pub use store::{Store, StoreBuilder, StoreStats, MAX_KEY_BYTES};
+pub use store::{thread_cold_reads, Store, StoreBuilder, StoreStats, MAX_KEY_BYTES};
 pub use ttl::{TtlConfig, TtlUpdateType, TtlVisibility};

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use lru::LruCache;
 
 use crate::entry::{alloc_size, encode, Data, Entry, ENTRY_OVERHEAD};
+use crate::hot_key::HotKey;
 
 /// An evicted dirty entry on its way to the cold tier. `value: None` deletes.
 #[derive(Debug)]
@@ -35,7 +36,7 @@ pub(crate) struct ShardStats {
 
 pub(crate) struct Shard {
     pub index: u16,
-    pub lru: LruCache<Box<[u8]>, Entry>,
+    pub lru: LruCache<HotKey, Entry>,
     /// Bytes charged by the entries in `lru`.
     pub used: usize,
     pub budget: usize,
@@ -55,7 +56,7 @@ pub(crate) struct Shard {
 /// Bytes that a key plus payload cost in the hot tier.
 #[inline]
 pub(crate) fn charge(key_len: usize, data: &Data) -> usize {
-    ENTRY_OVERHEAD + alloc_size(key_len) + data.mem_size()
+    ENTRY_OVERHEAD + alloc_size(HotKey::heap_len(key_len)) + data.mem_size()
 }
 
 impl Shard {
@@ -134,7 +135,7 @@ impl Shard {
             };
             self.used -= entry.charged as usize;
             self.stats.evictions += 1;
-            self.write_back(key, &mut entry, now_ms, scratch);
+            self.write_back(key.into_boxed(), &mut entry, now_ms, scratch);
         }
     }
 
@@ -166,7 +167,7 @@ impl Shard {
 
     /// Removes wholly expired entries among the `max` least recently used. Returns how many.
     pub fn cleanup_expired(&mut self, max: usize, now_ms: u64, scratch: &mut Vec<u8>) -> usize {
-        let expired: Vec<Box<[u8]>> = self
+        let expired: Vec<HotKey> = self
             .lru
             .iter()
             .rev()
@@ -175,11 +176,11 @@ impl Shard {
             .map(|(k, _)| k.clone())
             .collect();
         for key in &expired {
-            if let Some((key, mut entry)) = self.lru.pop_entry(key) {
+            if let Some((key, mut entry)) = self.lru.pop_entry(key.as_slice()) {
                 self.used -= entry.charged as usize;
                 // An expired entry is dead whether dirty or not; a clean one leaves its expired
                 // cold copy for the cold tier's own cleanup.
-                self.write_back(key, &mut entry, now_ms, scratch);
+                self.write_back(key.into_boxed(), &mut entry, now_ms, scratch);
             }
         }
         expired.len()

@@ -262,7 +262,18 @@ impl Writer {
             let mut table = txn
                 .open_table(TABLE)
                 .map_err(|e| format!("spill table: {e}"))?;
-            for op in batches.iter().flatten() {
+            // B-tree inserts in key order touch each page once; keep the newest of duplicates.
+            let mut ops: Vec<&SpillOp> = batches.iter().flatten().collect();
+            ops.sort_by(|a, b| a.key.cmp(&b.key).then(a.seq.cmp(&b.seq)));
+            ops.dedup_by(|later, earlier| {
+                if later.key == earlier.key {
+                    std::mem::swap(later, earlier);
+                    true
+                } else {
+                    false
+                }
+            });
+            for op in ops {
                 let r = match &op.value {
                     Some(v) => table.insert(&*op.key, &**v).map(|_| ()),
                     None => table.remove(&*op.key).map(|_| ()),

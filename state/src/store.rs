@@ -16,6 +16,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::descriptor::{StateInfo, StateKind};
 use crate::entry::{apply_op, decode, Data, Entry};
 use crate::error::{Error, Result};
+use crate::hot_key::HotKey;
 use crate::key_group::{key_group, KeyGroupRange};
 use crate::settings::{Budget, StoreSettings};
 use crate::shard::{charge, Shard};
@@ -24,6 +25,20 @@ use crate::ttl::{TtlUpdateType, TtlVisibility};
 
 /// Longest encoded key, in bytes.
 pub const MAX_KEY_BYTES: usize = 32 << 10;
+
+thread_local! {
+    static THREAD_COLD_READS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// How many cold-tier reads the calling thread has made, in any store. Read it before and
+/// after a call to tell whether the call went to disk (benchmarks use it to split latency).
+///
+/// ```
+/// assert_eq!(millpond_state::thread_cold_reads(), 0);
+/// ```
+pub fn thread_cold_reads() -> u64 {
+    THREAD_COLD_READS.get()
+}
 
 /// Bytes in front of the key in the composite key: key group (u16 BE), state id (u16 BE).
 pub(crate) const PREFIX: usize = 4;
@@ -165,6 +180,9 @@ pub(crate) enum Access {
     Read,
     /// A write: changes go to the sink first.
     Write,
+    /// A write that does not depend on the old data (a put): a key missing from the hot tier
+    /// is not looked up in the cold tier, whose version the new one will overwrite.
+    BlindWrite,
     /// A replayed change: applied without the sink.
     Replay,
 }
@@ -484,7 +502,7 @@ impl Inner {
                 .ttl
                 .is_some_and(|t| t.visibility == TtlVisibility::ReturnExpiredIfNotCleanedUp);
         let mut em = Emitter {
-            sink: if access == Access::Write {
+            sink: if matches!(access, Access::Write | Access::BlindWrite) {
                 self.sink.as_deref()
             } else {
                 None
@@ -501,7 +519,15 @@ impl Inner {
         let shard = &mut *guard;
         let spilled_any = shard.spilled_any;
         let result;
-        if let Some(entry) = shard.lru.get_mut(ck) {
+        // Recency matters only to pick what to evict: below half the budget nothing will be
+        // evicted soon, so skip the LRU relink (two cache misses on large state).
+        let track_recency = shard.used > shard.budget / 2;
+        let found = if track_recency {
+            shard.lru.get_mut(ck)
+        } else {
+            shard.lru.peek_mut(ck)
+        };
+        if let Some(entry) = found {
             shard.stats.hits += 1;
             let mut data = match std::mem::replace(&mut entry.data, Data::Tombstone) {
                 Data::Tombstone => None,
@@ -532,8 +558,9 @@ impl Inner {
                     Some(bytes) => Some(decode(bytes, || format!("pending key {ck:02x?}"))?),
                     None => None,
                 },
-                None if spilled_any => {
+                None if spilled_any && access != Access::BlindWrite => {
                     shard.stats.cold_reads += 1;
+                    THREAD_COLD_READS.set(THREAD_COLD_READS.get() + 1);
                     self.cold.get(ck)?
                 }
                 None => None,
@@ -551,7 +578,7 @@ impl Inner {
                 let data = data.unwrap_or(Data::Tombstone);
                 let charged = charge(ck.len(), &data);
                 shard.lru.push(
-                    ck.into(),
+                    HotKey::from(ck),
                     Entry {
                         data,
                         dirty: em.changed,

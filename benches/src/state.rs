@@ -1,0 +1,266 @@
+//! The `state` benchmark: value-state read-modify-write and gets, against a plain
+//! `Mutex<HashMap<Vec<u8>, Vec<u8>>>` on the same keys in the same run.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use millpond_state::{
+    thread_cold_reads, BytesCodec, NullSink, Store, StoreSettings, U64Codec, ValueState,
+    ValueStateDescriptor,
+};
+use rand::SeedableRng;
+use rand_distr::{Distribution, Zipf};
+use serde_json::json;
+
+use crate::util::{histogram, parse_bytes, peak_rss_bytes, percentiles, rss_bytes, Rng};
+
+#[derive(Args, Debug)]
+pub struct StateArgs {
+    /// Number of distinct keys (8-byte big-endian integers).
+    #[arg(long, default_value_t = 1_000_000)]
+    keys: u64,
+    /// Bytes per value.
+    #[arg(long, default_value_t = 100)]
+    value_bytes: usize,
+    /// Seconds per measured phase (update, get, baseline).
+    #[arg(long, default_value_t = 10.0)]
+    seconds: f64,
+    /// Memory budget (e.g. 110M, 2G). Default: 1 GiB, or enough to hold every key resident.
+    #[arg(long, value_parser = parse_bytes)]
+    memory_budget: Option<u64>,
+    /// Zipf exponent for key choice; 0 = uniform.
+    #[arg(long, default_value_t = 0.0)]
+    zipf: f64,
+    /// Threads doing operations.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Keep the state directory here instead of a temporary one.
+    #[arg(long)]
+    dir: Option<std::path::PathBuf>,
+}
+
+/// Key indices each thread cycles through: drawn once, shared by millpond and the baseline.
+fn key_sequences(args: &StateArgs) -> Vec<Arc<Vec<u32>>> {
+    const LEN: usize = 1 << 20;
+    (0..args.threads)
+        .map(|t| {
+            let mut seq = Vec::with_capacity(LEN);
+            if args.zipf > 0.0 {
+                let zipf = Zipf::new(args.keys as f64, args.zipf).expect("valid zipf parameters");
+                let mut rng = rand::rngs::StdRng::seed_from_u64(42 + t as u64);
+                // Zipf ranks 1..=n; scatter ranks over the key space so hot keys are not adjacent.
+                seq.extend((0..LEN).map(|_| {
+                    let rank = zipf.sample(&mut rng) as u64 - 1;
+                    (rank.wrapping_mul(0x9e37_79b9_7f4a_7c15) % args.keys) as u32
+                }));
+            } else {
+                let mut rng = Rng::new(0x5eed + t as u64);
+                seq.extend((0..LEN).map(|_| rng.below(args.keys) as u32));
+            }
+            Arc::new(seq)
+        })
+        .collect()
+}
+
+#[inline]
+fn bump(v: &mut [u8]) {
+    let n = u64::from_le_bytes(v[..8].try_into().unwrap());
+    v[..8].copy_from_slice(&(n + 1).to_le_bytes());
+}
+
+/// Runs `op` on every thread for `seconds`, over its key sequence; returns total ops/s.
+fn timed<F>(threads: usize, seconds: f64, seqs: &[Arc<Vec<u32>>], op: F) -> f64
+where
+    F: Fn(u64) + Sync,
+{
+    let deadline = Duration::from_secs_f64(seconds);
+    let start = Instant::now();
+    let total: u64 = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let seq = &seqs[t];
+                let op = &op;
+                s.spawn(move || {
+                    let mut n = 0u64;
+                    let t0 = Instant::now();
+                    'outer: loop {
+                        for chunk in seq.chunks(1024) {
+                            for &k in chunk {
+                                op(k as u64);
+                            }
+                            n += chunk.len() as u64;
+                            if t0.elapsed() >= deadline {
+                                break 'outer;
+                            }
+                        }
+                    }
+                    n
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).sum()
+    });
+    total as f64 / start.elapsed().as_secs_f64()
+}
+
+pub fn run(args: StateArgs) -> Result<String, String> {
+    if args.keys == 0 || args.keys > u32::MAX as u64 || args.value_bytes < 8 || args.threads == 0 {
+        return Err("need 1 <= keys <= 2^32-1, value-bytes >= 8, threads >= 1".into());
+    }
+    let state_bytes = args.keys * (8 + args.value_bytes as u64);
+    let budget = args.memory_budget.unwrap_or(1 << 30) as usize;
+    let tmp = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let dir = args.dir.clone().unwrap_or_else(|| tmp.path().to_owned());
+    let seqs = key_sequences(&args);
+
+    let store = Store::builder(&dir)
+        .settings(StoreSettings {
+            memory_budget_bytes: budget,
+            ..StoreSettings::default()
+        })
+        .change_sink(NullSink)
+        .open()
+        .map_err(|e| e.to_string())?;
+    let state: ValueState<u64, Vec<u8>> = store
+        .value_state(ValueStateDescriptor::new("bench", U64Codec, BytesCodec))
+        .map_err(|e| e.to_string())?;
+
+    // Load every key once, in order.
+    let value = vec![0u8; args.value_bytes];
+    let t0 = Instant::now();
+    for k in 0..args.keys {
+        state.update(&k, &value).map_err(|e| e.to_string())?;
+    }
+    store.flush().map_err(|e| e.to_string())?;
+    let load_seconds = t0.elapsed().as_secs_f64();
+
+    let vb = args.value_bytes;
+    let update_ops = timed(args.threads, args.seconds, &seqs, |k| {
+        state
+            .update_with(&k, |v| {
+                let mut v = v.unwrap_or_else(|| vec![0; vb]);
+                bump(&mut v);
+                Some(v)
+            })
+            .expect("update");
+    });
+
+    // Gets, timed one by one, split by whether they read the cold tier.
+    let deadline = Duration::from_secs_f64(args.seconds);
+    let start = Instant::now();
+    let (hot, cold, gets) = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..args.threads)
+            .map(|t| {
+                let seq = &seqs[t];
+                let state = &state;
+                s.spawn(move || {
+                    let (mut hot, mut cold) = (histogram(), histogram());
+                    let mut n = 0u64;
+                    let t0 = Instant::now();
+                    'outer: loop {
+                        for chunk in seq.chunks(1024) {
+                            for &k in chunk {
+                                let before = thread_cold_reads();
+                                let t = Instant::now();
+                                let v = state.get(&(k as u64)).expect("get");
+                                let ns = t.elapsed().as_nanos() as u64;
+                                std::hint::black_box(v);
+                                let h = if thread_cold_reads() == before { &mut hot } else { &mut cold };
+                                h.record(ns.max(1)).expect("in range");
+                            }
+                            n += chunk.len() as u64;
+                            if t0.elapsed() >= deadline {
+                                break 'outer;
+                            }
+                        }
+                    }
+                    (hot, cold, n)
+                })
+            })
+            .collect();
+        let (mut hot, mut cold, mut n) = (histogram(), histogram(), 0);
+        for h in handles {
+            let (a, b, c) = h.join().unwrap();
+            hot.add(a).unwrap();
+            cold.add(b).unwrap();
+            n += c;
+        }
+        (hot, cold, n)
+    });
+    let get_ops = gets as f64 / start.elapsed().as_secs_f64();
+    let stats = store.stats();
+    let rss = rss_bytes();
+    let peak_rss = peak_rss_bytes();
+    drop(state);
+    store.close().map_err(|e| e.to_string())?;
+    drop(store);
+
+    // The baseline, after millpond's RSS was taken: a plain locked HashMap, same keys, same op.
+    let map: Mutex<HashMap<Vec<u8>, Vec<u8>>> = Mutex::new(HashMap::new());
+    {
+        let mut m = map.lock().unwrap();
+        for k in 0..args.keys {
+            m.insert(k.to_be_bytes().to_vec(), value.clone());
+        }
+    }
+    let baseline_ops = timed(args.threads, args.seconds, &seqs, |k| {
+        let key = k.to_be_bytes();
+        let mut m = map.lock().unwrap();
+        let mut v = m.get(&key[..]).cloned().unwrap_or_else(|| vec![0; vb]);
+        bump(&mut v);
+        match m.get_mut(&key[..]) {
+            Some(slot) => *slot = v,
+            None => {
+                m.insert(key.to_vec(), v);
+            }
+        }
+    });
+
+    let (hp50, hp99, hp999) = percentiles(&hot).unzip3();
+    let (cp50, cp99, cp999) = percentiles(&cold).unzip3();
+    Ok(json!({
+        "bench": "state",
+        "keys": args.keys,
+        "value_bytes": args.value_bytes,
+        "threads": args.threads,
+        "zipf": args.zipf,
+        "seconds_per_phase": args.seconds,
+        "state_bytes": state_bytes,
+        "memory_budget_bytes": budget,
+        "load_seconds": load_seconds,
+        "update_ops_per_sec": update_ops.round(),
+        "get_ops_per_sec": get_ops.round(),
+        "hot_gets": hot.len(),
+        "hot_get_ns_p50": hp50,
+        "hot_get_ns_p99": hp99,
+        "hot_get_ns_p999": hp999,
+        "cold_gets": cold.len(),
+        "cold_get_ns_p50": cp50,
+        "cold_get_ns_p99": cp99,
+        "cold_get_ns_p999": cp999,
+        "rss_bytes": rss,
+        "peak_rss_bytes": peak_rss,
+        "rss_limit_bytes": budget as u64 + budget as u64 / 10 + (64 << 20),
+        "hot_entries": stats.hot_entries,
+        "hot_bytes": stats.hot_bytes,
+        "evictions": stats.evictions,
+        "baseline_update_ops_per_sec": baseline_ops.round(),
+        "update_vs_baseline": (update_ops / baseline_ops * 1000.0).round() / 1000.0,
+    })
+    .to_string())
+}
+
+trait Unzip3 {
+    fn unzip3(self) -> (Option<u64>, Option<u64>, Option<u64>);
+}
+
+impl Unzip3 for Option<(u64, u64, u64)> {
+    fn unzip3(self) -> (Option<u64>, Option<u64>, Option<u64>) {
+        match self {
+            Some((a, b, c)) => (Some(a), Some(b), Some(c)),
+            None => (None, None, None),
+        }
+    }
+}
