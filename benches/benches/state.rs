@@ -17,7 +17,10 @@ fn next(x: &mut u64) -> u64 {
 
 fn hot_paths(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::builder(dir.path()).change_sink(NullSink).open().unwrap();
+    let store = Store::builder(dir.path())
+        .change_sink(NullSink)
+        .open()
+        .unwrap();
     let value = store
         .value_state(ValueStateDescriptor::new("v", U64Codec, BytesCodec))
         .unwrap();

@@ -167,7 +167,11 @@ pub fn run(args: StateArgs) -> Result<String, String> {
                                 let v = state.get(&(k as u64)).expect("get");
                                 let ns = t.elapsed().as_nanos() as u64;
                                 std::hint::black_box(v);
-                                let h = if thread_cold_reads() == before { &mut hot } else { &mut cold };
+                                let h = if thread_cold_reads() == before {
+                                    &mut hot
+                                } else {
+                                    &mut cold
+                                };
                                 h.record(ns.max(1)).expect("in range");
                             }
                             n += chunk.len() as u64;

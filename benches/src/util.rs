@@ -34,7 +34,7 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
         _ => (s, 1),
     };
     let n: f64 = num.parse().map_err(|_| format!("not a size: {s}"))?;
-    if !(n >= 0.0) {
+    if n.is_nan() || n < 0.0 {
         return Err(format!("not a size: {s}"));
     }
     Ok((n * mult as f64) as u64)
