@@ -18,7 +18,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ..StoreSettings::default()
         })
         .open()?;
-    let counts = store.value_state(ValueStateDescriptor::new("word-counts", StringCodec, U64Codec))?;
+    let counts = store.value_state(ValueStateDescriptor::new(
+        "word-counts",
+        StringCodec,
+        U64Codec,
+    ))?;
 
     // A deterministic stream of 2M words over a 200k-word vocabulary, skewed like text.
     let mut expected: HashMap<String, u64> = HashMap::new();

@@ -222,6 +222,27 @@ pub fn run(args: StateArgs) -> Result<String, String> {
         }
     });
 
+    // The baseline's get latency, timed the same way: what memory alone costs on this machine.
+    let mut base_get = histogram();
+    {
+        let t0 = Instant::now();
+        'outer: loop {
+            for chunk in seqs[0].chunks(1024) {
+                for &k in chunk {
+                    let key = (k as u64).to_be_bytes();
+                    let t = Instant::now();
+                    let v = map.lock().unwrap().get(&key[..]).cloned();
+                    let ns = t.elapsed().as_nanos() as u64;
+                    std::hint::black_box(v);
+                    base_get.record(ns.max(1)).expect("in range");
+                }
+                if t0.elapsed() >= deadline {
+                    break 'outer;
+                }
+            }
+        }
+    }
+    let (bp50, bp99, bp999) = percentiles(&base_get).unzip3();
     let (hp50, hp99, hp999) = percentiles(&hot).unzip3();
     let (cp50, cp99, cp999) = percentiles(&cold).unzip3();
     Ok(json!({
@@ -252,6 +273,9 @@ pub fn run(args: StateArgs) -> Result<String, String> {
         "evictions": stats.evictions,
         "baseline_update_ops_per_sec": baseline_ops.round(),
         "update_vs_baseline": (update_ops / baseline_ops * 1000.0).round() / 1000.0,
+        "baseline_get_ns_p50": bp50,
+        "baseline_get_ns_p99": bp99,
+        "baseline_get_ns_p999": bp999,
     })
     .to_string())
 }

@@ -1,9 +1,9 @@
 //! One shard of the hot tier: an LRU of entries under one lock, bounded in bytes, and the
 //! entries it evicted that the spill writer has not yet put into the cold tier.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
+use hashbrown::HashMap;
 use lru::LruCache;
 
 use crate::entry::{alloc_size, encode, Data, Entry, ENTRY_OVERHEAD};

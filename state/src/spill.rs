@@ -8,13 +8,14 @@
 //! pages that earlier commits freed.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use parking_lot::Mutex;
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, Durability, ReadOnlyTable, ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::clock::Clock;
 use crate::entry::{decode, encode, Data};
@@ -44,8 +45,19 @@ pub(crate) struct WriterConfig {
     pub shard_of_kg: Arc<[u16]>,
 }
 
+/// A read view of the cold tier, reused until the writer commits again (saves opening a
+/// transaction and the table on every cold read).
+struct ReadView {
+    epoch: u64,
+    table: Option<Arc<ReadOnlyTable<&'static [u8], &'static [u8]>>>,
+}
+
 pub(crate) struct ColdTier {
     db: Arc<Database>,
+    /// Bumped by the writer after each commit, before it releases the committed pending
+    /// entries: a reader that misses in `pending` and then sees the new epoch sees the commit.
+    epoch: Arc<AtomicU64>,
+    view: Mutex<ReadView>,
     path: PathBuf,
     tx: Mutex<Option<Sender<Msg>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
@@ -80,8 +92,10 @@ impl ColdTier {
         let db = Arc::new(db);
         let (tx, rx) = crossbeam_channel::bounded(queue_batches.max(1));
         let failed = Arc::new(OnceLock::new());
+        let epoch = Arc::new(AtomicU64::new(1));
         let writer = Writer {
             db: db.clone(),
+            epoch: epoch.clone(),
             rx,
             shards,
             clock,
@@ -102,6 +116,11 @@ impl ColdTier {
             })?;
         Ok(ColdTier {
             db,
+            epoch,
+            view: Mutex::new(ReadView {
+                epoch: 0,
+                table: None,
+            }),
             path: path.to_owned(),
             tx: Mutex::new(Some(tx)),
             writer: Mutex::new(Some(handle)),
@@ -119,14 +138,25 @@ impl ColdTier {
     /// Reads `key` from the cold tier.
     pub fn get(&self, key: &[u8]) -> Result<Option<Data>> {
         let location = || format!("key {:02x?} in {}", key, self.path.display());
-        let txn = self
-            .db
-            .begin_read()
-            .map_err(|e| Error::storage(format!("read transaction: {e}")))?;
-        let table = match txn.open_table(TABLE) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-            Err(e) => return Err(Error::storage(format!("opening table: {e}"))),
+        let table = {
+            let epoch = self.epoch.load(Ordering::Acquire);
+            let mut view = self.view.lock();
+            if view.epoch != epoch {
+                let txn = self
+                    .db
+                    .begin_read()
+                    .map_err(|e| Error::storage(format!("read transaction: {e}")))?;
+                view.table = match txn.open_table(TABLE) {
+                    Ok(t) => Some(Arc::new(t)),
+                    Err(redb::TableError::TableDoesNotExist(_)) => None,
+                    Err(e) => return Err(Error::storage(format!("opening table: {e}"))),
+                };
+                view.epoch = epoch;
+            }
+            match &view.table {
+                Some(t) => t.clone(),
+                None => return Ok(None),
+            }
         };
         match table.get(key) {
             Ok(Some(v)) => decode(v.value(), location).map(Some),
@@ -180,6 +210,7 @@ impl Drop for ColdTier {
 
 struct Writer {
     db: Arc<Database>,
+    epoch: Arc<AtomicU64>,
     rx: Receiver<Msg>,
     shards: Shards,
     clock: Arc<dyn Clock>,
@@ -282,6 +313,7 @@ impl Writer {
             }
         }
         txn.commit().map_err(|e| format!("spill commit: {e}"))?;
+        self.epoch.fetch_add(1, Ordering::Release);
         if durable {
             self.last_durable = Instant::now();
         }
@@ -354,6 +386,7 @@ impl Writer {
             }
         }
         txn.commit().map_err(|e| format!("cleanup commit: {e}"))?;
+        self.epoch.fetch_add(1, Ordering::Release);
         self.cleanup_cursor = match last {
             Some(mut k) => {
                 k.push(0);
