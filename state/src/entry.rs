@@ -7,7 +7,78 @@ use std::collections::BTreeMap;
 
 use crate::change::ChangeOp;
 use crate::error::{Error, Result};
-use crate::ttl::{is_expired, NEVER};
+use crate::ttl::is_expired;
+
+/// Bytes of a value: small ones inside the entry (one cache miss less per access, and no
+/// allocation header), larger ones on the heap.
+#[derive(Clone)]
+pub(crate) enum Bytes {
+    Inline { len: u8, buf: [u8; INLINE_VALUE] },
+    Heap(Vec<u8>),
+}
+
+/// Values up to this many bytes are kept inline. Sized so that an entry with an inline value
+/// costs no more than one with a small heap value would (allocator header and rounding).
+pub(crate) const INLINE_VALUE: usize = 118;
+
+impl Bytes {
+    #[inline]
+    pub fn as_slice(&self) -> &[u8] {
+        match self {
+            Bytes::Inline { len, buf } => &buf[..*len as usize],
+            Bytes::Heap(v) => v,
+        }
+    }
+
+    #[inline]
+    pub fn set(&mut self, bytes: &[u8]) {
+        match self {
+            Bytes::Heap(v) if bytes.len() > INLINE_VALUE => {
+                v.clear();
+                v.extend_from_slice(bytes);
+            }
+            _ => *self = Bytes::from(bytes),
+        }
+    }
+
+    /// Heap bytes held.
+    pub fn heap_size(&self) -> usize {
+        match self {
+            Bytes::Inline { .. } => 0,
+            Bytes::Heap(v) => alloc_size(v.capacity()),
+        }
+    }
+}
+
+impl From<&[u8]> for Bytes {
+    #[inline]
+    fn from(bytes: &[u8]) -> Self {
+        if bytes.len() <= INLINE_VALUE {
+            let mut buf = [0; INLINE_VALUE];
+            buf[..bytes.len()].copy_from_slice(bytes);
+            Bytes::Inline {
+                len: bytes.len() as u8,
+                buf,
+            }
+        } else {
+            Bytes::Heap(bytes.to_vec())
+        }
+    }
+}
+
+impl std::fmt::Debug for Bytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:02x?}", self.as_slice())
+    }
+}
+
+impl PartialEq for Bytes {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_slice() == other.as_slice()
+    }
+}
+
+impl Eq for Bytes {}
 
 /// One list element or map value with its own expiry (Flink keeps TTL per element).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,7 +91,7 @@ pub(crate) struct Elem {
 pub(crate) enum Data {
     /// Value, reducing and aggregating state.
     Value {
-        value: Vec<u8>,
+        value: Bytes,
         expires_at_ms: u64,
     },
     List(Vec<Elem>),
@@ -64,7 +135,7 @@ impl Data {
     /// Bytes this payload costs in memory.
     pub fn mem_size(&self) -> usize {
         match self {
-            Data::Value { value, .. } => alloc_size(value.capacity()),
+            Data::Value { value, .. } => value.heap_size(),
             Data::List(elems) => {
                 alloc_size(elems.capacity() * ELEM_OVERHEAD)
                     + elems
@@ -85,7 +156,7 @@ impl Data {
     /// Bytes of the cold-tier encoding, for the value size limit (cheap upper bound).
     pub fn encoded_size_hint(&self) -> usize {
         match self {
-            Data::Value { value, .. } => value.len() + 13,
+            Data::Value { value, .. } => value.as_slice().len() + 13,
             Data::List(elems) => elems.iter().map(|e| e.value.len() + 13).sum::<usize>() + 9,
             Data::Map(map) => {
                 map.iter()
@@ -138,13 +209,12 @@ pub(crate) fn apply_op(slot: &mut Option<Data>, op: &ChangeOp<'_>) {
                 value: v,
                 expires_at_ms: e,
             }) => {
-                v.clear();
-                v.extend_from_slice(value);
+                v.set(value);
                 *e = expires_at_ms;
             }
             _ => {
                 *slot = Some(Data::Value {
-                    value: value.to_vec(),
+                    value: Bytes::from(value),
                     expires_at_ms,
                 })
             }
@@ -266,7 +336,7 @@ pub(crate) fn encode(data: &Data, out: &mut Vec<u8>) {
         } => {
             out.push(TAG_VALUE);
             out.extend_from_slice(&expires_at_ms.to_le_bytes());
-            out.extend_from_slice(value);
+            out.extend_from_slice(value.as_slice());
         }
         Data::List(elems) => {
             out.push(TAG_LIST);
@@ -335,7 +405,7 @@ pub(crate) fn decode(bytes: &[u8], location: impl FnOnce() -> String) -> Result<
     let parsed = match body[0] {
         TAG_VALUE => r.u64().map(|expires_at_ms| Data::Value {
             expires_at_ms,
-            value: r.buf.to_vec(),
+            value: Bytes::from(r.buf),
         }),
         TAG_LIST => (|| {
             let n = r.u32()? as usize;
@@ -385,9 +455,6 @@ pub(crate) fn is_empty_data(data: &Data) -> bool {
     }
 }
 
-#[allow(dead_code)]
-pub(crate) const NO_EXPIRY: u64 = NEVER;
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -408,11 +475,36 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// The decoder is fed whatever is on disk: it must answer, never panic.
+        #[test]
+        fn decode_never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..256)) {
+            let _ = decode(&bytes, String::new);
+        }
+
+        /// Valid framing with a matching checksum but arbitrary body: still no panic.
+        #[test]
+        fn decode_checked_garbage_never_panics(
+            tag in 0u8..5,
+            body in proptest::collection::vec(proptest::num::u8::ANY, 0..256),
+        ) {
+            let mut buf = vec![tag];
+            buf.extend_from_slice(&body);
+            let crc = crc32c::crc32c(&buf);
+            buf.extend_from_slice(&crc.to_le_bytes());
+            let _ = decode(&buf, String::new);
+        }
+    }
+
     #[test]
     fn encodings_round_trip_and_detect_damage() {
         round_trip(Data::Value {
-            value: b"hello".to_vec(),
+            value: Bytes::from(&b"hello"[..]),
             expires_at_ms: 7,
+        });
+        round_trip(Data::Value {
+            value: Bytes::from(&[9u8; 300][..]),
+            expires_at_ms: 0,
         });
         round_trip(Data::List(vec![
             Elem {

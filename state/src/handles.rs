@@ -98,7 +98,7 @@ impl<K: 'static> Handle<K> {
 
 fn value_bytes(slot: &Option<Data>) -> Option<&[u8]> {
     match slot {
-        Some(Data::Value { value, .. }) => Some(value),
+        Some(Data::Value { value, .. }) => Some(value.as_slice()),
         _ => None,
     }
 }
