@@ -126,7 +126,7 @@ impl<K: 'static, V: 'static> ValueState<K, V> {
                 .map(|b| self.codec.decode(b))
                 .transpose()
                 .map_err(codec_err(&self.h.st))?;
-            em.touch(slot, None)?;
+            em.touch(slot, None);
             Ok(v)
         })
     }
@@ -213,7 +213,7 @@ impl<K: 'static, V: 'static> ListState<K, V> {
                     .map_err(codec_err(&self.h.st))?,
                 _ => Vec::new(),
             };
-            em.touch(slot, None)?;
+            em.touch(slot, None);
             Ok(out)
         })
     }
@@ -317,7 +317,7 @@ impl<K: 'static, UK: 'static, UV: 'static> MapState<K, UK, UV> {
                     _ => None,
                 };
                 if v.is_some() {
-                    em.touch(slot, Some(uk))?;
+                    em.touch(slot, Some(uk));
                 }
                 Ok(v)
             })
@@ -327,8 +327,12 @@ impl<K: 'static, UK: 'static, UV: 'static> MapState<K, UK, UV> {
     /// Whether `key`'s map has `user_key`.
     pub fn contains(&self, key: &K, user_key: &UK) -> Result<bool> {
         self.encode_user_key(user_key, |uk| {
-            self.h.run(key, Access::Read, |slot, _| {
-                Ok(matches!(slot, Some(Data::Map(map)) if map.contains_key(uk)))
+            self.h.run(key, Access::Read, |slot, em| {
+                let found = matches!(slot, Some(Data::Map(map)) if map.contains_key(uk));
+                if found {
+                    em.touch(slot, Some(uk));
+                }
+                Ok(found)
             })
         })
     }
@@ -383,7 +387,7 @@ impl<K: 'static, UK: 'static, UV: 'static> MapState<K, UK, UV> {
                     .map_err(codec_err(&self.h.st))?,
                 _ => Vec::new(),
             };
-            em.touch(slot, None)?;
+            em.touch(slot, None);
             Ok(out)
         })
     }
@@ -399,7 +403,7 @@ impl<K: 'static, UK: 'static, UV: 'static> MapState<K, UK, UV> {
                     .map_err(codec_err(&self.h.st))?,
                 _ => Vec::new(),
             };
-            em.touch(slot, None)?;
+            em.touch(slot, None);
             Ok(out)
         })
     }
@@ -440,7 +444,7 @@ impl<K: 'static, V: 'static> ReducingState<K, V> {
                 .map(|b| self.codec.decode(b))
                 .transpose()
                 .map_err(codec_err(&self.h.st))?;
-            em.touch(slot, None)?;
+            em.touch(slot, None);
             Ok(v)
         })
     }
@@ -501,7 +505,7 @@ impl<K: 'static, IN: 'static, OUT: 'static> AggregatingState<K, IN, OUT> {
                 .map(|b| self.aggregate.result(b))
                 .transpose()
                 .map_err(codec_err(&self.h.st))?;
-            em.touch(slot, None)?;
+            em.touch(slot, None);
             Ok(v)
         })
     }

@@ -254,7 +254,7 @@ impl Writer {
             let mut result = if batches.is_empty() {
                 Ok(())
             } else {
-                self.write(&batches)
+                self.write(&mut batches)
             };
             if result.is_ok() {
                 if let Some(interval) = self.config.ttl_cleanup_interval {
@@ -277,7 +277,16 @@ impl Writer {
         }
     }
 
-    fn write(&mut self, batches: &[Vec<SpillOp>]) -> Result<(), String> {
+    fn write(&mut self, batches: &mut [Vec<SpillOp>]) -> Result<(), String> {
+        // Batches reach the writer in any order (callers send them after dropping the shard
+        // lock), so an op may be older than a version already written. Write only the version
+        // that is still the shard's pending one; a newer one comes in a later batch.
+        for batch in batches.iter_mut() {
+            if let Some(first) = batch.first() {
+                let shard = self.shards[first.shard as usize].lock();
+                batch.retain(|op| shard.pending.get(&op.key).is_some_and(|p| p.seq == op.seq));
+            }
+        }
         let mut txn = self
             .db
             .begin_write()

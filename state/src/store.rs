@@ -170,7 +170,8 @@ pub(crate) struct Inner {
     has_ttl: AtomicBool,
     closed: AtomicBool,
     cold: ColdTier,
-    _lock: File,
+    /// Held while the store is open; released by `close`.
+    lock: Mutex<Option<File>>,
 }
 
 /// How an access treats TTL and the change sink.
@@ -183,8 +184,9 @@ pub(crate) enum Access {
     /// A write that does not depend on the old data (a put): a key missing from the hot tier
     /// is not looked up in the cold tier, whose version the new one will overwrite.
     BlindWrite,
-    /// A replayed change: applied without the sink.
-    Replay,
+    /// A replayed change: applied without the sink, to the data as it was when the change
+    /// was made (`at_ms`, derived from the change's expiry; `None`: no TTL filtering).
+    Replay { at_ms: Option<u64> },
 }
 
 /// Hands changes to the sink, then applies them.
@@ -196,6 +198,9 @@ pub(crate) struct Emitter<'a> {
     max_value_bytes: usize,
     now_ms: u64,
     changed: bool,
+    /// A TTL refresh asked for by a read (`Some(None)`: the whole entry; `Some(Some(k))`: one
+    /// map entry), applied once the read is done and expired data is gone.
+    touch: Option<Option<Vec<u8>>>,
 }
 
 impl Emitter<'_> {
@@ -244,25 +249,30 @@ impl Emitter<'_> {
             .map_or(0, |ttl| self.now_ms.saturating_add(ttl.ttl_ms()))
     }
 
-    /// After a read of a present entry: refreshes its TTL if the state says reads do.
-    pub fn touch(&mut self, slot: &mut Option<Data>, map_key: Option<&[u8]>) -> Result<()> {
+    /// After a read of a present entry: asks for its TTL to be refreshed, if the state says
+    /// reads do. The refresh is a change like any other (the sink records it).
+    pub fn touch(&mut self, slot: &Option<Data>, map_key: Option<&[u8]>) {
         let refresh = self
             .state
             .ttl
             .is_some_and(|t| t.update_type == TtlUpdateType::OnReadAndWrite);
-        if !refresh || slot.is_none() {
-            return Ok(());
+        if refresh && slot.is_some() {
+            self.touch = Some(map_key.map(<[u8]>::to_vec));
         }
+    }
+
+    fn refresh(&mut self, slot: &mut Option<Data>, map_key: Option<&[u8]>) -> Result<()> {
         let expires_at_ms = self.expiry();
-        match map_key {
-            Some(user_key) => self.apply(
+        match (map_key, &*slot) {
+            (Some(user_key), Some(Data::Map(map))) if map.contains_key(user_key) => self.apply(
                 slot,
                 ChangeOp::MapTouch {
                     user_key,
                     expires_at_ms,
                 },
             ),
-            None => self.apply(slot, ChangeOp::Touch { expires_at_ms }),
+            (None, Some(_)) => self.apply(slot, ChangeOp::Touch { expires_at_ms }),
+            _ => Ok(()),
         }
     }
 }
@@ -318,7 +328,7 @@ impl Store {
                 has_ttl: AtomicBool::new(false),
                 closed: AtomicBool::new(false),
                 cold,
-                _lock: lock,
+                lock: Mutex::new(Some(lock)),
             }),
         })
     }
@@ -357,9 +367,24 @@ impl Store {
         ck.extend_from_slice(&[0, 0]);
         ck.extend_from_slice(&st.id.to_be_bytes());
         ck.extend_from_slice(change.key);
-        self.inner.run(&st, &mut ck, Access::Replay, |slot, em| {
-            em.apply(slot, change.op)
-        })
+        // A change with an expiry was made at `expiry - ttl`: replay it against the data as it
+        // was then, so that (for example) a TTL refresh does not revive what had expired.
+        let at_ms = st.ttl.and_then(|ttl| {
+            let expires = match change.op {
+                ChangeOp::Put { expires_at_ms, .. }
+                | ChangeOp::ListAppend { expires_at_ms, .. }
+                | ChangeOp::ListReplace { expires_at_ms, .. }
+                | ChangeOp::MapPut { expires_at_ms, .. }
+                | ChangeOp::Touch { expires_at_ms }
+                | ChangeOp::MapTouch { expires_at_ms, .. } => expires_at_ms,
+                _ => 0,
+            };
+            (expires != 0).then(|| expires.saturating_sub(ttl.ttl_ms()))
+        });
+        self.inner
+            .run(&st, &mut ck, Access::Replay { at_ms }, |slot, em| {
+                em.apply(slot, change.op)
+            })
     }
 
     /// Waits until every evicted entry is written to the cold tier.
@@ -417,7 +442,10 @@ impl Store {
         if self.inner.closed.swap(true, Ordering::SeqCst) {
             return Ok(());
         }
-        self.inner.cold.shutdown()
+        let result = self.inner.cold.shutdown();
+        // The directory is free for another store once this one is closed.
+        self.inner.lock.lock().take();
+        result
     }
 
     pub(crate) fn register(
@@ -497,15 +525,11 @@ impl Inner {
         let ck: &[u8] = ck;
         let has_ttl = self.has_ttl.load(Ordering::Relaxed);
         let now_ms = if has_ttl { self.clock.now_ms() } else { 0 };
-        let return_expired = access == Access::Read
-            && st
-                .ttl
-                .is_some_and(|t| t.visibility == TtlVisibility::ReturnExpiredIfNotCleanedUp);
+        let ttl = Ttl::for_access(st, access, now_ms);
         let mut em = Emitter {
-            sink: if matches!(access, Access::Write | Access::BlindWrite) {
-                self.sink.as_deref()
-            } else {
-                None
+            sink: match access {
+                Access::Replay { .. } => None,
+                _ => self.sink.as_deref(),
             },
             state: st,
             key_group: kg,
@@ -513,6 +537,7 @@ impl Inner {
             max_value_bytes: self.settings.max_value_bytes,
             now_ms,
             changed: false,
+            touch: None,
         };
 
         let mut guard = self.shards[self.shard_of_kg[kg as usize] as usize].lock();
@@ -533,15 +558,11 @@ impl Inner {
                 Data::Tombstone => None,
                 d => Some(d),
             };
-            if st.ttl.is_some() && !return_expired {
-                drop_expired(&mut data, now_ms);
-            }
-            result = f(&mut data, &mut em);
-            if return_expired {
-                drop_expired(&mut data, now_ms);
-            }
+            let (r, expired_removed) = ttl.process(&mut data, &mut em, f);
+            result = r;
             entry.data = data.unwrap_or(Data::Tombstone);
-            entry.dirty |= em.changed;
+            // Removing expired data a read returned must reach the cold tier too.
+            entry.dirty |= em.changed || expired_removed;
             let old = entry.charged as usize;
             let new = charge(ck.len(), &entry.data);
             entry.charged = new as u32;
@@ -565,13 +586,8 @@ impl Inner {
                 }
                 None => None,
             };
-            if st.ttl.is_some() && !return_expired {
-                drop_expired(&mut data, now_ms);
-            }
-            result = f(&mut data, &mut em);
-            if return_expired {
-                drop_expired(&mut data, now_ms);
-            }
+            let (r, expired_removed) = ttl.process(&mut data, &mut em, f);
+            result = r;
             // Keep what was read (clean) or written (dirty); a tombstone hides older cold data
             // and spares the next miss a cold read.
             if result.is_ok() && (data.is_some() || spilled_any) {
@@ -581,7 +597,7 @@ impl Inner {
                     HotKey::from(ck),
                     Entry {
                         data,
-                        dirty: em.changed,
+                        dirty: em.changed || expired_removed,
                         charged: charged as u32,
                     },
                 );
@@ -601,18 +617,81 @@ impl Inner {
     }
 }
 
-/// Drops what TTL says is gone: an expired value, or expired elements (all of them: `None`).
-fn drop_expired(data: &mut Option<Data>, now_ms: u64) {
-    if let Some(d) = data {
-        if d.all_expired(now_ms) {
-            *data = None;
-        } else {
-            d.purge_expired(now_ms);
-            if crate::entry::is_empty_data(d) {
-                *data = None;
-            }
+/// How one access treats expired data.
+struct Ttl {
+    /// Drop data expired at this time before the access sees it.
+    before: Option<u64>,
+    /// Drop data expired at this time after the access (a read that may return expired data
+    /// returns it once).
+    after: Option<u64>,
+}
+
+impl Ttl {
+    fn for_access(st: &StateInfo, access: Access, now_ms: u64) -> Ttl {
+        let Some(ttl) = st.ttl else {
+            return Ttl {
+                before: None,
+                after: None,
+            };
+        };
+        match access {
+            Access::Read if ttl.visibility == TtlVisibility::ReturnExpiredIfNotCleanedUp => Ttl {
+                before: None,
+                after: Some(now_ms),
+            },
+            // Replay sees data as the live store did when it made the change.
+            Access::Replay { at_ms } => Ttl {
+                before: at_ms,
+                after: None,
+            },
+            _ => Ttl {
+                before: Some(now_ms),
+                after: None,
+            },
         }
     }
+
+    /// Runs `f` on `data` with TTL applied, then the TTL refresh `f` asked for. Returns `f`'s
+    /// result and whether expired data was removed after `f` saw it.
+    fn process<R>(
+        &self,
+        data: &mut Option<Data>,
+        em: &mut Emitter<'_>,
+        f: impl FnOnce(&mut Option<Data>, &mut Emitter<'_>) -> Result<R>,
+    ) -> (Result<R>, bool) {
+        if let Some(t) = self.before {
+            drop_expired(data, t);
+        }
+        let mut result = f(data, em);
+        let removed = match self.after {
+            Some(t) => drop_expired(data, t),
+            None => false,
+        };
+        // Refresh only what is still live: an expired entry is cleared, not revived.
+        if let (Ok(_), Some(map_key)) = (&result, em.touch.take()) {
+            if let Err(e) = em.refresh(data, map_key.as_deref()) {
+                result = Err(e);
+            }
+        }
+        (result, removed)
+    }
+}
+
+/// Drops what TTL says is gone: an expired value, or expired elements (all of them: `None`).
+/// Returns whether anything was dropped.
+fn drop_expired(data: &mut Option<Data>, now_ms: u64) -> bool {
+    let Some(d) = data else {
+        return false;
+    };
+    if d.all_expired(now_ms) {
+        *data = None;
+        return true;
+    }
+    let purged = d.purge_expired(now_ms);
+    if crate::entry::is_empty_data(d) {
+        *data = None;
+    }
+    purged
 }
 
 impl Drop for Inner {

@@ -254,7 +254,9 @@ impl<UK: Ord + Clone, UV: Clone> MapModel<UK, UV> {
                 if ttl.refreshes_on_read() {
                     mm.values_mut().for_each(|(_, e)| *e = ttl.expiry(now));
                 }
-                mm.iter().map(|(uk, (uv, _))| (uk.clone(), uv.clone())).collect()
+                mm.iter()
+                    .map(|(uk, (uv, _))| (uk.clone(), uv.clone()))
+                    .collect()
             }
             None => Vec::new(),
         }
@@ -417,8 +419,7 @@ impl Sut {
             .iter()
             .enumerate()
             .map(|(i, t)| {
-                let d =
-                    MapStateDescriptor::new(format!("map-{i}"), U64Codec, U64Codec, BytesCodec);
+                let d = MapStateDescriptor::new(format!("map-{i}"), U64Codec, U64Codec, BytesCodec);
                 store
                     .map_state(ttl(d, *t, MapStateDescriptor::with_ttl))
                     .unwrap()
@@ -592,9 +593,7 @@ where
     if probes {
         arms.push((
             2,
-            (key(), uk)
-                .prop_map(|(k, u)| MapOp::Contains(k, u))
-                .boxed(),
+            (key(), uk).prop_map(|(k, u)| MapOp::Contains(k, u)).boxed(),
         ));
         arms.push((1, key().prop_map(MapOp::IsEmpty).boxed()));
     }
@@ -611,8 +610,7 @@ fn acc_op() -> impl Strategy<Value = AccOp> {
 
 fn string_key() -> impl Strategy<Value = String> + Clone {
     // Includes a non-ASCII key and a prefix of another, to check the byte order.
-    proptest::sample::select(vec!["", "a", "aa", "ab", "b", "Z", "é", "zz"])
-        .prop_map(str::to_owned)
+    proptest::sample::select(vec!["", "a", "aa", "ab", "b", "Z", "é", "zz"]).prop_map(str::to_owned)
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -958,7 +956,11 @@ fn eviction_spills_to_the_cold_tier_and_reads_back() {
                 "map {k}"
             );
             assert_eq!(reduce.get(&k).unwrap(), Some(k + 5), "reducing {k}");
-            assert_eq!(agg.get(&k).unwrap(), Some(k as f64 + 1.0), "aggregating {k}");
+            assert_eq!(
+                agg.get(&k).unwrap(),
+                Some(k as f64 + 1.0),
+                "aggregating {k}"
+            );
         } else {
             assert!(lists.get(&k).unwrap().is_empty());
             assert!(maps.is_empty(&k).unwrap());
@@ -1148,7 +1150,10 @@ fn return_expired_if_not_cleaned_up_returns_once_through_the_cold_tier() {
     clock.advance_ms(TTL_MS);
     let cold_reads = store.stats().cold_reads;
     assert_eq!(value.get(&1).unwrap(), Some(7), "returned once");
-    assert!(store.stats().cold_reads > cold_reads, "not read from the cold tier");
+    assert!(
+        store.stats().cold_reads > cold_reads,
+        "not read from the cold tier"
+    );
     push_out(&store, &filler, 1);
     assert_eq!(value.get(&1).unwrap(), None, "then removed");
     store.close().unwrap();

@@ -329,17 +329,42 @@ impl States {
     /// reads change both alike) and compares.
     fn assert_same(a: &States, b: &States) -> Result<(), TestCaseError> {
         for k in 0..KEYS {
-            prop_assert_eq!(a.plain.get(&k).unwrap(), b.plain.get(&k).unwrap(), "plain {}", k);
-            prop_assert_eq!(a.value.get(&k).unwrap(), b.value.get(&k).unwrap(), "value {}", k);
-            prop_assert_eq!(a.list.get(&k).unwrap(), b.list.get(&k).unwrap(), "list {}", k);
-            prop_assert_eq!(a.map.entries(&k).unwrap(), b.map.entries(&k).unwrap(), "map {}", k);
+            prop_assert_eq!(
+                a.plain.get(&k).unwrap(),
+                b.plain.get(&k).unwrap(),
+                "plain {}",
+                k
+            );
+            prop_assert_eq!(
+                a.value.get(&k).unwrap(),
+                b.value.get(&k).unwrap(),
+                "value {}",
+                k
+            );
+            prop_assert_eq!(
+                a.list.get(&k).unwrap(),
+                b.list.get(&k).unwrap(),
+                "list {}",
+                k
+            );
+            prop_assert_eq!(
+                a.map.entries(&k).unwrap(),
+                b.map.entries(&k).unwrap(),
+                "map {}",
+                k
+            );
             prop_assert_eq!(
                 a.smap.entries(&k).unwrap(),
                 b.smap.entries(&k).unwrap(),
                 "smap {}",
                 k
             );
-            prop_assert_eq!(a.reduce.get(&k).unwrap(), b.reduce.get(&k).unwrap(), "reduce {}", k);
+            prop_assert_eq!(
+                a.reduce.get(&k).unwrap(),
+                b.reduce.get(&k).unwrap(),
+                "reduce {}",
+                k
+            );
             prop_assert_eq!(a.agg.get(&k).unwrap(), b.agg.get(&k).unwrap(), "agg {}", k);
         }
         Ok(())
@@ -381,9 +406,7 @@ fn op() -> impl Strategy<Value = Op> {
     let k = || 0..KEYS;
     let blob = || (0u16..300, any::<u8>());
     let blobs = || proptest::collection::vec(blob(), 0..4);
-    let skey = || {
-        proptest::sample::select(vec!["", "a", "ab", "b", "é"]).prop_map(str::to_owned)
-    };
+    let skey = || proptest::sample::select(vec!["", "a", "ab", "b", "é"]).prop_map(str::to_owned);
     prop_oneof![
         3 => (0u64..=60).prop_map(Op::Advance),
         3 => (k(), proptest::option::weighted(0.8, blob())).prop_map(|(k, b)| Op::Plain(k, b)),
@@ -692,7 +715,10 @@ fn a_refusing_sink_leaves_the_state_unchanged() {
     };
     let try_everything = |k: u64| {
         assert_refused("plain.update", s.plain.update(&k, &vec![0]));
-        assert_refused("plain.update_with", s.plain.update_with(&k, |_| Some(vec![0])));
+        assert_refused(
+            "plain.update_with",
+            s.plain.update_with(&k, |_| Some(vec![0])),
+        );
         assert_refused("plain.update_with(None)", s.plain.update_with(&k, |_| None));
         assert_refused("plain.clear", s.plain.clear(&k));
         assert_refused("value.update", s.value.update(&k, &vec![0]));
@@ -712,7 +738,10 @@ fn a_refusing_sink_leaves_the_state_unchanged() {
         assert_refused("agg.add", s.agg.add(&k, 1));
         assert_refused("agg.clear", s.agg.clear(&k));
         // A key without state: refused too, and still absent after.
-        assert_refused("plain.update(absent)", s.plain.update(&(k + 1000), &vec![0]));
+        assert_refused(
+            "plain.update(absent)",
+            s.plain.update(&(k + 1000), &vec![0]),
+        );
         assert_eq!(s.plain.get(&(k + 1000)).unwrap(), None);
     };
 
@@ -732,7 +761,10 @@ fn a_refusing_sink_leaves_the_state_unchanged() {
     sink.refuse.store(true, Ordering::SeqCst);
     let cold_reads = store.stats().cold_reads;
     try_everything(2);
-    assert!(store.stats().cold_reads > cold_reads, "key 2 was not in the cold tier");
+    assert!(
+        store.stats().cold_reads > cold_reads,
+        "key 2 was not in the cold tier"
+    );
     sink.refuse.store(false, Ordering::SeqCst);
     // Push the refused (unchanged) entries out again, and read them back.
     for k in 0..2000u64 {
