@@ -33,6 +33,9 @@ pub struct StateArgs {
     /// Zipf exponent for key choice; 0 = uniform.
     #[arg(long, default_value_t = 0.0)]
     zipf: f64,
+    /// Bytes of the budget for the cold tier's page cache (default: the store's, a tenth).
+    #[arg(long, value_parser = parse_bytes)]
+    cold_cache: Option<u64>,
     /// Threads doing operations.
     #[arg(long, default_value_t = 1)]
     threads: usize,
@@ -118,6 +121,7 @@ pub fn run(args: StateArgs) -> Result<String, String> {
     let store = Store::builder(&dir)
         .settings(StoreSettings {
             memory_budget_bytes: budget,
+            cold_cache_bytes: args.cold_cache.map(|b| b as usize),
             ..StoreSettings::default()
         })
         .change_sink(NullSink)
