@@ -1,5 +1,50 @@
-//! The write-ahead log of millpond: not built yet.
+//! The write-ahead log of millpond: every state change, in order, durable before the source
+//! offsets that produced it are committed.
 //!
-//! This crate will hold the ring buffer, the batch flusher, the local segment and Apache Pulsar
-//! sinks, and replay. Until then it holds nothing: state changes are captured through
-//! `millpond_state::ChangeSink`, which the WAL will implement.
+//! - [`Wal`]: a bounded ring of batch buffers that state changes are appended to (it is a
+//!   `millpond_state::ChangeSink`), and a background flusher that writes batches to a
+//!   [`WalSink`]: [`LocalSegmentSink`] (the embedded default) or, with feature `pulsar`,
+//!   `pulsar::PulsarSink`.
+//! - [`Wal::commit`] appends a commit marker with the Kafka offsets the state reflects.
+//! - [`replay`] reads a [`WalSource`] back and applies every committed change;
+//!   [`open_local`] does recovery and reopening in one call.
+//!
+//! Record format: `proto/millpond/wal/v1/wal.proto`; batch framing: [`batch`]; both byte by
+//! byte, and why replay is exactly-once, in `docs/wal.md`.
+//!
+//! ```
+//! use millpond_state::{Store, StringCodec, U64Codec, ValueStateDescriptor};
+//! use millpond_wal::{open_local, SegmentSettings, SourceOffset, WalSettings};
+//! let dir = tempfile::tempdir().unwrap();
+//! let (wal, _) = open_local(dir.path().join("wal"), 0, WalSettings::default(),
+//!     SegmentSettings::default(), |_c| Ok::<(), std::io::Error>(())).unwrap();
+//! let wal = std::sync::Arc::new(wal);
+//! let store = Store::builder(dir.path().join("state")).change_sink_arc(wal.clone()).open().unwrap();
+//! let counts = store.value_state(ValueStateDescriptor::new("counts", StringCodec, U64Codec)).unwrap();
+//! counts.update(&"a".to_string(), &1).unwrap();
+//! wal.commit(&[SourceOffset { topic: "words".into(), partition: 0, next_offset: 1 }]).unwrap();
+//! ```
+
+#![warn(missing_docs)]
+
+pub mod batch;
+mod error;
+mod local;
+mod record;
+mod replay;
+mod segment;
+mod settings;
+mod sink;
+mod writer;
+
+#[cfg(feature = "pulsar")]
+pub mod pulsar;
+
+pub use error::{Error, Result};
+pub use local::open_local;
+pub use record::{proto, OwnedChange, SourceOffset};
+pub use replay::{replay, CommitPoint, ReplayOutcome};
+pub use segment::{LocalSegmentSink, LocalSegmentSource};
+pub use settings::{CommitDurability, SegmentSettings, WalSettings};
+pub use sink::{Batch, StoredBatch, WalPosition, WalSink, WalSource};
+pub use writer::{CommitTicket, Wal};

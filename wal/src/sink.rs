@@ -1,0 +1,65 @@
+//! Where batches go: the [`WalSink`] trait, and [`WalSource`] to read them back.
+
+use crate::error::Result;
+
+/// Where a batch landed in a sink: enough to start reading there again.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum WalPosition {
+    /// A local segment: the segment's first LSN and the byte offset of the batch in it.
+    Local {
+        /// First LSN of the segment file (its name).
+        segment: u64,
+        /// Byte offset of the batch in the file.
+        offset: u64,
+    },
+    /// An Apache Pulsar message, as the broker's MessageId (ledger, entry, partition, batch
+    /// index).
+    Pulsar {
+        /// Ledger id.
+        ledger_id: u64,
+        /// Entry id.
+        entry_id: u64,
+        /// Partition, -1 for a non-partitioned topic.
+        partition: i32,
+        /// Index inside a Pulsar batch, -1 if none.
+        batch_index: i32,
+    },
+}
+
+/// A framed batch on its way to a sink.
+#[derive(Debug, Clone, Copy)]
+pub struct Batch<'a> {
+    /// LSN of the first record.
+    pub first_lsn: u64,
+    /// LSN of the last record.
+    pub last_lsn: u64,
+    /// The framed bytes (header and payload), as `batch::encode` wrote them.
+    pub bytes: &'a [u8],
+}
+
+/// Durable storage for batches. The flusher calls it from one thread, in LSN order.
+pub trait WalSink: Send + 'static {
+    /// Stores `batch` durably and returns where it is. Returns only when the batch survives a
+    /// crash of this process (and, for a remote sink, of this machine). Retries transient
+    /// failures itself, within its own limits; an error stops the log.
+    fn append(&mut self, batch: Batch<'_>) -> Result<WalPosition>;
+
+    /// Drops what lies wholly below `lsn` (a snapshot covers it), if the sink can.
+    fn truncate_below(&mut self, lsn: u64) -> Result<()>;
+}
+
+/// A framed batch read back from a sink.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredBatch {
+    /// Where it was read.
+    pub position: WalPosition,
+    /// The framed bytes.
+    pub bytes: Vec<u8>,
+}
+
+/// Reads batches back in order, for replay.
+pub trait WalSource {
+    /// The next batch, or `None` at the end of the log. A torn tail (a batch cut short at the
+    /// very end) ends the log; corruption before the end is `Error::Corrupt`.
+    fn next_batch(&mut self) -> Result<Option<StoredBatch>>;
+}

@@ -1,0 +1,384 @@
+//! The log writer: a bounded ring of pre-allocated batch buffers that producers append records
+//! to, and a background flusher that seals each batch and hands it to the sink.
+//!
+//! Producers encode their record straight into the current batch buffer under one short lock
+//! and get its LSN; nothing is copied again before the sink writes it. When every buffer is
+//! full, producers wait (backpressure): nothing is dropped or overwritten.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use millpond_state::{BoxError, Change, ChangeSink};
+use parking_lot::{Condvar, Mutex};
+
+use crate::batch::{self, HEADER_BYTES};
+use crate::error::{Error, Result};
+use crate::record::{self, proto, SourceOffset};
+use crate::settings::{CommitDurability, WalSettings};
+use crate::sink::{Batch, WalPosition, WalSink};
+
+struct Chunk {
+    /// `HEADER_BYTES` reserved, then records.
+    buf: Vec<u8>,
+    first_lsn: u64,
+    count: u32,
+    opened: Instant,
+}
+
+struct State {
+    current: Option<Chunk>,
+    full: VecDeque<Chunk>,
+    free: Vec<Vec<u8>>,
+    next_lsn: u64,
+    /// Every LSN below this is durable.
+    durable_below: u64,
+    last_position: Option<WalPosition>,
+    /// A commit is waiting: flush without lingering.
+    urgent: bool,
+    truncate_below: Option<u64>,
+    failed: Option<String>,
+    closed: bool,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    /// Producers wait here for a free buffer.
+    space: Condvar,
+    /// The flusher waits here for work.
+    work: Condvar,
+    /// Commit tickets wait here for durability.
+    durable: Condvar,
+    batch_bytes: usize,
+    linger: Duration,
+    durability: CommitDurability,
+}
+
+/// The write-ahead log's writer. Implements [`ChangeSink`], so a `millpond_state::Store` logs
+/// every change through it.
+///
+/// ```
+/// use millpond_wal::{LocalSegmentSink, SegmentSettings, SourceOffset, Wal, WalSettings};
+/// let dir = tempfile::tempdir().unwrap();
+/// let sink = LocalSegmentSink::open(dir.path(), SegmentSettings::default()).unwrap();
+/// let wal = Wal::start(sink, 1, WalSettings::default());
+/// let ticket = wal
+///     .commit(&[SourceOffset { topic: "words".into(), partition: 0, next_offset: 42 }])
+///     .unwrap();
+/// assert!(ticket.is_durable());
+/// wal.close().unwrap();
+/// ```
+pub struct Wal {
+    shared: Arc<Shared>,
+    flusher: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// A commit marker on its way to durability.
+#[derive(Clone)]
+pub struct CommitTicket {
+    lsn: u64,
+    shared: Arc<Shared>,
+}
+
+impl CommitTicket {
+    /// The commit marker's LSN.
+    pub fn lsn(&self) -> u64 {
+        self.lsn
+    }
+
+    /// Whether the marker (and everything before it) is durable.
+    pub fn is_durable(&self) -> bool {
+        self.shared.state.lock().durable_below > self.lsn
+    }
+
+    /// Waits until the marker is durable; returns where its batch landed.
+    pub fn wait(&self) -> Result<WalPosition> {
+        let mut st = self.shared.state.lock();
+        loop {
+            if st.durable_below > self.lsn {
+                return st.last_position.clone().ok_or(Error::Closed);
+            }
+            if let Some(reason) = &st.failed {
+                return Err(Error::Failed {
+                    reason: reason.clone(),
+                });
+            }
+            if st.closed && st.current.is_none() && st.full.is_empty() {
+                return Err(Error::Closed);
+            }
+            self.shared.durable.wait(&mut st);
+        }
+    }
+}
+
+impl Wal {
+    /// Starts a writer that numbers records from `next_lsn` (1 for a new log; after recovery,
+    /// one past the last LSN found) and writes batches to `sink` from a background thread.
+    pub fn start(sink: impl WalSink, next_lsn: u64, settings: WalSettings) -> Wal {
+        let batch_bytes = settings.batch_bytes.max(HEADER_BYTES + 64);
+        let buffers = (settings.ring_bytes / batch_bytes).max(2);
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                current: None,
+                full: VecDeque::with_capacity(buffers),
+                // Pre-allocated once: the ring never allocates while running (a record larger
+                // than a batch grows its buffer, once).
+                free: (0..buffers)
+                    .map(|_| Vec::with_capacity(batch_bytes + 4096))
+                    .collect(),
+                next_lsn: next_lsn.max(1),
+                durable_below: next_lsn.max(1),
+                last_position: None,
+                urgent: false,
+                truncate_below: None,
+                failed: None,
+                closed: false,
+            }),
+            space: Condvar::new(),
+            work: Condvar::new(),
+            durable: Condvar::new(),
+            batch_bytes,
+            linger: Duration::from_millis(settings.linger_ms),
+            durability: settings.commit_durability,
+        });
+        let flusher_shared = shared.clone();
+        let handle = std::thread::Builder::new()
+            .name("millpond-wal-flush".into())
+            .spawn(move || flush_loop(&flusher_shared, sink))
+            .expect("spawning the WAL flusher thread");
+        Wal {
+            shared,
+            flusher: Mutex::new(Some(handle)),
+        }
+    }
+
+    /// Appends one record, encoded by `encode` into the current batch; returns its LSN.
+    fn append(&self, encode: impl FnOnce(&mut Vec<u8>) -> bool) -> Result<u64> {
+        let sh = &*self.shared;
+        let mut st = sh.state.lock();
+        loop {
+            if let Some(reason) = &st.failed {
+                return Err(Error::Failed {
+                    reason: reason.clone(),
+                });
+            }
+            if st.closed {
+                return Err(Error::Closed);
+            }
+            if st.current.is_some() {
+                break;
+            }
+            match st.free.pop() {
+                Some(mut buf) => {
+                    buf.clear();
+                    buf.resize(HEADER_BYTES, 0);
+                    let first_lsn = st.next_lsn;
+                    st.current = Some(Chunk {
+                        buf,
+                        first_lsn,
+                        count: 0,
+                        opened: Instant::now(),
+                    });
+                    // The flusher times its linger from the first record of a batch.
+                    sh.work.notify_one();
+                }
+                None => sh.space.wait(&mut st),
+            }
+        }
+        let lsn = st.next_lsn;
+        let chunk = st.current.as_mut().expect("current was just ensured");
+        if !encode(&mut chunk.buf) {
+            return Err(Error::Invalid {
+                reason: "a change this version of the WAL cannot encode".into(),
+            });
+        }
+        chunk.count += 1;
+        let full = chunk.buf.len() >= sh.batch_bytes;
+        st.next_lsn += 1;
+        if full {
+            let chunk = st.current.take().expect("current exists");
+            st.full.push_back(chunk);
+            sh.work.notify_one();
+        }
+        Ok(lsn)
+    }
+
+    /// Appends a state change; returns its LSN. It becomes durable with the next batch, and
+    /// counts only once a later commit marker is durable.
+    pub fn append_change(&self, change: &Change<'_>) -> Result<u64> {
+        self.append(|buf| record::encode_change(change, buf))
+    }
+
+    /// Appends a commit marker with the source offsets that the state now reflects, and
+    /// flushes at once. With [`CommitDurability::Wait`] (the default) returns once it is
+    /// durable; otherwise wait on the ticket.
+    pub fn commit(&self, offsets: &[SourceOffset]) -> Result<CommitTicket> {
+        let record = proto::Record {
+            body: Some(proto::record::Body::Commit(proto::CommitMarker {
+                offsets: offsets
+                    .iter()
+                    .map(|o| proto::SourceOffset {
+                        topic: o.topic.clone(),
+                        partition: o.partition,
+                        next_offset: o.next_offset,
+                    })
+                    .collect(),
+                committed_at_ms: now_ms(),
+            })),
+        };
+        let ticket = self.append_marker(&record)?;
+        if self.shared.durability == CommitDurability::Wait {
+            ticket.wait()?;
+        }
+        Ok(ticket)
+    }
+
+    /// Appends a marker record and asks for an immediate flush.
+    pub(crate) fn append_marker(&self, record: &proto::Record) -> Result<CommitTicket> {
+        let lsn = self.append(|buf| {
+            record::encode_record(record, buf);
+            true
+        })?;
+        let mut st = self.shared.state.lock();
+        st.urgent = true;
+        self.shared.work.notify_one();
+        drop(st);
+        Ok(CommitTicket {
+            lsn,
+            shared: self.shared.clone(),
+        })
+    }
+
+    /// The LSN the next record will get.
+    pub fn next_lsn(&self) -> u64 {
+        self.shared.state.lock().next_lsn
+    }
+
+    /// Every LSN below this is durable.
+    pub fn durable_below(&self) -> u64 {
+        self.shared.state.lock().durable_below
+    }
+
+    /// Asks the sink to drop what lies wholly below `lsn` (a snapshot covers it). Done by the
+    /// flusher between batches.
+    pub fn truncate_below(&self, lsn: u64) {
+        let mut st = self.shared.state.lock();
+        st.truncate_below = Some(st.truncate_below.map_or(lsn, |t| t.max(lsn)));
+        self.shared.work.notify_one();
+    }
+
+    /// Writes everything appended so far and stops the flusher. Later appends fail with
+    /// [`Error::Closed`].
+    pub fn close(&self) -> Result<()> {
+        {
+            let mut st = self.shared.state.lock();
+            st.closed = true;
+            self.shared.work.notify_all();
+            self.shared.space.notify_all();
+        }
+        if let Some(handle) = self.flusher.lock().take() {
+            let _ = handle.join();
+        }
+        let st = self.shared.state.lock();
+        match &st.failed {
+            Some(reason) => Err(Error::Failed {
+                reason: reason.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Wal {
+    fn drop(&mut self) {
+        let _ = self.close();
+    }
+}
+
+impl ChangeSink for Wal {
+    fn append(&self, change: &Change<'_>) -> Result<(), BoxError> {
+        self.append_change(change).map(|_| ()).map_err(Into::into)
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn flush_loop(sh: &Shared, mut sink: impl WalSink) {
+    loop {
+        let mut batches: Vec<Chunk> = Vec::new();
+        let truncate;
+        {
+            let mut st = sh.state.lock();
+            loop {
+                let current_ready = st.current.as_ref().is_some_and(|c| {
+                    c.count > 0 && (st.urgent || st.closed || c.opened.elapsed() >= sh.linger)
+                });
+                if !st.full.is_empty() || current_ready || st.truncate_below.is_some() {
+                    break;
+                }
+                if st.closed
+                    && st.full.is_empty()
+                    && st.current.as_ref().is_none_or(|c| c.count == 0)
+                {
+                    return;
+                }
+                match &st.current {
+                    Some(c) if c.count > 0 => {
+                        let left = sh.linger.saturating_sub(c.opened.elapsed());
+                        sh.work
+                            .wait_for(&mut st, left.max(Duration::from_micros(50)));
+                    }
+                    _ => sh.work.wait(&mut st),
+                }
+            }
+            batches.extend(st.full.drain(..));
+            if st.current.as_ref().is_some_and(|c| c.count > 0) {
+                batches.extend(st.current.take());
+            }
+            st.urgent = false;
+            truncate = st.truncate_below.take();
+        }
+        for mut chunk in batches {
+            batch::seal(&mut chunk.buf, chunk.first_lsn, chunk.count);
+            let last_lsn = chunk.first_lsn + chunk.count as u64 - 1;
+            let result = sink.append(Batch {
+                first_lsn: chunk.first_lsn,
+                last_lsn,
+                bytes: &chunk.buf,
+            });
+            let mut st = sh.state.lock();
+            match result {
+                Ok(position) => {
+                    st.durable_below = last_lsn + 1;
+                    st.last_position = Some(position);
+                    chunk.buf.clear();
+                    st.free.push(chunk.buf);
+                    sh.space.notify_one();
+                    sh.durable.notify_all();
+                }
+                Err(e) => {
+                    // Nothing after a failed batch may become durable out of order: stop.
+                    st.failed = Some(e.to_string());
+                    sh.space.notify_all();
+                    sh.durable.notify_all();
+                    return;
+                }
+            }
+        }
+        if let Some(lsn) = truncate {
+            if let Err(e) = sink.truncate_below(lsn) {
+                let mut st = sh.state.lock();
+                st.failed = Some(e.to_string());
+                sh.space.notify_all();
+                sh.durable.notify_all();
+                return;
+            }
+        }
+    }
+}
