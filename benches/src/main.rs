@@ -1,9 +1,11 @@
 //! `millpond-bench`: benchmarks that print one JSON line per run.
 //!
 //! `cargo run --release -p millpond-bench -- state --keys 1000000 --value-bytes 100 --seconds 10`
+//! `cargo run --release -p millpond-bench -- wal --sink local --record-bytes 100 --seconds 10`
 
 mod state;
 mod util;
+mod wal;
 
 use clap::{Parser, Subcommand};
 
@@ -19,12 +21,16 @@ enum Command {
     /// Keyed state: read-modify-write and get throughput, hot and cold get latency, RSS,
     /// against a plain Mutex<HashMap> measured in the same run.
     State(state::StateArgs),
+    /// Write-ahead log: records/s, MB/s, durable commit latency, against the disk's own
+    /// sequential fdatasync bandwidth.
+    Wal(wal::WalArgs),
 }
 
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::State(args) => state::run(args),
+        Command::Wal(args) => wal::run(args),
     };
     match result {
         Ok(line) => println!("{line}"),

@@ -47,4 +47,4 @@ pub use replay::{replay, CommitPoint, ReplayOutcome};
 pub use segment::{LocalSegmentSink, LocalSegmentSource};
 pub use settings::{CommitDurability, SegmentSettings, WalSettings};
 pub use sink::{Batch, StoredBatch, WalPosition, WalSink, WalSource};
-pub use writer::{CommitTicket, Wal};
+pub use writer::{CommitTicket, Wal, WalStats};

@@ -48,6 +48,16 @@ pub trait WalSink: Send + 'static {
     fn truncate_below(&mut self, lsn: u64) -> Result<()>;
 }
 
+impl<S: WalSink + ?Sized> WalSink for Box<S> {
+    fn append(&mut self, batch: Batch<'_>) -> Result<WalPosition> {
+        (**self).append(batch)
+    }
+
+    fn truncate_below(&mut self, lsn: u64) -> Result<()> {
+        (**self).truncate_below(lsn)
+    }
+}
+
 /// A framed batch read back from a sink.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredBatch {

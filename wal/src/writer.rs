@@ -6,6 +6,7 @@
 //! full, producers wait (backpressure): nothing is dropped or overwritten.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -53,6 +54,22 @@ struct Shared {
     batch_bytes: usize,
     linger: Duration,
     durability: CommitDurability,
+    batches_written: AtomicU64,
+    bytes_written: AtomicU64,
+}
+
+/// Counters of a [`Wal`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WalStats {
+    /// Batches the sink accepted.
+    pub batches_written: u64,
+    /// Framed bytes the sink accepted.
+    pub bytes_written: u64,
+    /// Every LSN below this is durable.
+    pub durable_below: u64,
+    /// The LSN the next record gets.
+    pub next_lsn: u64,
 }
 
 /// The write-ahead log's writer. Implements [`ChangeSink`], so a `millpond_state::Store` logs
@@ -141,6 +158,8 @@ impl Wal {
             batch_bytes,
             linger: Duration::from_millis(settings.linger_ms),
             durability: settings.commit_durability,
+            batches_written: AtomicU64::new(0),
+            bytes_written: AtomicU64::new(0),
         });
         let flusher_shared = shared.clone();
         let handle = std::thread::Builder::new()
@@ -250,6 +269,17 @@ impl Wal {
         })
     }
 
+    /// Counters.
+    pub fn stats(&self) -> WalStats {
+        let st = self.shared.state.lock();
+        WalStats {
+            batches_written: self.shared.batches_written.load(Ordering::Relaxed),
+            bytes_written: self.shared.bytes_written.load(Ordering::Relaxed),
+            durable_below: st.durable_below,
+            next_lsn: st.next_lsn,
+        }
+    }
+
     /// The LSN the next record will get.
     pub fn next_lsn(&self) -> u64 {
         self.shared.state.lock().next_lsn
@@ -355,6 +385,9 @@ fn flush_loop(sh: &Shared, mut sink: impl WalSink) {
             let mut st = sh.state.lock();
             match result {
                 Ok(position) => {
+                    sh.batches_written.fetch_add(1, Ordering::Relaxed);
+                    sh.bytes_written
+                        .fetch_add(chunk.buf.len() as u64, Ordering::Relaxed);
                     st.durable_below = last_lsn + 1;
                     st.last_position = Some(position);
                     chunk.buf.clear();
