@@ -10,6 +10,9 @@ use millpond_state::{
     thread_cold_reads, BytesCodec, NullSink, Store, StoreSettings, U64Codec, ValueState,
     ValueStateDescriptor,
 };
+use millpond_wal::{
+    CommitDurability, LocalSegmentSink, SegmentSettings, SourceOffset, Wal, WalSettings,
+};
 use rand::SeedableRng;
 use rand_distr::{Distribution, Zipf};
 use serde_json::json;
@@ -39,6 +42,10 @@ pub struct StateArgs {
     /// Threads doing operations.
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// Where change capture goes: `none` (NullSink) or `local` (the WAL on local segments,
+    /// with an asynchronous commit marker every 10,000 updates).
+    #[arg(long, default_value = "none")]
+    wal: String,
     /// Keep the state directory here instead of a temporary one.
     #[arg(long)]
     dir: Option<std::path::PathBuf>,
@@ -118,15 +125,44 @@ pub fn run(args: StateArgs) -> Result<String, String> {
     let dir = args.dir.clone().unwrap_or_else(|| tmp.path().to_owned());
     let seqs = key_sequences(&args);
 
-    let store = Store::builder(&dir)
-        .settings(StoreSettings {
-            memory_budget_bytes: budget,
-            cold_cache_bytes: args.cold_cache.map(|b| b as usize),
-            ..StoreSettings::default()
-        })
-        .change_sink(NullSink)
-        .open()
-        .map_err(|e| e.to_string())?;
+    let wal = match args.wal.as_str() {
+        "none" => None,
+        "local" => {
+            let sink = LocalSegmentSink::open(dir.join("wal"), SegmentSettings::default())
+                .map_err(|e| e.to_string())?;
+            let settings = WalSettings {
+                commit_durability: CommitDurability::Async,
+                ..WalSettings::default()
+            };
+            Some(Arc::new(Wal::start(sink, 1, settings)))
+        }
+        other => return Err(format!("--wal must be none or local, not {other}")),
+    };
+    let builder = Store::builder(dir.join("state")).settings(StoreSettings {
+        memory_budget_bytes: budget,
+        cold_cache_bytes: args.cold_cache.map(|b| b as usize),
+        ..StoreSettings::default()
+    });
+    let builder = match &wal {
+        Some(w) => builder.change_sink_arc(w.clone()),
+        None => builder.change_sink(NullSink),
+    };
+    let store = builder.open().map_err(|e| e.to_string())?;
+    let commits = std::sync::atomic::AtomicU64::new(0);
+    let ops = std::sync::atomic::AtomicU64::new(0);
+    let commit_every = || {
+        if let Some(w) = &wal {
+            if ops.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 10_000 == 9_999 {
+                let c = commits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                w.commit(&[SourceOffset {
+                    topic: "bench".into(),
+                    partition: 0,
+                    next_offset: c as i64,
+                }])
+                .expect("commit");
+            }
+        }
+    };
     let state: ValueState<u64, Vec<u8>> = store
         .value_state(ValueStateDescriptor::new("bench", U64Codec, BytesCodec))
         .map_err(|e| e.to_string())?;
@@ -149,6 +185,7 @@ pub fn run(args: StateArgs) -> Result<String, String> {
                 Some(v)
             })
             .expect("update");
+        commit_every();
     });
 
     // Gets, timed one by one, split by whether they read the cold tier.
@@ -201,9 +238,13 @@ pub fn run(args: StateArgs) -> Result<String, String> {
     let stats = store.stats();
     let rss = rss_bytes();
     let peak_rss = peak_rss_bytes();
+    let wal_stats = wal.as_ref().map(|w| w.stats());
     drop(state);
     store.close().map_err(|e| e.to_string())?;
     drop(store);
+    if let Some(w) = wal {
+        w.close().map_err(|e| e.to_string())?;
+    }
 
     // The baseline, after millpond's RSS was taken: a plain locked HashMap, same keys, same op.
     let map: Mutex<HashMap<Vec<u8>, Vec<u8>>> = Mutex::new(HashMap::new());
@@ -272,6 +313,9 @@ pub fn run(args: StateArgs) -> Result<String, String> {
         "rss_bytes": rss,
         "peak_rss_bytes": peak_rss,
         "rss_limit_bytes": budget as u64 + budget as u64 / 10 + (64 << 20),
+        "wal": args.wal,
+        "wal_bytes_written": wal_stats.map(|s| s.bytes_written),
+        "wal_batches_written": wal_stats.map(|s| s.batches_written),
         "hot_entries": stats.hot_entries,
         "hot_bytes": stats.hot_bytes,
         "evictions": stats.evictions,
