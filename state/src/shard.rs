@@ -127,33 +127,28 @@ impl Shard {
 
     /// Evicts least recently used entries until the shard is within budget. Dirty entries go
     /// to the spill queue; clean ones are dropped (the cold tier has them); expired ones are
-    /// dropped too, with a delete if an older version may be in the cold tier.
-    pub fn evict(&mut self, now_ms: u64, scratch: &mut Vec<u8>) {
+    /// written as they are (see [`Shard::write_back`]).
+    pub fn evict(&mut self, scratch: &mut Vec<u8>) {
         while self.used > self.budget {
             let Some((key, mut entry)) = self.lru.pop_lru() else {
                 break;
             };
             self.used -= entry.charged as usize;
             self.stats.evictions += 1;
-            self.write_back(key.into_boxed(), &mut entry, now_ms, scratch);
+            self.write_back(key.into_boxed(), &mut entry, scratch);
         }
     }
 
-    /// What eviction does with one entry already removed from the LRU.
-    pub fn write_back(
-        &mut self,
-        key: Box<[u8]>,
-        entry: &mut Entry,
-        now_ms: u64,
-        scratch: &mut Vec<u8>,
-    ) {
+    /// What eviction does with one entry already removed from the LRU: a dirty entry goes to
+    /// the cold tier as it is. Expired data is not dropped here: while a store replays its log,
+    /// a later TTL refresh in the log may still extend it (replay runs at today's clock, the
+    /// refresh was made when the data was live). Reads filter expired data anyway, and the TTL
+    /// cleanup removes it from the cold tier.
+    pub fn write_back(&mut self, key: Box<[u8]>, entry: &mut Entry, scratch: &mut Vec<u8>) {
         if !entry.dirty {
             return;
         }
-        entry.data.purge_expired(now_ms);
-        let dead = matches!(entry.data, Data::Tombstone)
-            || entry.data.all_expired(now_ms)
-            || crate::entry::is_empty_data(&entry.data);
+        let dead = matches!(entry.data, Data::Tombstone) || crate::entry::is_empty_data(&entry.data);
         if dead {
             if self.spilled_any {
                 self.spill(key, None);
@@ -166,7 +161,7 @@ impl Shard {
     }
 
     /// Removes wholly expired entries among the `max` least recently used. Returns how many.
-    pub fn cleanup_expired(&mut self, max: usize, now_ms: u64, scratch: &mut Vec<u8>) -> usize {
+    pub fn cleanup_expired(&mut self, max: usize, now_ms: u64) -> usize {
         let expired: Vec<HotKey> = self
             .lru
             .iter()
@@ -176,11 +171,12 @@ impl Shard {
             .map(|(k, _)| k.clone())
             .collect();
         for key in &expired {
-            if let Some((key, mut entry)) = self.lru.pop_entry(key.as_slice()) {
+            if let Some((key, entry)) = self.lru.pop_entry(key.as_slice()) {
                 self.used -= entry.charged as usize;
-                // An expired entry is dead whether dirty or not; a clean one leaves its expired
-                // cold copy for the cold tier's own cleanup.
-                self.write_back(key.into_boxed(), &mut entry, now_ms, scratch);
+                // Expired is dead, dirty or not: delete any older cold copy too.
+                if self.spilled_any {
+                    self.spill(key.into_boxed(), None);
+                }
             }
         }
         expired.len()

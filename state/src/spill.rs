@@ -41,6 +41,8 @@ pub(crate) enum Msg {
 pub(crate) struct WriterConfig {
     pub ttl_cleanup_interval: Option<Duration>,
     pub ttl_cleanup_entries: usize,
+    /// Set while the store replays its log: TTL cleanup waits.
+    pub replaying: Arc<std::sync::atomic::AtomicBool>,
     /// Key group → shard, to find the shard of a cold-tier key (its first two bytes).
     pub shard_of_kg: Arc<[u16]>,
 }
@@ -105,7 +107,6 @@ impl ColdTier {
             last_cleanup: Instant::now(),
             cleanup_cursor: Vec::new(),
             cleanup_shard: 0,
-            scratch: Vec::new(),
         };
         let handle = std::thread::Builder::new()
             .name("millpond-spill".into())
@@ -221,7 +222,6 @@ struct Writer {
     /// Where the next cold-tier TTL cleanup step starts.
     cleanup_cursor: Vec<u8>,
     cleanup_shard: usize,
-    scratch: Vec<u8>,
 }
 
 impl Writer {
@@ -258,7 +258,9 @@ impl Writer {
             };
             if result.is_ok() {
                 if let Some(interval) = self.config.ttl_cleanup_interval {
-                    if self.last_cleanup.elapsed() >= interval {
+                    if self.last_cleanup.elapsed() >= interval
+                        && !self.config.replaying.load(Ordering::SeqCst)
+                    {
                         self.last_cleanup = Instant::now();
                         result = self.cleanup_step();
                     }
@@ -342,7 +344,7 @@ impl Writer {
         if !self.shards.is_empty() {
             self.cleanup_shard = (self.cleanup_shard + 1) % self.shards.len();
             let mut shard = self.shards[self.cleanup_shard].lock();
-            shard.cleanup_expired(max, now, &mut self.scratch);
+            shard.cleanup_expired(max, now);
         }
         // Pending versions are newer than what the cold tier holds; clean only keys with none.
         let mut txn = self

@@ -168,6 +168,9 @@ pub(crate) struct Inner {
     shard_of_kg: Arc<[u16]>,
     registry: Mutex<HashMap<String, Arc<StateInfo>>>,
     has_ttl: AtomicBool,
+    /// Set by `apply` until `replay_done`: TTL cleanup waits, since the log may still refresh
+    /// what today's clock calls expired.
+    replaying: Arc<AtomicBool>,
     closed: AtomicBool,
     cold: ColdTier,
     /// Held while the store is open; released by `close`.
@@ -301,7 +304,9 @@ impl Store {
         let max = s.max_key_groups as usize;
         // Contiguous key-group ranges per shard, like instances of a Flink operator.
         let shard_of_kg: Arc<[u16]> = (0..max).map(|kg| (kg * n / max) as u16).collect();
+        let replaying = Arc::new(AtomicBool::new(false));
         let config = WriterConfig {
+            replaying: replaying.clone(),
             ttl_cleanup_interval: (s.ttl_cleanup_interval_ms > 0)
                 .then(|| Duration::from_millis(s.ttl_cleanup_interval_ms)),
             ttl_cleanup_entries: s.ttl_cleanup_entries_per_step.max(1),
@@ -326,6 +331,7 @@ impl Store {
                 shard_of_kg,
                 registry: Mutex::new(HashMap::new()),
                 has_ttl: AtomicBool::new(false),
+                replaying,
                 closed: AtomicBool::new(false),
                 cold,
                 lock: Mutex::new(Some(lock)),
@@ -346,8 +352,13 @@ impl Store {
     /// Replays one change (from the write-ahead log) without passing it to the change sink.
     ///
     /// The state must be registered. Replaying the changes a store emitted, in order, into a
-    /// fresh store gives the same state.
+    /// fresh store gives the same state. From the first `apply` until [`Store::replay_done`],
+    /// TTL cleanup waits: a TTL refresh later in the log may extend data that today's clock
+    /// already calls expired (reads still never return expired data).
     pub fn apply(&self, change: &Change<'_>) -> Result<()> {
+        if !self.inner.replaying.load(Ordering::Relaxed) {
+            self.inner.replaying.store(true, Ordering::SeqCst);
+        }
         let st = self
             .inner
             .registry
@@ -387,6 +398,11 @@ impl Store {
             })
     }
 
+    /// Ends a replay (see [`Store::apply`]): TTL cleanup resumes.
+    pub fn replay_done(&self) {
+        self.inner.replaying.store(false, Ordering::SeqCst);
+    }
+
     /// Waits until every evicted entry is written to the cold tier.
     pub fn flush(&self) -> Result<()> {
         self.inner.check_open()?;
@@ -398,13 +414,15 @@ impl Store {
     /// Returns how many entries were removed.
     pub fn cleanup_expired(&self, max_per_shard: usize) -> Result<usize> {
         self.inner.check_open()?;
+        if self.inner.replaying.load(Ordering::SeqCst) {
+            return Ok(0);
+        }
         let now = self.inner.clock.now_ms();
-        let mut scratch = Vec::new();
         let mut removed = 0;
         for shard in self.inner.shards.iter() {
             let (n, out) = {
                 let mut s = shard.lock();
-                let n = s.cleanup_expired(max_per_shard, now, &mut scratch);
+                let n = s.cleanup_expired(max_per_shard, now);
                 (n, s.take_outgoing(false))
             };
             removed += n;
@@ -606,7 +624,7 @@ impl Inner {
         }
         if shard.used > shard.budget {
             let mut scratch = Vec::new();
-            shard.evict(now_ms, &mut scratch);
+            shard.evict(&mut scratch);
         }
         let outgoing = shard.take_outgoing(false);
         drop(guard);
