@@ -9,6 +9,12 @@ mod wal;
 
 use clap::{Parser, Subcommand};
 
+// mimalloc, as a production job would link it: glibc malloc's fastbin consolidation, triggered
+// when redb allocates page buffers among many small frees, puts 50-200 µs stalls into cold
+// reads. Millpond and the baselines run on the same allocator.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(about = "millpond benchmarks; each prints one JSON line")]
 struct Cli {

@@ -36,6 +36,10 @@ pub struct StateArgs {
     /// Zipf exponent for key choice; 0 = uniform.
     #[arg(long, default_value_t = 0.0)]
     zipf: f64,
+    /// Seconds of the read-modify-write phase (default: --seconds). 0 skips it, so that gets
+    /// run with no dirty entries to spill.
+    #[arg(long)]
+    update_seconds: Option<f64>,
     /// Bytes of the budget for the cold tier's page cache (default: the store's, a tenth).
     #[arg(long, value_parser = parse_bytes)]
     cold_cache: Option<u64>,
@@ -177,16 +181,21 @@ pub fn run(args: StateArgs) -> Result<String, String> {
     let load_seconds = t0.elapsed().as_secs_f64();
 
     let vb = args.value_bytes;
-    let update_ops = timed(args.threads, args.seconds, &seqs, |k| {
-        state
-            .update_with(&k, |v| {
-                let mut v = v.unwrap_or_else(|| vec![0; vb]);
-                bump(&mut v);
-                Some(v)
-            })
-            .expect("update");
-        commit_every();
-    });
+    let update_seconds = args.update_seconds.unwrap_or(args.seconds);
+    let update_ops = if update_seconds <= 0.0 {
+        0.0
+    } else {
+        timed(args.threads, update_seconds, &seqs, |k| {
+            state
+                .update_with(&k, |v| {
+                    let mut v = v.unwrap_or_else(|| vec![0; vb]);
+                    bump(&mut v);
+                    Some(v)
+                })
+                .expect("update");
+            commit_every();
+        })
+    };
 
     // Gets, timed one by one, split by whether they read the cold tier.
     let deadline = Duration::from_secs_f64(args.seconds);

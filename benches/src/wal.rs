@@ -154,7 +154,7 @@ pub fn run(args: WalArgs) -> Result<String, String> {
             })
             .map_err(|e| e.to_string())?;
             n += 1;
-            if n % args.commit_every == 0 {
+            if n.is_multiple_of(args.commit_every) {
                 let t = Instant::now();
                 let ticket = wal
                     .commit(&[SourceOffset {

@@ -148,7 +148,8 @@ impl Shard {
         if !entry.dirty {
             return;
         }
-        let dead = matches!(entry.data, Data::Tombstone) || crate::entry::is_empty_data(&entry.data);
+        let dead =
+            matches!(entry.data, Data::Tombstone) || crate::entry::is_empty_data(&entry.data);
         if dead {
             if self.spilled_any {
                 self.spill(key, None);

@@ -41,6 +41,8 @@ pub(crate) enum Msg {
 pub(crate) struct WriterConfig {
     pub ttl_cleanup_interval: Option<Duration>,
     pub ttl_cleanup_entries: usize,
+    /// Set once any state has a TTL: until then there is nothing to clean.
+    pub has_ttl: Arc<std::sync::atomic::AtomicBool>,
     /// Set while the store replays its log: TTL cleanup waits.
     pub replaying: Arc<std::sync::atomic::AtomicBool>,
     /// Key group → shard, to find the shard of a cold-tier key (its first two bytes).
@@ -259,6 +261,7 @@ impl Writer {
             if result.is_ok() {
                 if let Some(interval) = self.config.ttl_cleanup_interval {
                     if self.last_cleanup.elapsed() >= interval
+                        && self.config.has_ttl.load(Ordering::Relaxed)
                         && !self.config.replaying.load(Ordering::SeqCst)
                     {
                         self.last_cleanup = Instant::now();

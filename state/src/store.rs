@@ -167,7 +167,7 @@ pub(crate) struct Inner {
     shards: Shards,
     shard_of_kg: Arc<[u16]>,
     registry: Mutex<HashMap<String, Arc<StateInfo>>>,
-    has_ttl: AtomicBool,
+    has_ttl: Arc<AtomicBool>,
     /// Set by `apply` until `replay_done`: TTL cleanup waits, since the log may still refresh
     /// what today's clock calls expired.
     replaying: Arc<AtomicBool>,
@@ -305,7 +305,9 @@ impl Store {
         // Contiguous key-group ranges per shard, like instances of a Flink operator.
         let shard_of_kg: Arc<[u16]> = (0..max).map(|kg| (kg * n / max) as u16).collect();
         let replaying = Arc::new(AtomicBool::new(false));
+        let has_ttl = Arc::new(AtomicBool::new(false));
         let config = WriterConfig {
+            has_ttl: has_ttl.clone(),
             replaying: replaying.clone(),
             ttl_cleanup_interval: (s.ttl_cleanup_interval_ms > 0)
                 .then(|| Duration::from_millis(s.ttl_cleanup_interval_ms)),
@@ -330,7 +332,7 @@ impl Store {
                 shards,
                 shard_of_kg,
                 registry: Mutex::new(HashMap::new()),
-                has_ttl: AtomicBool::new(false),
+                has_ttl,
                 replaying,
                 closed: AtomicBool::new(false),
                 cold,
