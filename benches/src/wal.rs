@@ -68,11 +68,7 @@ fn pulsar_sink() -> Result<Box<dyn WalSink>, String> {
         "persistent://public/default/millpond-wal-bench-{}",
         std::process::id()
     );
-    let settings = PulsarSettings {
-        url,
-        topic,
-        ..PulsarSettings::default()
-    };
+    let settings = PulsarSettings::for_topic(url, topic);
     Ok(Box::new(
         PulsarSink::connect(settings).map_err(|e| e.to_string())?,
     ))
