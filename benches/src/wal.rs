@@ -112,7 +112,10 @@ pub fn run(args: WalArgs) -> Result<String, String> {
             ..WalSettings::default()
         },
     );
-    let value = vec![0xabu8; args.record_bytes];
+    // Pseudo-random values, new for every record, so that Pulsar's compression gains nothing
+    // that real data would not give it.
+    let mut value = vec![0u8; args.record_bytes];
+    let mut rng = 0x2545_f491_4f6c_dd1du64;
     let (tx, rx) = crossbeam_channel::bounded::<(millpond_wal::CommitTicket, Instant)>(1024);
     // Commit latency: from `commit` to durable, measured by a waiter so appends never stop.
     let waiter = std::thread::spawn(move || {
@@ -138,6 +141,12 @@ pub fn run(args: WalArgs) -> Result<String, String> {
         for _ in 0..1000 {
             key = key.wrapping_add(0x9e37_79b9_7f4a_7c15);
             let k = key.to_be_bytes();
+            for chunk in value.chunks_mut(8) {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                chunk.copy_from_slice(&rng.to_le_bytes()[..chunk.len()]);
+            }
             wal.append_change(&Change {
                 state: "bench",
                 kind: StateKind::Value,
