@@ -53,6 +53,13 @@ fn recover(dir: &Path, after: u64) -> (Wal, ReplayOutcome, BTreeMap<Vec<u8>, Vec
     (wal, outcome, model)
 }
 
+/// Opens the log without applying anything (for tests that only look at the outcome).
+fn open_ignoring(dir: &Path, wal: WalSettings) -> millpond_wal::Result<(Wal, ReplayOutcome)> {
+    open_local(dir, 0, wal, small_segments(), |_c: &OwnedChange| {
+        Ok::<(), std::io::Error>(())
+    })
+}
+
 fn put(wal: &Wal, key: &[u8], value: &[u8]) -> u64 {
     wal.append_change(&Change {
         state: "s",
@@ -196,15 +203,9 @@ fn a_bit_flip_before_the_end_is_corruption_not_a_torn_tail() {
     let mut bytes = std::fs::read(&path).unwrap();
     bytes[40] ^= 0x10; // inside the first batch's payload; later batches follow
     std::fs::write(&path, &bytes).unwrap();
-    let err = open_local(
-        dir.path(),
-        0,
-        settings(),
-        small_segments(),
-        |_c: &OwnedChange| Ok::<(), std::io::Error>(()),
-    )
-    .err()
-    .expect("corruption must be reported");
+    let err = open_ignoring(dir.path(), settings())
+        .err()
+        .expect("corruption must be reported");
     assert!(matches!(err, Error::Corrupt { .. }), "{err}");
     // Nothing was cut off the file on the way.
     assert_eq!(std::fs::read(&path).unwrap(), bytes);
@@ -233,15 +234,9 @@ fn truncation_below_a_snapshot_keeps_what_replay_after_it_needs() {
     assert_eq!(outcome.last_commit.unwrap().offsets, offsets(400));
     assert_eq!(model.len(), 99);
     // Replaying from before the truncation point is a gap: refused, not silently partial.
-    let err = open_local(
-        dir.path(),
-        0,
-        settings(),
-        small_segments(),
-        |_c: &OwnedChange| Ok::<(), std::io::Error>(()),
-    )
-    .err()
-    .expect("a gap must be reported");
+    let err = open_ignoring(dir.path(), settings())
+        .err()
+        .expect("a gap must be reported");
     assert!(matches!(err, Error::Corrupt { .. }), "{err}");
 }
 
@@ -254,10 +249,7 @@ fn a_full_ring_applies_backpressure_and_loses_nothing() {
         linger_ms: 5,
         ..WalSettings::default()
     };
-    let (wal, _) = open_local(dir.path(), 0, tiny, small_segments(), |_c: &OwnedChange| {
-        Ok::<(), std::io::Error>(())
-    })
-    .unwrap();
+    let (wal, _) = open_ignoring(dir.path(), tiny).unwrap();
     let wal = Arc::new(wal);
     let threads: Vec<_> = (0..4u8)
         .map(|t| {
@@ -284,14 +276,7 @@ fn a_full_ring_applies_backpressure_and_loses_nothing() {
 #[test]
 fn a_store_logs_through_the_wal_and_replays_into_a_fresh_store() {
     let dir = tempfile::tempdir().unwrap();
-    let (wal, _) = open_local(
-        dir.path().join("wal"),
-        0,
-        settings(),
-        small_segments(),
-        |_c: &OwnedChange| Ok::<(), std::io::Error>(()),
-    )
-    .unwrap();
+    let (wal, _) = open_ignoring(&dir.path().join("wal"), settings()).unwrap();
     let wal = Arc::new(wal);
     let store = Store::builder(dir.path().join("a"))
         .change_sink_arc(wal.clone())
