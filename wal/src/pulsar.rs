@@ -57,6 +57,10 @@ use pulsar::{
 use crate::error::{Error, Result};
 use crate::sink::{Batch, StoredBatch, WalPosition, WalSink, WalSource};
 
+/// Largest payload of one message when batches are sent together (Pulsar's default
+/// `maxMessageSize` is 5 MiB, metadata included).
+pub const MAX_MESSAGE_BYTES: usize = 4 << 20;
+
 /// Appended batches a sink remembers for `truncate_below` (see `SinkInner::remember`).
 const MAX_REMEMBERED: usize = 8192;
 
@@ -732,6 +736,37 @@ impl WalSink for PulsarSink {
         self.runtime.block_on(self.inner.append(batch))
     }
 
+    /// Sends consecutive batches together, as few messages of at most [`MAX_MESSAGE_BYTES`]
+    /// as they fit in (one batch larger than that goes alone): one broker round trip for all
+    /// that queued up while the previous message was on its way, instead of one per batch.
+    /// Every batch of a message gets the message's position.
+    fn append_all(&mut self, batches: &[Batch<'_>]) -> Result<Vec<WalPosition>> {
+        let mut positions = Vec::with_capacity(batches.len());
+        let mut start = 0;
+        while start < batches.len() {
+            let mut end = start + 1;
+            let mut bytes = batches[start].bytes.len();
+            while end < batches.len() && bytes + batches[end].bytes.len() <= MAX_MESSAGE_BYTES {
+                bytes += batches[end].bytes.len();
+                end += 1;
+            }
+            let group = &batches[start..end];
+            let position = if group.len() == 1 {
+                self.append(group[0])?
+            } else {
+                let payload: Vec<u8> = group.iter().flat_map(|b| b.bytes.iter().copied()).collect();
+                self.append(Batch {
+                    first_lsn: group[0].first_lsn,
+                    last_lsn: group[group.len() - 1].last_lsn,
+                    bytes: &payload,
+                })?
+            };
+            positions.extend(std::iter::repeat_n(position, group.len()));
+            start = end;
+        }
+        Ok(positions)
+    }
+
     /// Lets Pulsar delete the batches wholly below `lsn`: acknowledges (cumulatively), on the
     /// retention subscription, the last batch this sink appended below `lsn`; Pulsar deletes a
     /// ledger once it is acknowledged and the namespace's retention has passed. Batches of
@@ -757,6 +792,31 @@ impl Drop for PulsarSink {
 }
 
 // ---------------------------------------------------------------------------------- source
+
+/// The framed batches of one message's payload, each with the message's position. A payload
+/// that does not split cleanly is returned whole, for replay to report as corrupt.
+fn split_batches(at: WalPosition, payload: Vec<u8>) -> Vec<StoredBatch> {
+    let mut out = Vec::new();
+    let mut off = 0;
+    while off < payload.len() {
+        match crate::batch::decode(&payload[off..], String::new) {
+            Ok(crate::batch::Decoded::Batch(h, _)) => {
+                out.push(StoredBatch {
+                    position: at.clone(),
+                    bytes: payload[off..off + h.framed_len()].to_vec(),
+                });
+                off += h.framed_len();
+            }
+            _ => {
+                return vec![StoredBatch {
+                    position: at,
+                    bytes: payload,
+                }]
+            }
+        }
+    }
+    out
+}
 
 /// A [`WalSource`] reading a WAL topic in order with a non-durable Pulsar reader
 /// ([`pulsar::reader::Reader`]): it creates no durable subscription, and leaves no state on the
@@ -790,6 +850,8 @@ struct SourceInner {
     last: Option<MessageIdData>,
     /// The topic's last message id, as last asked.
     end: Option<MessageIdData>,
+    /// Batches of the last message not yet returned (a message may hold several).
+    queued: VecDeque<StoredBatch>,
 }
 
 impl std::fmt::Debug for PulsarSource {
@@ -840,6 +902,7 @@ impl PulsarSource {
                 start,
                 last: None,
                 end: None,
+                queued: VecDeque::new(),
             };
             inner
                 .with_retries("opening the reader", |s| Box::pin(s.ensure_reader()))
@@ -987,16 +1050,17 @@ impl SourceInner {
             if self.already_seen(&id) {
                 continue; // before the start, or a re-delivery after a reconnection
             }
-            let batch = StoredBatch {
-                position: position(&id),
-                bytes: message.payload.data,
-            };
+            let at = position(&id);
             self.last = Some(id);
-            return Ok(Some(batch));
+            self.queued.extend(split_batches(at, message.payload.data));
+            return Ok(self.queued.pop_front());
         }
     }
 
     async fn next_batch(&mut self) -> Result<Option<StoredBatch>> {
+        if let Some(batch) = self.queued.pop_front() {
+            return Ok(Some(batch));
+        }
         let mut waits = 0;
         loop {
             if !self.more_expected() {

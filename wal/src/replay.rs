@@ -60,7 +60,14 @@ where
     while let Some(stored) = source.next_batch()? {
         let location = || format!("{:?}", stored.position);
         let (h, payload) = match batch::decode(&stored.bytes, location)? {
-            Decoded::Batch(h, p) => (h, p),
+            // A stored batch is exactly one framed batch: trailing bytes are damage too.
+            Decoded::Batch(h, p) if h.framed_len() == stored.bytes.len() => (h, p),
+            Decoded::Batch(..) => {
+                return Err(Error::Corrupt {
+                    what: "WAL batch (trailing bytes)",
+                    location: location(),
+                })
+            }
             Decoded::Incomplete => {
                 return Err(Error::Corrupt {
                     what: "WAL batch (incomplete)",

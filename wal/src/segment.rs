@@ -130,13 +130,17 @@ impl LocalSegmentSink {
     }
 }
 
-impl WalSink for LocalSegmentSink {
-    fn append(&mut self, batch: Batch<'_>) -> Result<WalPosition> {
+impl LocalSegmentSink {
+    /// Writes one batch (rolling to a new segment first if the current one is full); the
+    /// caller syncs.
+    fn write(&mut self, batch: Batch<'_>) -> Result<WalPosition> {
         let roll = match &self.file {
             None => true,
             Some((_, _, len)) => *len >= self.settings.segment_bytes,
         };
         if roll {
+            // Everything in the old segment is durable before anything in the new one.
+            self.sync()?;
             let path = self.dir.join(segment_name(batch.first_lsn));
             let f = OpenOptions::new()
                 .create(true)
@@ -149,19 +153,41 @@ impl WalSink for LocalSegmentSink {
             self.file = Some((batch.first_lsn, f, 0));
         }
         let (segment, f, len) = self.file.as_mut().expect("a segment is open");
-        let path = || self.dir.join(segment_name(*segment));
         let offset = *len;
         // The file offset is always at the valid end (set at open, moved only by writes).
         f.write_all(batch.bytes)
-            .map_err(|e| Error::io(&path())(e))?;
-        if self.settings.sync {
-            f.sync_data().map_err(|e| Error::io(&path())(e))?;
-        }
+            .map_err(|e| Error::io(&self.dir.join(segment_name(*segment)))(e))?;
         *len += batch.bytes.len() as u64;
         Ok(WalPosition::Local {
             segment: *segment,
             offset,
         })
+    }
+
+    fn sync(&mut self) -> Result<()> {
+        if let (true, Some((segment, f, _))) = (self.settings.sync, &self.file) {
+            f.sync_data()
+                .map_err(|e| Error::io(&self.dir.join(segment_name(*segment)))(e))?;
+        }
+        Ok(())
+    }
+}
+
+impl WalSink for LocalSegmentSink {
+    fn append(&mut self, batch: Batch<'_>) -> Result<WalPosition> {
+        let position = self.write(batch)?;
+        self.sync()?;
+        Ok(position)
+    }
+
+    /// Group commit: all the batches, then one `fdatasync`.
+    fn append_all(&mut self, batches: &[Batch<'_>]) -> Result<Vec<WalPosition>> {
+        let positions = batches
+            .iter()
+            .map(|b| self.write(*b))
+            .collect::<Result<Vec<_>>>()?;
+        self.sync()?;
+        Ok(positions)
     }
 
     fn truncate_below(&mut self, lsn: u64) -> Result<()> {

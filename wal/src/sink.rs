@@ -44,6 +44,13 @@ pub trait WalSink: Send + 'static {
     /// failures itself, within its own limits; an error stops the log.
     fn append(&mut self, batch: Batch<'_>) -> Result<WalPosition>;
 
+    /// Stores consecutive batches, in order, durably, and returns each one's position. A sink
+    /// may store them together (the Pulsar sink sends them as one message, one round trip);
+    /// by default they are stored one by one. On an error, any prefix may have been stored.
+    fn append_all(&mut self, batches: &[Batch<'_>]) -> Result<Vec<WalPosition>> {
+        batches.iter().map(|b| self.append(*b)).collect()
+    }
+
     /// Drops what lies wholly below `lsn` (a snapshot covers it), if the sink can.
     fn truncate_below(&mut self, lsn: u64) -> Result<()>;
 }
@@ -51,6 +58,10 @@ pub trait WalSink: Send + 'static {
 impl<S: WalSink + ?Sized> WalSink for Box<S> {
     fn append(&mut self, batch: Batch<'_>) -> Result<WalPosition> {
         (**self).append(batch)
+    }
+
+    fn append_all(&mut self, batches: &[Batch<'_>]) -> Result<Vec<WalPosition>> {
+        (**self).append_all(batches)
     }
 
     fn truncate_below(&mut self, lsn: u64) -> Result<()> {

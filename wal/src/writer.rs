@@ -374,25 +374,35 @@ fn flush_loop(sh: &Shared, mut sink: impl WalSink) {
             st.urgent = false;
             truncate = st.truncate_below.take();
         }
-        for mut chunk in batches {
-            batch::seal(&mut chunk.buf, chunk.first_lsn, chunk.count);
-            let last_lsn = chunk.first_lsn + chunk.count as u64 - 1;
-            let result = sink.append(Batch {
-                first_lsn: chunk.first_lsn,
-                last_lsn,
-                bytes: &chunk.buf,
-            });
+        if !batches.is_empty() {
+            for chunk in batches.iter_mut() {
+                batch::seal(&mut chunk.buf, chunk.first_lsn, chunk.count);
+            }
+            let framed: Vec<Batch<'_>> = batches
+                .iter()
+                .map(|c| Batch {
+                    first_lsn: c.first_lsn,
+                    last_lsn: c.first_lsn + c.count as u64 - 1,
+                    bytes: &c.buf,
+                })
+                .collect();
+            let result = sink.append_all(&framed);
+            let bytes: u64 = framed.iter().map(|b| b.bytes.len() as u64).sum();
+            let last_lsn = framed.last().map_or(0, |b| b.last_lsn);
+            drop(framed);
             let mut st = sh.state.lock();
             match result {
-                Ok(position) => {
-                    sh.batches_written.fetch_add(1, Ordering::Relaxed);
-                    sh.bytes_written
-                        .fetch_add(chunk.buf.len() as u64, Ordering::Relaxed);
+                Ok(mut positions) => {
+                    sh.batches_written
+                        .fetch_add(batches.len() as u64, Ordering::Relaxed);
+                    sh.bytes_written.fetch_add(bytes, Ordering::Relaxed);
                     st.durable_below = last_lsn + 1;
-                    st.last_position = Some(position);
-                    chunk.buf.clear();
-                    st.free.push(chunk.buf);
-                    sh.space.notify_one();
+                    st.last_position = positions.pop();
+                    for mut chunk in batches {
+                        chunk.buf.clear();
+                        st.free.push(chunk.buf);
+                    }
+                    sh.space.notify_all();
                     sh.durable.notify_all();
                 }
                 Err(e) => {

@@ -598,3 +598,71 @@ fn append_is_unavailable_while_the_broker_stays_down_then_recovers() {
         .collect();
     assert_eq!(got, vec![(first, 1), (second, 2)]);
 }
+
+/// The whole log through Pulsar: a writer whose flusher sends several batches per message
+/// (`append_all`), commit markers, then replay from the topic rebuilds exactly the committed
+/// changes and the last commit's offsets.
+#[test]
+fn wal_writer_and_replay_through_pulsar() {
+    use millpond_state::{Change, ChangeOp, StateKind};
+    use millpond_wal::{replay, OwnedChange, SourceOffset, Wal, WalSettings};
+
+    let _serial = serial();
+    let topic = unique_topic("wal-replay");
+    let sink = PulsarSink::connect(settings(&topic)).expect("connect");
+    // Small batches and a long linger, so that several batches queue up per message.
+    let wal = Wal::start(
+        sink,
+        1,
+        WalSettings {
+            batch_bytes: 4096,
+            linger_ms: 50,
+            ..WalSettings::default()
+        },
+    );
+    let mut expected: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+    for i in 0..5000u32 {
+        let key = (i % 701).to_be_bytes();
+        let value = format!("value-{i}").into_bytes();
+        wal.append_change(&Change {
+            state: "s",
+            kind: StateKind::Value,
+            key_group: 0,
+            key: &key,
+            op: ChangeOp::Put {
+                value: &value,
+                expires_at_ms: 0,
+            },
+        })
+        .expect("append");
+        expected.insert(key.to_vec(), value);
+        if i % 1000 == 999 {
+            wal.commit(&[SourceOffset {
+                topic: "in".into(),
+                partition: 0,
+                next_offset: i as i64 + 1,
+            }])
+            .expect("commit");
+        }
+    }
+    let stats = wal.stats();
+    wal.close().expect("close");
+
+    let mut source = PulsarSource::open(settings(&topic), None).expect("source");
+    let mut replayed: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+    let outcome = replay(&mut source, 0, |c: &OwnedChange| {
+        if let ChangeOp::Put { value, .. } = c.as_change().op {
+            replayed.insert(c.key.clone(), value.to_vec());
+        }
+        Ok::<(), std::io::Error>(())
+    })
+    .expect("replay");
+    assert_eq!(replayed, expected);
+    assert_eq!(outcome.applied, 5000);
+    assert_eq!(outcome.next_lsn, stats.next_lsn);
+    assert_eq!(
+        outcome.last_commit.expect("a commit").offsets[0].next_offset,
+        5000
+    );
+    assert!(stats.batches_written > 5, "{stats:?}");
+}
