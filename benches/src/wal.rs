@@ -80,7 +80,7 @@ fn pulsar_sink() -> Result<Box<dyn WalSink>, String> {
 }
 
 /// Sequential writes of `bytes` in `chunk`-sized pieces, `fdatasync` after each: the disk's
-/// durable bandwidth for the same pattern the local sink uses.
+/// durable bandwidth for the pattern the local sink used (`chunk` = its bytes per fsync).
 fn baseline_disk(dir: &std::path::Path, bytes: u64, chunk: usize) -> Result<f64, String> {
     let path = dir.join("baseline.bin");
     let mut f = std::fs::File::create(&path).map_err(|e| e.to_string())?;
@@ -207,6 +207,8 @@ pub fn run(args: WalArgs) -> Result<String, String> {
         "bytes_per_record": stats.bytes_written as f64 / n.max(1) as f64,
         "batches": stats.batches_written,
         "mean_batch_bytes": stats.bytes_written / stats.batches_written.max(1),
+        "sink_calls": stats.sink_calls,
+        "mean_bytes_per_sink_call": stats.bytes_written / stats.sink_calls.max(1),
         "commits": commits.len(),
         "commit_ms_p50": p50,
         "commit_ms_p99": p99,

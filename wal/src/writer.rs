@@ -56,6 +56,7 @@ struct Shared {
     durability: CommitDurability,
     batches_written: AtomicU64,
     bytes_written: AtomicU64,
+    sink_calls: AtomicU64,
 }
 
 /// Counters of a [`Wal`].
@@ -66,6 +67,9 @@ pub struct WalStats {
     pub batches_written: u64,
     /// Framed bytes the sink accepted.
     pub bytes_written: u64,
+    /// Calls to the sink (`append_all`): one fsync each for local segments, one or a few
+    /// messages for Pulsar.
+    pub sink_calls: u64,
     /// Every LSN below this is durable.
     pub durable_below: u64,
     /// The LSN the next record gets.
@@ -160,6 +164,7 @@ impl Wal {
             durability: settings.commit_durability,
             batches_written: AtomicU64::new(0),
             bytes_written: AtomicU64::new(0),
+            sink_calls: AtomicU64::new(0),
         });
         let flusher_shared = shared.clone();
         let handle = std::thread::Builder::new()
@@ -275,6 +280,7 @@ impl Wal {
         WalStats {
             batches_written: self.shared.batches_written.load(Ordering::Relaxed),
             bytes_written: self.shared.bytes_written.load(Ordering::Relaxed),
+            sink_calls: self.shared.sink_calls.load(Ordering::Relaxed),
             durable_below: st.durable_below,
             next_lsn: st.next_lsn,
         }
@@ -396,6 +402,7 @@ fn flush_loop(sh: &Shared, mut sink: impl WalSink) {
                     sh.batches_written
                         .fetch_add(batches.len() as u64, Ordering::Relaxed);
                     sh.bytes_written.fetch_add(bytes, Ordering::Relaxed);
+                    sh.sink_calls.fetch_add(1, Ordering::Relaxed);
                     st.durable_below = last_lsn + 1;
                     st.last_position = positions.pop();
                     for mut chunk in batches {
