@@ -1,8 +1,8 @@
 //! millpond: keyed state for stream jobs on Kafka, without Flink's state backends.
 //!
-//! This facade composes the parts. Today it holds the keyed state core, re-exported from
-//! [`millpond_state`] as [`state`]; the write-ahead log (`millpond-wal`) and snapshots
-//! (`millpond-snapshot`) are not built yet.
+//! This facade composes the parts. Today it re-exports the keyed state core
+//! ([`millpond_state`] as [`state`]) and the write-ahead log ([`millpond_wal`] as [`wal`]);
+//! snapshots (`millpond-snapshot`) and the builder that composes all three are not built yet.
 //!
 //! ```
 //! use millpond::state::{Store, StringCodec, U64Codec, ValueStateDescriptor};
@@ -14,3 +14,4 @@
 //! ```
 
 pub use millpond_state as state;
+pub use millpond_wal as wal;
