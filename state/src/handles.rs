@@ -68,6 +68,27 @@ impl<K: 'static> Handle<K> {
         })
     }
 
+    /// Reads `key` through the hot tier's fast path if it can ([`Inner::read_hot`]), else
+    /// through [`Handle::run`] with `slow`.
+    fn read<R>(
+        &self,
+        key: &K,
+        fast: impl FnOnce(Option<&Data>) -> Result<R>,
+        slow: impl FnOnce(&mut Option<Data>, &mut Emitter<'_>) -> Result<R>,
+    ) -> Result<R> {
+        with_buffer(|ck| {
+            ck.extend_from_slice(&[0, 0]);
+            ck.extend_from_slice(&self.st.id.to_be_bytes());
+            self.key_codec
+                .encode(key, ck)
+                .map_err(codec_err(&self.st))?;
+            match self.store.read_hot(&self.st, ck, fast)? {
+                Some(r) => Ok(r),
+                None => self.store.run(&self.st, ck, Access::Read, slow),
+            }
+        })
+    }
+
     /// Encodes `key` behind the composite prefix and runs `f` on its data.
     fn run<R>(
         &self,
@@ -96,6 +117,13 @@ impl<K: 'static> Handle<K> {
     }
 }
 
+fn data_value_bytes(data: &Data) -> Option<&[u8]> {
+    match data {
+        Data::Value { value, .. } => Some(value.as_slice()),
+        _ => None,
+    }
+}
+
 fn value_bytes(slot: &Option<Data>) -> Option<&[u8]> {
     match slot {
         Some(Data::Value { value, .. }) => Some(value.as_slice()),
@@ -121,14 +149,21 @@ impl<K, V> Clone for ValueState<K, V> {
 impl<K: 'static, V: 'static> ValueState<K, V> {
     /// The value of `key`, if any.
     pub fn get(&self, key: &K) -> Result<Option<V>> {
-        self.h.run(key, Access::Read, |slot, em| {
-            let v = value_bytes(slot)
+        let decode = |bytes: Option<&[u8]>| {
+            bytes
                 .map(|b| self.codec.decode(b))
                 .transpose()
-                .map_err(codec_err(&self.h.st))?;
-            em.touch(slot, None);
-            Ok(v)
-        })
+                .map_err(codec_err(&self.h.st))
+        };
+        self.h.read(
+            key,
+            |data| decode(data.and_then(data_value_bytes)),
+            |slot, em| {
+                let v = decode(value_bytes(slot))?;
+                em.touch(slot, None);
+                Ok(v)
+            },
+        )
     }
 
     /// Sets the value of `key`.

@@ -514,18 +514,8 @@ impl Inner {
         }
     }
 
-    /// Runs `f` on the current data of one key, under its shard's lock.
-    ///
-    /// `ck` holds the composite key: [`PREFIX`] bytes (the state id in bytes 2..4) then the
-    /// encoded key; this fills in the key group. `f` sees the data after TTL filtering, and
-    /// changes it only through the [`Emitter`], so that the sink sees every change first.
-    pub(crate) fn run<R>(
-        &self,
-        st: &StateInfo,
-        ck: &mut [u8],
-        access: Access,
-        f: impl FnOnce(&mut Option<Data>, &mut Emitter<'_>) -> Result<R>,
-    ) -> Result<R> {
+    /// Checks the composite key `ck` and fills in its key group, which it returns.
+    fn locate(&self, ck: &mut [u8]) -> Result<u16> {
         self.check_open()?;
         let key_len = ck.len() - PREFIX;
         if key_len > MAX_KEY_BYTES {
@@ -542,6 +532,56 @@ impl Inner {
             });
         }
         ck[..2].copy_from_slice(&kg.to_be_bytes());
+        Ok(kg)
+    }
+
+    /// The read fast path: if the key is in the hot tier and reading it changes nothing (no
+    /// TTL on the state), runs `f` on its data in place and returns `Some`; otherwise `None`,
+    /// and the caller takes [`Inner::run`]. Saves moving the entry out and back, which writes
+    /// to its cache lines.
+    pub(crate) fn read_hot<R>(
+        &self,
+        st: &StateInfo,
+        ck: &mut [u8],
+        f: impl FnOnce(Option<&Data>) -> Result<R>,
+    ) -> Result<Option<R>> {
+        if st.ttl.is_some() {
+            return Ok(None);
+        }
+        let kg = self.locate(ck)?;
+        let ck: &[u8] = ck;
+        let mut guard = self.shards[self.shard_of_kg[kg as usize] as usize].lock();
+        let shard = &mut *guard;
+        let track_recency = shard.used > shard.budget / 2;
+        let found = if track_recency {
+            shard.lru.get(ck)
+        } else {
+            shard.lru.peek(ck)
+        };
+        let Some(entry) = found else {
+            return Ok(None);
+        };
+        let r = match &entry.data {
+            Data::Tombstone => f(None),
+            d => f(Some(d)),
+        };
+        shard.stats.hits += 1;
+        r.map(Some)
+    }
+
+    /// Runs `f` on the current data of one key, under its shard's lock.
+    ///
+    /// `ck` holds the composite key: [`PREFIX`] bytes (the state id in bytes 2..4) then the
+    /// encoded key; this fills in the key group. `f` sees the data after TTL filtering, and
+    /// changes it only through the [`Emitter`], so that the sink sees every change first.
+    pub(crate) fn run<R>(
+        &self,
+        st: &StateInfo,
+        ck: &mut [u8],
+        access: Access,
+        f: impl FnOnce(&mut Option<Data>, &mut Emitter<'_>) -> Result<R>,
+    ) -> Result<R> {
+        let kg = self.locate(ck)?;
         let ck: &[u8] = ck;
         let has_ttl = self.has_ttl.load(Ordering::Relaxed);
         let now_ms = if has_ttl { self.clock.now_ms() } else { 0 };
