@@ -77,16 +77,24 @@ impl<K: 'static> Handle<K> {
         slow: impl FnOnce(&mut Option<Data>, &mut Emitter<'_>) -> Result<R>,
     ) -> Result<R> {
         with_buffer(|ck| {
-            ck.extend_from_slice(&[0, 0]);
-            ck.extend_from_slice(&self.st.id.to_be_bytes());
-            self.key_codec
-                .encode(key, ck)
-                .map_err(codec_err(&self.st))?;
+            self.composite_key(key, ck)?;
             match self.store.read_hot(&self.st, ck, fast)? {
                 Some(r) => Ok(r),
                 None => self.store.run(&self.st, ck, Access::Read, slow),
             }
         })
+    }
+
+    /// Writes the composite key of `key` into the empty buffer `ck`: the prefix (key group
+    /// filled in later by the store, state id), then the encoded key.
+    fn composite_key(&self, key: &K, ck: &mut Vec<u8>) -> Result<()> {
+        ck.extend_from_slice(&[0, 0]);
+        ck.extend_from_slice(&self.st.id.to_be_bytes());
+        self.key_codec
+            .encode(key, ck)
+            .map_err(codec_err(&self.st))?;
+        debug_assert!(ck.len() >= PREFIX);
+        Ok(())
     }
 
     /// Encodes `key` behind the composite prefix and runs `f` on its data.
@@ -97,12 +105,7 @@ impl<K: 'static> Handle<K> {
         f: impl FnOnce(&mut Option<Data>, &mut Emitter<'_>) -> Result<R>,
     ) -> Result<R> {
         with_buffer(|ck| {
-            ck.extend_from_slice(&[0, 0]);
-            ck.extend_from_slice(&self.st.id.to_be_bytes());
-            self.key_codec
-                .encode(key, ck)
-                .map_err(codec_err(&self.st))?;
-            debug_assert!(ck.len() >= PREFIX);
+            self.composite_key(key, ck)?;
             self.store.run(&self.st, ck, access, f)
         })
     }
