@@ -51,6 +51,8 @@ pub(crate) struct Shard {
     /// tombstones and misses need no cold read.
     pub spilled_any: bool,
     pub stats: ShardStats,
+    /// Reused for encoding evicted entries.
+    scratch: Vec<u8>,
 }
 
 /// Bytes that a key plus payload cost in the hot tier.
@@ -74,7 +76,23 @@ impl Shard {
             next_seq: 0,
             spilled_any: false,
             stats: ShardStats::default(),
+            scratch: Vec::new(),
         }
+    }
+
+    /// Finds `key` in the hot tier, counting a hit. Recency matters only to pick what to
+    /// evict: below half the budget nothing will be evicted soon, so the LRU relink (two cache
+    /// misses on large state) is skipped until then.
+    pub fn lookup(&mut self, key: &[u8]) -> Option<&mut Entry> {
+        let found = if self.used > self.budget / 2 {
+            self.lru.get_mut(key)
+        } else {
+            self.lru.peek_mut(key)
+        };
+        if found.is_some() {
+            self.stats.hits += 1;
+        }
+        found
     }
 
     /// Queues `key` for the cold tier: its encoded value, or a delete.
@@ -128,14 +146,14 @@ impl Shard {
     /// Evicts least recently used entries until the shard is within budget. Dirty entries go
     /// to the spill queue; clean ones are dropped (the cold tier has them); expired ones are
     /// written as they are (see [`Shard::write_back`]).
-    pub fn evict(&mut self, scratch: &mut Vec<u8>) {
+    pub fn evict(&mut self) {
         while self.used > self.budget {
-            let Some((key, mut entry)) = self.lru.pop_lru() else {
+            let Some((key, entry)) = self.lru.pop_lru() else {
                 break;
             };
             self.used -= entry.charged as usize;
             self.stats.evictions += 1;
-            self.write_back(key.into_boxed(), &mut entry, scratch);
+            self.write_back(key.into_boxed(), &entry);
         }
     }
 
@@ -144,20 +162,20 @@ impl Shard {
     /// a later TTL refresh in the log may still extend it (replay runs at today's clock, the
     /// refresh was made when the data was live). Reads filter expired data anyway, and the TTL
     /// cleanup removes it from the cold tier.
-    pub fn write_back(&mut self, key: Box<[u8]>, entry: &mut Entry, scratch: &mut Vec<u8>) {
+    fn write_back(&mut self, key: Box<[u8]>, entry: &Entry) {
         if !entry.dirty {
             return;
         }
-        let dead =
-            matches!(entry.data, Data::Tombstone) || crate::entry::is_empty_data(&entry.data);
-        if dead {
+        // Tombstones and emptied lists or maps are deletes.
+        if crate::entry::is_empty_data(&entry.data) {
             if self.spilled_any {
                 self.spill(key, None);
             }
         } else {
-            scratch.clear();
-            encode(&entry.data, scratch);
-            self.spill(key, Some(Arc::from(&scratch[..])));
+            self.scratch.clear();
+            encode(&entry.data, &mut self.scratch);
+            let bytes = Arc::from(&self.scratch[..]);
+            self.spill(key, Some(bytes));
         }
     }
 

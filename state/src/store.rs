@@ -552,21 +552,14 @@ impl Inner {
         let ck: &[u8] = ck;
         let mut guard = self.shards[self.shard_of_kg[kg as usize] as usize].lock();
         let shard = &mut *guard;
-        let track_recency = shard.used > shard.budget / 2;
-        let found = if track_recency {
-            shard.lru.get(ck)
-        } else {
-            shard.lru.peek(ck)
-        };
-        let Some(entry) = found else {
+        let Some(entry) = shard.lookup(ck) else {
             return Ok(None);
         };
-        let r = match &entry.data {
+        match &entry.data {
             Data::Tombstone => f(None),
             d => f(Some(d)),
-        };
-        shard.stats.hits += 1;
-        r.map(Some)
+        }
+        .map(Some)
     }
 
     /// Runs `f` on the current data of one key, under its shard's lock.
@@ -604,16 +597,7 @@ impl Inner {
         let shard = &mut *guard;
         let spilled_any = shard.spilled_any;
         let result;
-        // Recency matters only to pick what to evict: below half the budget nothing will be
-        // evicted soon, so skip the LRU relink (two cache misses on large state).
-        let track_recency = shard.used > shard.budget / 2;
-        let found = if track_recency {
-            shard.lru.get_mut(ck)
-        } else {
-            shard.lru.peek_mut(ck)
-        };
-        if let Some(entry) = found {
-            shard.stats.hits += 1;
+        if let Some(entry) = shard.lookup(ck) {
             let mut data = match std::mem::replace(&mut entry.data, Data::Tombstone) {
                 Data::Tombstone => None,
                 d => Some(d),
@@ -626,8 +610,9 @@ impl Inner {
             let old = entry.charged as usize;
             let new = charge(ck.len(), &entry.data);
             entry.charged = new as u32;
+            let gone = matches!(entry.data, Data::Tombstone);
             shard.used = shard.used + new - old;
-            if matches!(entry.data, Data::Tombstone) && !spilled_any {
+            if gone && !spilled_any {
                 // Nothing older can hide in the cold tier: forget the key entirely.
                 shard.lru.pop(ck);
                 shard.used -= new;
@@ -665,8 +650,7 @@ impl Inner {
             }
         }
         if shard.used > shard.budget {
-            let mut scratch = Vec::new();
-            shard.evict(&mut scratch);
+            shard.evict();
         }
         let outgoing = shard.take_outgoing(false);
         drop(guard);
