@@ -113,7 +113,8 @@ impl CommitTicket {
         self.shared.state.lock().durable_below > self.lsn
     }
 
-    /// Waits until the marker is durable; returns where its batch landed.
+    /// Waits until the marker is durable; returns the position of the newest durable batch,
+    /// which is the marker's batch or a later one that became durable with it.
     pub fn wait(&self) -> Result<WalPosition> {
         let mut st = self.shared.state.lock();
         loop {
