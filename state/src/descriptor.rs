@@ -54,6 +54,23 @@ impl StateKind {
     }
 }
 
+/// A state as a snapshot records it: its name, kind, TTL and the id that prefixes its keys.
+///
+/// [`Store::schemas`](crate::Store::schemas) lists the registered ones; giving a snapshot's
+/// schemas to [`StoreBuilder::base`](crate::StoreBuilder::base) makes a restored store use
+/// the ids that the snapshot's keys carry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateSchema {
+    /// The state's name.
+    pub name: String,
+    /// Its kind.
+    pub kind: StateKind,
+    /// Its TTL, if any.
+    pub ttl: Option<TtlConfig>,
+    /// The id in bytes 2..4 of its composite keys.
+    pub id: u16,
+}
+
 /// A registered state, as the store knows it.
 #[derive(Debug)]
 pub(crate) struct StateInfo {

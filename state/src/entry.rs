@@ -321,13 +321,16 @@ pub(crate) fn apply_op(slot: &mut Option<Data>, op: &ChangeOp<'_>) {
 // tag 1   = expires:u64le bytes...            (value)
 // tag 2   = count:u32le { expires:u64le len:u32le bytes }*          (list)
 // tag 3   = count:u32le { klen:u32le key expires:u64le vlen:u32le value }*  (map, sorted by key)
+// tag 4   = (empty)                           (tombstone: hides an entry of the base snapshot)
 // Documented in docs/state.md.
 
 const TAG_VALUE: u8 = 1;
 const TAG_LIST: u8 = 2;
 const TAG_MAP: u8 = 3;
+const TAG_TOMBSTONE: u8 = 4;
 
-/// Encodes live data for the cold tier. Tombstones are never encoded (they are deletes).
+/// Encodes data for the cold tier. A tombstone is written only when the store has a base
+/// snapshot whose older version it must hide; otherwise deletes remove the key.
 pub(crate) fn encode(data: &Data, out: &mut Vec<u8>) {
     match data {
         Data::Value {
@@ -358,7 +361,7 @@ pub(crate) fn encode(data: &Data, out: &mut Vec<u8>) {
                 out.extend_from_slice(&e.value);
             }
         }
-        Data::Tombstone => {}
+        Data::Tombstone => out.push(TAG_TOMBSTONE),
     }
     let crc = crc32c::crc32c(out);
     out.extend_from_slice(&crc.to_le_bytes());
@@ -440,6 +443,7 @@ pub(crate) fn decode(bytes: &[u8], location: impl FnOnce() -> String) -> Result<
             }
             r.buf.is_empty().then_some(Data::Map(map))
         })(),
+        TAG_TOMBSTONE => r.buf.is_empty().then_some(Data::Tombstone),
         _ => None,
     };
     parsed.ok_or_else(|| corrupt(location()))
@@ -498,6 +502,7 @@ mod tests {
 
     #[test]
     fn encodings_round_trip_and_detect_damage() {
+        round_trip(Data::Tombstone);
         round_trip(Data::Value {
             value: Bytes::from(&b"hello"[..]),
             expires_at_ms: 7,

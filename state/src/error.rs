@@ -101,6 +101,16 @@ pub enum Error {
         source: BoxError,
     },
 
+    /// The base tier (the snapshot the store was restored from) failed to read: a data file
+    /// is damaged or could not be fetched. Retry; if it persists, restore from another
+    /// snapshot.
+    #[error("reading the base snapshot failed: {source}")]
+    Base {
+        /// The base tier's error.
+        #[source]
+        source: BoxError,
+    },
+
     /// The cold tier (redb) failed to read or write. The store keeps what it holds in memory,
     /// but it should be closed and reopened from a snapshot and the WAL.
     #[error("cold tier storage failed: {reason}")]

@@ -11,6 +11,9 @@
 //!   background thread, never on the caller's thread.
 //! - **Change capture**: every mutation is handed to a [`ChangeSink`] (the write-ahead log)
 //!   before it is applied; [`Store::apply`] replays them.
+//! - **Base tier**: a store restored from a snapshot reads the snapshot's files in place
+//!   ([`BaseTier`], [`StoreBuilder::base`]) instead of loading them; [`KeyChanges`] applies
+//!   logged changes to snapshot entries outside a store, for the snapshot writer.
 //!
 //! What it is not: a durable database. The cold tier is a cache that starts empty at every
 //! open; durability is the write-ahead log's and the snapshots' job (`millpond-wal`,
@@ -43,6 +46,7 @@
 
 #![warn(missing_docs)]
 
+mod base;
 mod change;
 mod clock;
 mod codec;
@@ -52,12 +56,14 @@ mod error;
 mod handles;
 mod hot_key;
 mod key_group;
+mod offline;
 mod settings;
 mod shard;
 mod spill;
 mod store;
 mod ttl;
 
+pub use base::BaseTier;
 pub use change::{Change, ChangeOp, ChangeSink, NullSink};
 pub use clock::{Clock, ManualClock, SystemClock};
 #[cfg(feature = "serde")]
@@ -67,13 +73,16 @@ pub use codec::{
 };
 pub use descriptor::{
     AggregateFunction, AggregatingStateDescriptor, ListStateDescriptor, MapStateDescriptor,
-    ReducingStateDescriptor, StateKind, ValueStateDescriptor,
+    ReducingStateDescriptor, StateKind, StateSchema, ValueStateDescriptor,
 };
 pub use error::{BoxError, Error, Result};
 pub use handles::{AggregatingState, ListState, MapState, ReducingState, ValueState};
 pub use key_group::{
     key_group, key_group_of_hash, key_hash, KeyGroupRange, DEFAULT_MAX_KEY_GROUPS,
     MAX_KEY_GROUPS_LIMIT,
+};
+pub use offline::{
+    composite_key, decode_entry, split_composite_key, EntryView, KeyChanges, COMPOSITE_PREFIX,
 };
 pub use settings::StoreSettings;
 pub use store::{thread_cold_reads, Store, StoreBuilder, StoreStats, MAX_KEY_BYTES};

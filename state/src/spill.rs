@@ -17,6 +17,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use parking_lot::Mutex;
 use redb::{Database, Durability, ReadOnlyTable, ReadableDatabase, ReadableTable, TableDefinition};
 
+use crate::base::BaseTier;
 use crate::clock::Clock;
 use crate::entry::{decode, encode, Data};
 use crate::error::{Error, Result};
@@ -47,6 +48,16 @@ pub(crate) struct WriterConfig {
     pub replaying: Arc<std::sync::atomic::AtomicBool>,
     /// Key group → shard, to find the shard of a cold-tier key (its first two bytes).
     pub shard_of_kg: Arc<[u16]>,
+    /// Write deletes as tombstones (the store has a base tier whose entries they must hide)
+    /// instead of removing the key.
+    pub tombstones: bool,
+}
+
+/// The cold-tier encoding of a tombstone.
+fn tombstone() -> Vec<u8> {
+    let mut buf = Vec::with_capacity(5);
+    encode(&Data::Tombstone, &mut buf);
+    buf
 }
 
 /// A read view of the cold tier, reused until the writer commits again (saves opening a
@@ -67,6 +78,8 @@ pub(crate) struct ColdTier {
     writer: Mutex<Option<JoinHandle<()>>>,
     /// Set once the writer has failed; every later spill or flush reports it.
     failed: Arc<OnceLock<String>>,
+    /// Read where the cold tier has nothing for a key.
+    base: Option<Arc<dyn BaseTier>>,
 }
 
 impl ColdTier {
@@ -78,6 +91,7 @@ impl ColdTier {
         shards: Shards,
         clock: Arc<dyn Clock>,
         config: WriterConfig,
+        base: Option<Arc<dyn BaseTier>>,
     ) -> Result<Self> {
         match std::fs::remove_file(path) {
             Ok(()) => {}
@@ -128,6 +142,7 @@ impl ColdTier {
             tx: Mutex::new(Some(tx)),
             writer: Mutex::new(Some(handle)),
             failed,
+            base,
         })
     }
 
@@ -138,8 +153,28 @@ impl ColdTier {
         }
     }
 
-    /// Reads `key` from the cold tier.
+    /// Reads `key` from the cold tier, then from the base tier if the cold tier has nothing
+    /// for it. A tombstone reads as `None`.
     pub fn get(&self, key: &[u8]) -> Result<Option<Data>> {
+        let found = self.get_cold(key)?;
+        let data = match (found, &self.base) {
+            (Some(data), _) => data,
+            (None, Some(base)) => match base.get(key) {
+                Ok(Some(bytes)) => {
+                    decode(&bytes, || format!("key {key:02x?} in the base snapshot"))?
+                }
+                Ok(None) => return Ok(None),
+                Err(source) => return Err(Error::Base { source }),
+            },
+            (None, None) => return Ok(None),
+        };
+        Ok(match data {
+            Data::Tombstone => None,
+            d => Some(d),
+        })
+    }
+
+    fn get_cold(&self, key: &[u8]) -> Result<Option<Data>> {
         let location = || format!("key {:02x?} in {}", key, self.path.display());
         let table = {
             let epoch = self.epoch.load(Ordering::Acquire);
@@ -318,9 +353,13 @@ impl Writer {
                     false
                 }
             });
+            let tombstone = tombstone();
             for op in ops {
                 let r = match &op.value {
                     Some(v) => table.insert(&*op.key, &**v).map(|_| ()),
+                    None if self.config.tombstones => {
+                        table.insert(&*op.key, &tombstone[..]).map(|_| ())
+                    }
                     None => table.remove(&*op.key).map(|_| ()),
                 };
                 r.map_err(|e| format!("spill write: {e}"))?;
@@ -385,6 +424,7 @@ impl Writer {
             let mut table = txn
                 .open_table(TABLE)
                 .map_err(|e| format!("cleanup table: {e}"))?;
+            let tombstone = tombstone();
             for (key, value) in &rewrites {
                 let kg = u16::from_be_bytes([key[0], key[1]]) as usize;
                 let shard = self.config.shard_of_kg.get(kg).copied().unwrap_or(0) as usize;
@@ -394,6 +434,9 @@ impl Writer {
                 }
                 let r = match value {
                     Some(v) => table.insert(&key[..], &v[..]).map(|_| ()),
+                    None if self.config.tombstones => {
+                        table.insert(&key[..], &tombstone[..]).map(|_| ())
+                    }
                     None => table.remove(&key[..]).map(|_| ()),
                 };
                 r.map_err(|e| format!("cleanup write: {e}"))?;

@@ -11,9 +11,10 @@ use std::time::Duration;
 use crossbeam_utils::CachePadded;
 use parking_lot::Mutex;
 
+use crate::base::BaseTier;
 use crate::change::{Change, ChangeOp, ChangeSink};
 use crate::clock::{Clock, SystemClock};
-use crate::descriptor::{StateInfo, StateKind};
+use crate::descriptor::{StateInfo, StateKind, StateSchema};
 use crate::entry::{apply_op, decode, Data, Entry};
 use crate::error::{Error, Result};
 use crate::hot_key::HotKey;
@@ -61,9 +62,19 @@ pub struct StoreBuilder {
     settings: StoreSettings,
     clock: Arc<dyn Clock>,
     sink: Option<Arc<dyn ChangeSink>>,
+    base: Option<(Arc<dyn BaseTier>, Vec<StateSchema>)>,
 }
 
 impl StoreBuilder {
+    /// Opens the store over `base`, the state of a snapshot, whose entries it reads where
+    /// its own tiers have nothing (see [`BaseTier`]). `schemas` are the snapshot's states:
+    /// registering one of them uses its id, so that the base's keys are found; it must be
+    /// registered with the same kind. Default: no base, the store starts empty.
+    pub fn base(mut self, base: Arc<dyn BaseTier>, schemas: Vec<StateSchema>) -> Self {
+        self.base = Some((base, schemas));
+        self
+    }
+
     /// Sets the settings (default: [`StoreSettings::default`]).
     pub fn settings(mut self, settings: StoreSettings) -> Self {
         self.settings = settings;
@@ -166,7 +177,7 @@ pub(crate) struct Inner {
     sink: Option<Arc<dyn ChangeSink>>,
     shards: Shards,
     shard_of_kg: Arc<[u16]>,
-    registry: Mutex<HashMap<String, Arc<StateInfo>>>,
+    registry: Mutex<Registry>,
     has_ttl: Arc<AtomicBool>,
     /// Set by `apply` until `replay_done`: TTL cleanup waits, since the log may still refresh
     /// what today's clock calls expired.
@@ -175,6 +186,18 @@ pub(crate) struct Inner {
     cold: ColdTier,
     /// Held while the store is open; released by `close`.
     lock: Mutex<Option<File>>,
+}
+
+/// The registered states, and the ids a base snapshot gave to states not registered yet.
+struct Registry {
+    states: HashMap<String, Arc<StateInfo>>,
+    reserved: HashMap<String, StateSchema>,
+}
+
+impl Registry {
+    fn id_taken(&self, id: u16) -> bool {
+        self.states.values().any(|s| s.id == id) || self.reserved.values().any(|s| s.id == id)
+    }
 }
 
 /// How an access treats TTL and the change sink.
@@ -288,6 +311,7 @@ impl Store {
             settings: StoreSettings::default(),
             clock: Arc::new(SystemClock),
             sink: None,
+            base: None,
         }
     }
 
@@ -298,8 +322,15 @@ impl Store {
         // Half the queue waits in the channel, half in the shards' unsent batches.
         let send_threshold = (budget.spill_queue_bytes / (2 * n)).max(4096);
         let queue_batches = n.max(1);
+        let has_base = b.base.is_some();
         let shards: Shards = (0..n)
-            .map(|i| CachePadded::new(Mutex::new(Shard::new(i as u16, per_shard, send_threshold))))
+            .map(|i| {
+                let mut shard = Shard::new(i as u16, per_shard, send_threshold);
+                // Any key may have an older version in the base: deletes need tombstones and
+                // misses a look below.
+                shard.spilled_any = has_base;
+                CachePadded::new(Mutex::new(shard))
+            })
             .collect();
         let max = s.max_key_groups as usize;
         // Contiguous key-group ranges per shard, like instances of a Flink operator.
@@ -313,7 +344,22 @@ impl Store {
                 .then(|| Duration::from_millis(s.ttl_cleanup_interval_ms)),
             ttl_cleanup_entries: s.ttl_cleanup_entries_per_step.max(1),
             shard_of_kg: shard_of_kg.clone(),
+            tombstones: has_base,
         };
+        let (base, schemas) = match b.base {
+            Some((base, schemas)) => (Some(base), schemas),
+            None => (None, Vec::new()),
+        };
+        let mut reserved = HashMap::new();
+        for schema in schemas {
+            if reserved.values().any(|s: &StateSchema| s.id == schema.id) {
+                return Err(Error::invalid(format!(
+                    "two states of the base share id {}",
+                    schema.id
+                )));
+            }
+            reserved.insert(schema.name.clone(), schema);
+        }
         let cold = ColdTier::create(
             &b.dir.join("cold.redb"),
             budget.cold_cache_bytes,
@@ -321,6 +367,7 @@ impl Store {
             shards.clone(),
             b.clock.clone(),
             config,
+            base,
         )?;
         Ok(Store {
             inner: Arc::new(Inner {
@@ -331,7 +378,10 @@ impl Store {
                 sink: b.sink,
                 shards,
                 shard_of_kg,
-                registry: Mutex::new(HashMap::new()),
+                registry: Mutex::new(Registry {
+                    states: HashMap::new(),
+                    reserved,
+                }),
                 has_ttl,
                 replaying,
                 closed: AtomicBool::new(false),
@@ -344,6 +394,25 @@ impl Store {
     /// The settings the store runs with.
     pub fn settings(&self) -> &StoreSettings {
         &self.inner.settings
+    }
+
+    /// The registered states, by id: what a snapshot of this store records.
+    pub fn schemas(&self) -> Vec<StateSchema> {
+        let mut schemas: Vec<StateSchema> = self
+            .inner
+            .registry
+            .lock()
+            .states
+            .values()
+            .map(|s| StateSchema {
+                name: s.name.clone(),
+                kind: s.kind,
+                ttl: s.ttl,
+                id: s.id,
+            })
+            .collect();
+        schemas.sort_by_key(|s| s.id);
+        schemas
     }
 
     /// The key groups this store owns.
@@ -365,6 +434,7 @@ impl Store {
             .inner
             .registry
             .lock()
+            .states
             .get(change.state)
             .cloned()
             .ok_or_else(|| Error::UnknownState {
@@ -380,20 +450,7 @@ impl Store {
         ck.extend_from_slice(&[0, 0]);
         ck.extend_from_slice(&st.id.to_be_bytes());
         ck.extend_from_slice(change.key);
-        // A change with an expiry was made at `expiry - ttl`: replay it against the data as it
-        // was then, so that (for example) a TTL refresh does not revive what had expired.
-        let at_ms = st.ttl.and_then(|ttl| {
-            let expires = match change.op {
-                ChangeOp::Put { expires_at_ms, .. }
-                | ChangeOp::ListAppend { expires_at_ms, .. }
-                | ChangeOp::ListReplace { expires_at_ms, .. }
-                | ChangeOp::MapPut { expires_at_ms, .. }
-                | ChangeOp::Touch { expires_at_ms }
-                | ChangeOp::MapTouch { expires_at_ms, .. } => expires_at_ms,
-                _ => 0,
-            };
-            (expires != 0).then(|| expires.saturating_sub(ttl.ttl_ms()))
-        });
+        let at_ms = replay_time(&change.op, st.ttl);
         self.inner
             .run(&st, &mut ck, Access::Replay { at_ms }, |slot, em| {
                 em.apply(slot, change.op)
@@ -479,7 +536,7 @@ impl Store {
             return Err(Error::invalid("a state name must have 1 to 1024 bytes"));
         }
         let mut reg = self.inner.registry.lock();
-        if let Some(existing) = reg.get(name) {
+        if let Some(existing) = reg.states.get(name) {
             if existing.kind == kind && existing.ttl == ttl {
                 return Ok(existing.clone());
             }
@@ -489,8 +546,20 @@ impl Store {
                 requested: format!("{kind} with ttl {ttl:?}"),
             });
         }
-        let id = u16::try_from(reg.len())
-            .map_err(|_| Error::invalid("at most 65536 states per store"))?;
+        let id = match reg.reserved.get(name) {
+            Some(schema) if schema.kind != kind => {
+                return Err(Error::StateMismatch {
+                    name: name.to_owned(),
+                    existing: format!("{} in the base snapshot", schema.kind),
+                    requested: format!("{kind} with ttl {ttl:?}"),
+                })
+            }
+            Some(schema) => schema.id,
+            None => (0..=u16::MAX)
+                .find(|&id| !reg.id_taken(id))
+                .ok_or_else(|| Error::invalid("at most 65536 states per store"))?,
+        };
+        reg.reserved.remove(name);
         let info = Arc::new(StateInfo {
             id,
             name: name.to_owned(),
@@ -500,7 +569,7 @@ impl Store {
         if ttl.is_some() {
             self.inner.has_ttl.store(true, Ordering::SeqCst);
         }
-        reg.insert(name.to_owned(), info.clone());
+        reg.states.insert(name.to_owned(), info.clone());
         Ok(info)
     }
 }
@@ -661,6 +730,23 @@ impl Inner {
     }
 }
 
+/// When a logged change was made, as replay needs it: a change with an expiry was made at
+/// `expiry - ttl`, and is replayed against the data as it was then, so that (for example) a
+/// TTL refresh does not revive what had expired. `None`: no TTL filtering.
+pub(crate) fn replay_time(op: &ChangeOp<'_>, ttl: Option<crate::TtlConfig>) -> Option<u64> {
+    let ttl = ttl?;
+    let expires = match *op {
+        ChangeOp::Put { expires_at_ms, .. }
+        | ChangeOp::ListAppend { expires_at_ms, .. }
+        | ChangeOp::ListReplace { expires_at_ms, .. }
+        | ChangeOp::MapPut { expires_at_ms, .. }
+        | ChangeOp::Touch { expires_at_ms }
+        | ChangeOp::MapTouch { expires_at_ms, .. } => expires_at_ms,
+        _ => 0,
+    };
+    (expires != 0).then(|| expires.saturating_sub(ttl.ttl_ms()))
+}
+
 /// How one access treats expired data.
 struct Ttl {
     /// Drop data expired at this time before the access sees it.
@@ -723,7 +809,7 @@ impl Ttl {
 
 /// Drops what TTL says is gone: an expired value, or expired elements (all of them: `None`).
 /// Returns whether anything was dropped.
-fn drop_expired(data: &mut Option<Data>, now_ms: u64) -> bool {
+pub(crate) fn drop_expired(data: &mut Option<Data>, now_ms: u64) -> bool {
     let Some(d) = data else {
         return false;
     };

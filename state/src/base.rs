@@ -1,0 +1,18 @@
+//! The base tier: the read-only state a store was restored from (a snapshot's data files),
+//! read where the hot and cold tiers miss, so that a restore moves files instead of
+//! re-inserting every entry.
+//!
+//! The store never writes to its base. A change to a key of the base goes to the hot tier and
+//! from there to the cold tier like any other; a delete becomes a tombstone in the cold tier,
+//! which hides the base's version.
+
+use crate::error::BoxError;
+
+/// Read-only entries under the store's tiers. `millpond-snapshot` implements it over the data
+/// files of a snapshot.
+pub trait BaseTier: Send + Sync + 'static {
+    /// The encoded entry of composite key `key` (the store's cold-tier encoding, see
+    /// docs/state.md), or `None` if the base has none. Called on the caller's thread with the
+    /// key's shard lock held, like a cold-tier read: it should take about as long.
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, BoxError>;
+}
