@@ -12,13 +12,19 @@
 //!                                  first/last key group, CRC-32C of footer bytes 0..44
 //! ```
 //!
-//! The writer streams blocks to any `Write`; the reader holds the whole file in memory,
-//! checks footer and index when it opens it and a block's checksum each time it decodes it.
+//! The writer streams blocks to any `Write`. The reader reads through any [`ReadAt`] (a local
+//! file, object-store range reads, memory): footer and index once, when it opens the file
+//! (two reads; the index stays in memory, checked), then one block per lookup, checked each
+//! time it is read, through a shared [`BlockCache`] if given one. A file never has to fit in
+//! memory.
 
 use std::io::Write;
 use std::ops::Range;
+use std::sync::Arc;
 
+use crate::block_cache::{Block, BlockCache};
 use crate::error::{Error, Result};
+use crate::read_at::{InMemory, ReadAt};
 
 /// Bytes of the footer at the end of every data file.
 pub const FOOTER_BYTES: usize = 48;
@@ -278,7 +284,12 @@ impl<W: Write> DataFileWriter<W> {
     }
 
     /// Writes the last block, the index and the footer, flushes `W`, and says what was written.
-    pub fn finish(mut self) -> Result<DataFileInfo> {
+    pub fn finish(self) -> Result<DataFileInfo> {
+        self.finish_into().map(|(info, _)| info)
+    }
+
+    /// [`finish`](Self::finish), handing back `W` (an upload to complete, a file to sync).
+    pub fn finish_into(mut self) -> Result<(DataFileInfo, W)> {
         self.check_usable()?;
         if !self.block.is_empty() {
             self.flush_block()?;
@@ -312,14 +323,15 @@ impl<W: Write> DataFileWriter<W> {
         debug_assert_eq!(footer.len(), FOOTER_BYTES);
         self.write(&footer)?;
         self.out.flush().map_err(|source| self.io_error(source))?;
-        Ok(DataFileInfo {
+        let info = DataFileInfo {
             bytes: self.offset,
             entries: self.entries,
             first_key: self.first_key,
             last_key: self.last_key,
             key_groups,
             crc32c: self.file_crc,
-        })
+        };
+        Ok((info, self.out))
     }
 
     fn check_usable(&self) -> Result<()> {
@@ -380,203 +392,440 @@ impl<W: Write> DataFileWriter<W> {
     }
 }
 
-/// A data file held in memory: footer and index verified when opened, each block verified
-/// when it is read.
+/// What the reader keeps of an index entry. The keys live in [`Index::keys`], first key then
+/// last key, so the index costs two allocations in all rather than two per block.
 #[derive(Debug, Clone)]
+struct BlockMeta {
+    offset: u64,
+    /// Where the first key starts in [`Index::keys`]; the last key follows it.
+    keys_at: usize,
+    stored_len: u32,
+    uncompressed_len: u32,
+    entries: u32,
+    crc: u32,
+    /// At most `uncompressed_len`, so at most 1 GiB.
+    first_len: u32,
+    last_len: u32,
+    flags: u8,
+}
+
+/// The parsed index, held in memory while the file is open.
+#[derive(Debug)]
+struct Index {
+    blocks: Vec<BlockMeta>,
+    keys: Vec<u8>,
+}
+
+impl Index {
+    fn first_key(&self, b: &BlockMeta) -> &[u8] {
+        &self.keys[b.keys_at..b.keys_at + b.first_len as usize]
+    }
+
+    fn last_key(&self, b: &BlockMeta) -> &[u8] {
+        let start = b.keys_at + b.first_len as usize;
+        &self.keys[start..start + b.last_len as usize]
+    }
+}
+
+/// The footer's fields, once its checksum, magic, version and index position are checked.
+struct Footer {
+    index_offset: u64,
+    index_len: u64,
+    entries: u64,
+    index_crc: u32,
+    key_groups: (u16, u16),
+}
+
+/// Checks and parses the footer read from `footer_at` (= file length − 48).
+fn parse_footer(footer: &[u8], footer_at: u64) -> Result<Footer> {
+    let at = || format!("footer at byte {footer_at}");
+    let u16_at = |i: usize| u16::from_le_bytes([footer[i], footer[i + 1]]);
+    let u32_at =
+        |i: usize| u32::from_le_bytes([footer[i], footer[i + 1], footer[i + 2], footer[i + 3]]);
+    let u64_at = |i: usize| {
+        let mut b = [0; 8];
+        b.copy_from_slice(&footer[i..i + 8]);
+        u64::from_le_bytes(b)
+    };
+    // Checksum first: a damaged footer says nothing trustworthy, magic included.
+    if crc32c::crc32c(&footer[..44]) != u32_at(44) {
+        return Err(corrupt("data file footer checksum", at()));
+    }
+    if footer[..4] != MAGIC {
+        return Err(corrupt("data file magic", at()));
+    }
+    if u16_at(4) != VERSION || footer[6..8] != [0, 0] || footer[40..44] != [0; 4] {
+        return Err(corrupt("data file version", at()));
+    }
+    let footer = Footer {
+        index_offset: u64_at(8),
+        index_len: u64_at(16),
+        entries: u64_at(24),
+        index_crc: u32_at(32),
+        key_groups: (u16_at(36), u16_at(38)),
+    };
+    // The index ends where the footer starts.
+    if footer.index_offset.checked_add(footer.index_len) != Some(footer_at) {
+        return Err(corrupt("data file footer (index position)", at()));
+    }
+    Ok(footer)
+}
+
+/// Exactly `len` bytes at `offset` of `source`; a failed or short read is [`Error::Io`].
+fn read_source(source: &dyn ReadAt, offset: u64, len: usize) -> Result<Vec<u8>> {
+    let io_error = |e| Error::Io {
+        path: format!(
+            "{source:?}, bytes {offset}..{}",
+            offset.saturating_add(len as u64)
+        ),
+        source: e,
+    };
+    match source.read_at(offset, len) {
+        Ok(bytes) if bytes.len() == len => Ok(bytes),
+        // A faulty `ReadAt`; caught here so no caller indexes past what it got.
+        Ok(bytes) => Err(io_error(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            format!("read returned {} bytes", bytes.len()),
+        ))),
+        Err(e) => Err(io_error(e)),
+    }
+}
+
+/// A data file read through a [`ReadAt`]: footer and index read and verified when opened and
+/// then kept in memory ([`index_bytes`](Self::index_bytes)), each block read and verified when
+/// needed, through a shared [`BlockCache`] if given one.
+///
+/// Cheap to clone (the index is shared) and `Send + Sync`: one open file serves any number of
+/// threads.
+#[derive(Clone)]
 pub struct DataFile {
-    bytes: Vec<u8>,
-    blocks: Vec<BlockHandle>,
+    inner: Arc<Inner>,
+    /// The cache and this file's id in it.
+    cache: Option<(Arc<BlockCache>, u64)>,
+}
+
+struct Inner {
+    source: Arc<dyn ReadAt>,
+    index: Index,
     entries: u64,
     key_groups: Option<(u16, u16)>,
+    size: u64,
+}
+
+impl std::fmt::Debug for DataFile {
+    // Not the index: it can hold hundreds of thousands of keys.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DataFile")
+            .field("source", &self.inner.source)
+            .field("bytes", &self.inner.size)
+            .field("blocks", &self.inner.index.blocks.len())
+            .field("entries", &self.inner.entries)
+            .field("key_groups", &self.inner.key_groups)
+            .field("cache_file_id", &self.cache.as_ref().map(|(_, id)| *id))
+            .finish()
+    }
 }
 
 impl DataFile {
-    /// Opens a data file, checking the footer, the index and their checksums and that the
-    /// index describes contiguous, ordered blocks. Data blocks are checked as they are read
-    /// ([`get`](Self::get), [`iter`](Self::iter)) or all at once by [`verify`](Self::verify).
+    /// Opens a data file held in memory; the same checks as
+    /// [`open_source`](Self::open_source), which this calls with an [`InMemory`] source.
     pub fn open(bytes: Vec<u8>) -> Result<DataFile> {
-        let len = bytes.len();
-        if len < FOOTER_BYTES {
+        DataFile::open_source(Arc::new(InMemory::new(bytes)))
+    }
+
+    /// Opens a data file through positional reads: the footer (the last 48 bytes) and then
+    /// the index, two reads in all. Checks the footer, the index and their checksums and that
+    /// the index describes contiguous, ordered blocks. Data blocks are read and checked as
+    /// they are needed ([`get`](Self::get), [`iter`](Self::iter)) or all at once by
+    /// [`verify`](Self::verify).
+    ///
+    /// Damage is [`Error::Corrupt`]; a failed read, or a source that yields fewer bytes than
+    /// its [`size`](ReadAt::size) promised, is [`Error::Io`].
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use millpond_snapshot::{DataFile, DataFileSettings, DataFileWriter, LocalFile};
+    ///
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let path = dir.path().join("0001.mpd");
+    /// let out = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
+    /// let mut writer = DataFileWriter::new(out, DataFileSettings::default());
+    /// writer.add(b"\x00\x07apple", b"red")?;
+    /// writer.finish()?;
+    ///
+    /// let file = DataFile::open_source(Arc::new(LocalFile::open(&path).unwrap()))?;
+    /// assert_eq!(file.get(b"\x00\x07apple")?, Some(b"red".to_vec()));
+    /// # Ok::<(), millpond_snapshot::Error>(())
+    /// ```
+    pub fn open_source(source: Arc<dyn ReadAt>) -> Result<DataFile> {
+        let size = source.size();
+        if size < FOOTER_BYTES as u64 {
             return Err(corrupt(
                 "data file footer",
-                format!("file of {len} bytes, shorter than the {FOOTER_BYTES}-byte footer"),
+                format!("file of {size} bytes, shorter than the {FOOTER_BYTES}-byte footer"),
             ));
         }
-        let footer_at = len - FOOTER_BYTES;
-        let footer = &bytes[footer_at..];
+        let footer_at = size - FOOTER_BYTES as u64;
+        let footer = parse_footer(&read_source(&*source, footer_at, FOOTER_BYTES)?, footer_at)?;
         let at = || format!("footer at byte {footer_at}");
-        let u16_at = |i: usize| u16::from_le_bytes([footer[i], footer[i + 1]]);
-        let u32_at =
-            |i: usize| u32::from_le_bytes([footer[i], footer[i + 1], footer[i + 2], footer[i + 3]]);
-        let u64_at = |i: usize| {
-            let mut b = [0; 8];
-            b.copy_from_slice(&footer[i..i + 8]);
-            u64::from_le_bytes(b)
-        };
-        // Checksum first: a damaged footer says nothing trustworthy, magic included.
-        if crc32c::crc32c(&footer[..44]) != u32_at(44) {
-            return Err(corrupt("data file footer checksum", at()));
-        }
-        if footer[..4] != MAGIC {
-            return Err(corrupt("data file magic", at()));
-        }
-        if u16_at(4) != VERSION || footer[6..8] != [0, 0] || footer[40..44] != [0; 4] {
-            return Err(corrupt("data file version", at()));
-        }
-        let index_offset = u64_at(8);
-        let index_len = u64_at(16);
-        let entries = u64_at(24);
-        let index_crc = u32_at(32);
-        let groups = (u16_at(36), u16_at(38));
-        // The index ends where the footer starts.
-        if index_offset.checked_add(index_len) != Some(footer_at as u64) {
-            return Err(corrupt("data file footer (index position)", at()));
-        }
-        let index_range = index_offset as usize..footer_at;
-        let index = &bytes[index_range.clone()];
-        if crc32c::crc32c(index) != index_crc {
+        // No larger than the source, which `size` says exists; only a 32-bit target can fail.
+        let index_len = usize::try_from(footer.index_len)
+            .map_err(|_| corrupt("data file footer (index length)", at()))?;
+        let index_offset = footer.index_offset;
+        let index = read_source(&*source, index_offset, index_len)?;
+        if crc32c::crc32c(&index) != footer.index_crc {
             return Err(corrupt(
                 "data file index checksum",
                 format!("index at byte {index_offset}"),
             ));
         }
-        let blocks = parse_index(index, index_offset)?;
-        let block_entries: u64 = blocks.iter().map(|b| u64::from(b.entries)).sum();
-        let key_groups = match (blocks.first(), blocks.last()) {
-            (Some(first), Some(last)) => {
-                Some((key_group(&first.first_key), key_group(&last.last_key)))
-            }
+        let index = parse_index(&index, index_offset)?;
+        let block_entries: u64 = index.blocks.iter().map(|b| u64::from(b.entries)).sum();
+        let key_groups = match (index.blocks.first(), index.blocks.last()) {
+            (Some(first), Some(last)) => Some((
+                key_group(index.first_key(first)),
+                key_group(index.last_key(last)),
+            )),
             _ => None,
         };
-        if block_entries != entries || key_groups.unwrap_or((0, 0)) != groups {
+        if block_entries != footer.entries || key_groups.unwrap_or((0, 0)) != footer.key_groups {
             return Err(corrupt(
                 "data file footer (entry count or key groups disagree with the index)",
                 at(),
             ));
         }
         Ok(DataFile {
-            bytes,
-            blocks,
-            entries,
-            key_groups,
+            inner: Arc::new(Inner {
+                source,
+                index,
+                entries: footer.entries,
+                key_groups,
+                size,
+            }),
+            cache: None,
         })
+    }
+
+    /// This file with [`get`](Self::get) looking blocks up in `cache` first and putting the
+    /// blocks it reads there. `file_id` names this file in the cache: every file sharing a
+    /// cache needs its own (a manifest's file number, say), or lookups return another file's
+    /// blocks. Scans do not use the cache (see [`BlockCache`]).
+    pub fn with_cache(self, cache: Arc<BlockCache>, file_id: u64) -> Self {
+        DataFile {
+            cache: Some((cache, file_id)),
+            ..self
+        }
     }
 
     /// Number of entries.
     pub fn entries(&self) -> u64 {
-        self.entries
+        self.inner.entries
     }
 
     /// Key groups of the first and last keys (inclusive); `None` for an empty file.
     pub fn key_groups(&self) -> Option<(u16, u16)> {
-        self.key_groups
+        self.inner.key_groups
     }
 
     /// The smallest key; `None` for an empty file.
     pub fn first_key(&self) -> Option<&[u8]> {
-        self.blocks.first().map(|b| b.first_key.as_slice())
+        let index = &self.inner.index;
+        index.blocks.first().map(|b| index.first_key(b))
     }
 
     /// The largest key; `None` for an empty file.
     pub fn last_key(&self) -> Option<&[u8]> {
-        self.blocks.last().map(|b| b.last_key.as_slice())
+        let index = &self.inner.index;
+        index.blocks.last().map(|b| index.last_key(b))
     }
 
     /// Bytes of the whole file.
     pub fn len_bytes(&self) -> u64 {
-        self.bytes.len() as u64
+        self.inner.size
     }
 
-    /// The value of `key`, if present. Decodes and verifies the one block that may hold it.
+    /// Number of data blocks.
+    pub fn block_count(&self) -> usize {
+        self.inner.index.blocks.len()
+    }
+
+    /// Approximate bytes of memory the open file holds for its index (about 48 bytes a block
+    /// plus its first and last keys), whatever the size of the file.
+    pub fn index_bytes(&self) -> usize {
+        let index = &self.inner.index;
+        std::mem::size_of::<Inner>()
+            + index.blocks.capacity() * std::mem::size_of::<BlockMeta>()
+            + index.keys.capacity()
+    }
+
+    /// The value of `key`, if present. Reads (or finds in the cache) and verifies the one
+    /// block that may hold it; none if the index rules the key out.
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let index = &self.inner.index;
         // The first block whose last key is not below `key` is the only one that may hold it.
-        let i = self.blocks.partition_point(|b| b.last_key.as_slice() < key);
-        let Some(handle) = self.blocks.get(i) else {
+        let i = index.blocks.partition_point(|b| index.last_key(b) < key);
+        let Some(meta) = index.blocks.get(i) else {
             return Ok(None);
         };
-        if key < handle.first_key.as_slice() {
+        if key < index.first_key(meta) {
             return Ok(None);
         }
-        let data = self.read_block(i)?;
-        let entries = parse_block(&data, handle, i)?;
-        Ok(entries
-            .binary_search_by(|(k, _)| data[k.clone()].cmp(key))
-            .ok()
-            .map(|j| data[entries[j].1.clone()].to_vec()))
-    }
-
-    /// Every entry in key order, one block decoded and verified at a time. After an error
-    /// the iterator ends.
-    pub fn iter(&self) -> impl Iterator<Item = Result<(Vec<u8>, Vec<u8>)>> + '_ {
-        let mut next_block = 0;
-        let mut pending = std::collections::VecDeque::new();
-        let mut failed = false;
-        std::iter::from_fn(move || loop {
-            if failed {
-                return None;
-            }
-            if let Some(entry) = pending.pop_front() {
-                return Some(Ok(entry));
-            }
-            if next_block == self.blocks.len() {
-                return None;
-            }
-            let i = next_block;
-            next_block += 1;
-            match self.block_entries(i) {
-                Ok(entries) => pending.extend(entries),
-                Err(e) => {
-                    failed = true;
-                    return Some(Err(e));
+        let block = match &self.cache {
+            None => Arc::new(self.read_block(i)?),
+            Some((cache, file_id)) => {
+                // The index holds at most u32::MAX blocks.
+                let cache_key = (*file_id, i as u32);
+                match cache.get(cache_key) {
+                    Some(block) => block,
+                    None => {
+                        let block = Arc::new(self.read_block(i)?);
+                        cache.insert(cache_key, Arc::clone(&block));
+                        block
+                    }
                 }
             }
-        })
+        };
+        Ok(block.get(key).map(<[u8]>::to_vec))
+    }
+
+    /// Every entry in key order, one block read and verified at a time. After an error the
+    /// iterator ends. It holds its own handle to the file, so it may outlive `self`.
+    pub fn iter(&self) -> DataFileIter {
+        DataFileIter {
+            file: self.clone(),
+            next_block: 0,
+            start_key: None,
+            block: None,
+            pos: 0,
+            failed: false,
+        }
+    }
+
+    /// The entries whose key is `start_key` or above, in key order, reading from the first
+    /// block that may hold one (found in the index, so blocks before it are never read). How a
+    /// key-group range of a file is read: start at the range's first key group and stop at
+    /// the first key past its last.
+    ///
+    /// ```
+    /// use millpond_snapshot::{DataFile, DataFileSettings, DataFileWriter};
+    ///
+    /// let mut bytes = Vec::new();
+    /// let mut writer = DataFileWriter::new(&mut bytes, DataFileSettings::default());
+    /// for (key, value) in [(&b"\x00\x01a"[..], b"1"), (b"\x00\x02b", b"2"), (b"\x00\x03c", b"3")] {
+    ///     writer.add(key, value)?;
+    /// }
+    /// writer.finish()?;
+    ///
+    /// let file = DataFile::open(bytes)?;
+    /// // Key group 2 only.
+    /// let group_2: Vec<_> = file
+    ///     .iter_from(&2u16.to_be_bytes())
+    ///     .take_while(|e| e.as_ref().map_or(true, |(k, _)| u16::from_be_bytes([k[0], k[1]]) <= 2))
+    ///     .collect::<Result<_, _>>()?;
+    /// assert_eq!(group_2, vec![(b"\x00\x02b".to_vec(), b"2".to_vec())]);
+    /// # Ok::<(), millpond_snapshot::Error>(())
+    /// ```
+    pub fn iter_from(&self, start_key: &[u8]) -> DataFileIter {
+        let index = &self.inner.index;
+        DataFileIter {
+            next_block: index
+                .blocks
+                .partition_point(|b| index.last_key(b) < start_key),
+            start_key: Some(start_key.to_vec()),
+            ..self.iter()
+        }
     }
 
     /// Reads every block, checking its checksum, framing, entry count and key order.
     pub fn verify(&self) -> Result<()> {
-        for i in 0..self.blocks.len() {
-            let data = self.read_block(i)?;
-            parse_block(&data, &self.blocks[i], i)?;
+        for i in 0..self.block_count() {
+            self.read_block(i)?;
         }
         Ok(())
     }
 
-    fn block_entries(&self, i: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        let data = self.read_block(i)?;
-        let entries = parse_block(&data, &self.blocks[i], i)?;
-        Ok(entries
-            .into_iter()
-            .map(|(k, v)| (data[k].to_vec(), data[v].to_vec()))
-            .collect())
-    }
-
-    /// The uncompressed bytes of block `i`, after checking its stored bytes' checksum.
-    fn read_block(&self, i: usize) -> Result<std::borrow::Cow<'_, [u8]>> {
-        let handle = &self.blocks[i];
-        // `open` checked that every block lies inside the file.
-        let start = handle.offset as usize;
-        let stored = &self.bytes[start..start + handle.stored_len as usize];
-        let at = || format!("block {i} at byte {}", handle.offset);
-        if crc32c::crc32c(stored) != handle.crc {
+    /// Reads block `i` from the source, checks its checksum, decompresses and parses it.
+    fn read_block(&self, i: usize) -> Result<Block> {
+        let index = &self.inner.index;
+        let meta = &index.blocks[i];
+        // `open_source` checked that every block lies inside the file.
+        let stored = read_source(&*self.inner.source, meta.offset, meta.stored_len as usize)?;
+        let at = || format!("block {i} at byte {}", meta.offset);
+        if crc32c::crc32c(&stored) != meta.crc {
             return Err(corrupt("data block checksum", at()));
         }
-        if handle.flags & FLAG_LZ4 == 0 {
-            return Ok(std::borrow::Cow::Borrowed(stored));
-        }
-        // `open` bounded uncompressed_len by MAX_BLOCK_BYTES and MAX_LZ4_RATIO × stored_len.
-        let mut out = vec![0; handle.uncompressed_len as usize];
-        match lz4_flex::block::decompress_into(stored, &mut out) {
-            Ok(n) if n == out.len() => Ok(std::borrow::Cow::Owned(out)),
-            _ => Err(corrupt("data block compression", at())),
+        let data = if meta.flags & FLAG_LZ4 == 0 {
+            stored
+        } else {
+            // `open_source` bounded uncompressed_len by MAX_BLOCK_BYTES and MAX_LZ4_RATIO ×
+            // stored_len.
+            let mut out = vec![0; meta.uncompressed_len as usize];
+            match lz4_flex::block::decompress_into(&stored, &mut out) {
+                Ok(n) if n == out.len() => out,
+                _ => return Err(corrupt("data block compression", at())),
+            }
+        };
+        let entries = parse_block(&data, meta, index, i)?;
+        Ok(Block::new(data, entries))
+    }
+}
+
+/// The entries of a [`DataFile`] in key order, from [`DataFile::iter`] or
+/// [`DataFile::iter_from`]. Reads one block at a time and holds at most one.
+#[derive(Debug)]
+pub struct DataFileIter {
+    file: DataFile,
+    next_block: usize,
+    /// Where to start in the first block read (`iter_from`); taken when it is read.
+    start_key: Option<Vec<u8>>,
+    block: Option<Block>,
+    /// The next entry of `block`.
+    pos: usize,
+    failed: bool,
+}
+
+impl Iterator for DataFileIter {
+    type Item = Result<(Vec<u8>, Vec<u8>)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if self.failed {
+                return None;
+            }
+            if let Some(block) = &self.block {
+                if self.pos < block.len() {
+                    let (key, value) = block.entry(self.pos);
+                    self.pos += 1;
+                    return Some(Ok((key.to_vec(), value.to_vec())));
+                }
+                self.block = None;
+            }
+            if self.next_block >= self.file.block_count() {
+                return None;
+            }
+            let i = self.next_block;
+            self.next_block += 1;
+            match self.file.read_block(i) {
+                Ok(block) => {
+                    self.pos = match self.start_key.take() {
+                        Some(start) => block.lower_bound(&start),
+                        None => 0,
+                    };
+                    self.block = Some(block);
+                }
+                Err(e) => {
+                    self.failed = true;
+                    return Some(Err(e));
+                }
+            }
         }
     }
 }
 
 /// Parses and checks the index (whose checksum matched): every block contiguous from byte 0 to
-/// the index, lengths within bounds, keys at least a key group long and strictly ascending
-/// within and across blocks.
-fn parse_index(index: &[u8], index_offset: u64) -> Result<Vec<BlockHandle>> {
+/// the index, lengths within bounds, keys at least a key group long, no longer than their
+/// block, and strictly ascending within and across blocks.
+fn parse_index(index: &[u8], index_offset: u64) -> Result<Index> {
     let bad = |what: &'static str, i: usize| {
         corrupt(
             what,
@@ -591,7 +840,10 @@ fn parse_index(index: &[u8], index_offset: u64) -> Result<Vec<BlockHandle>> {
     if count > (index.len() - 4) / INDEX_MIN_ENTRY_BYTES {
         return Err(bad("data file index (block count)", 0));
     }
-    let mut blocks: Vec<BlockHandle> = Vec::with_capacity(count);
+    let mut blocks: Vec<BlockMeta> = Vec::with_capacity(count);
+    // Keys take at most the index's bytes.
+    let mut keys: Vec<u8> = Vec::with_capacity(index.len());
+    let mut prev_last: Option<Range<usize>> = None;
     let mut pos = 4;
     let mut expected_offset = 0u64;
     for i in 0..count {
@@ -611,7 +863,7 @@ fn parse_index(index: &[u8], index_offset: u64) -> Result<Vec<BlockHandle>> {
         pos += INDEX_FIXED_BYTES;
         let first = get_slice(index, &mut pos).ok_or_else(|| bad("data file index (key)", i))?;
         let last = get_slice(index, &mut pos).ok_or_else(|| bad("data file index (key)", i))?;
-        let (first_key, last_key) = (&index[first], &index[last]);
+        let (first_key, last_key) = (&index[first], &index[last.clone()]);
         if offset != expected_offset {
             return Err(bad("data file index (block offset)", i));
         }
@@ -626,14 +878,17 @@ fn parse_index(index: &[u8], index_offset: u64) -> Result<Vec<BlockHandle>> {
         if !lengths_ok || raw > MAX_BLOCK_BYTES || entries == 0 || entries as usize > raw / 4 {
             return Err(bad("data file index (block lengths or flags)", i));
         }
+        // A key lies inside its block, so both lengths fit in u32.
         if first_key.len() < KEY_GROUP_BYTES
             || last_key.len() < KEY_GROUP_BYTES
             || first_key > last_key
+            || last_key.len() > raw
+            || first_key.len() > raw
         {
             return Err(bad("data file index (block keys)", i));
         }
-        if let Some(prev) = blocks.last() {
-            if prev.last_key.as_slice() >= first_key {
+        if let Some(prev) = &prev_last {
+            if &index[prev.clone()] >= first_key {
                 return Err(bad("data file index (block order)", i));
             }
         }
@@ -641,16 +896,20 @@ fn parse_index(index: &[u8], index_offset: u64) -> Result<Vec<BlockHandle>> {
             return Err(bad("data file index (block keys)", i));
         }
         expected_offset += u64::from(stored_len);
-        blocks.push(BlockHandle {
+        blocks.push(BlockMeta {
             offset,
+            keys_at: keys.len(),
             stored_len,
             uncompressed_len,
             entries,
-            flags,
             crc,
-            first_key: first_key.to_vec(),
-            last_key: last_key.to_vec(),
+            first_len: first_key.len() as u32,
+            last_len: last_key.len() as u32,
+            flags,
         });
+        keys.extend_from_slice(first_key);
+        keys.extend_from_slice(last_key);
+        prev_last = Some(last);
     }
     if pos != index.len() {
         return Err(bad("data file index (bytes after the last entry)", count));
@@ -661,7 +920,8 @@ fn parse_index(index: &[u8], index_offset: u64) -> Result<Vec<BlockHandle>> {
             count,
         ));
     }
-    Ok(blocks)
+    keys.shrink_to_fit();
+    Ok(Index { blocks, keys })
 }
 
 /// Splits a block (whose checksum matched) into its entries' key and value ranges, checking
@@ -670,22 +930,25 @@ fn parse_index(index: &[u8], index_offset: u64) -> Result<Vec<BlockHandle>> {
 /// error, never a panic.
 fn parse_block(
     data: &[u8],
-    handle: &BlockHandle,
+    meta: &BlockMeta,
+    index: &Index,
     i: usize,
-) -> Result<Vec<(Range<usize>, Range<usize>)>> {
-    // Bounded: `open` checked entries ≤ uncompressed_len / 4.
-    let mut entries: Vec<(Range<usize>, Range<usize>)> =
-        Vec::with_capacity(handle.entries as usize);
+) -> Result<Vec<(Range<u32>, Range<u32>)>> {
+    // Bounded: `open_source` checked entries ≤ uncompressed_len / 4.
+    let mut entries: Vec<(Range<u32>, Range<u32>)> = Vec::with_capacity(meta.entries as usize);
+    // Ranges fit in u32: `data` is at most MAX_BLOCK_BYTES.
+    let narrow = |r: Range<usize>| r.start as u32..r.end as u32;
+    let widen = |r: &Range<u32>| r.start as usize..r.end as usize;
     let mut pos = 0;
     while pos < data.len() {
         let j = entries.len();
         let bad = |what| {
             corrupt(
                 what,
-                format!("block {i} at byte {}, entry {j}", handle.offset),
+                format!("block {i} at byte {}, entry {j}", meta.offset),
             )
         };
-        if j == handle.entries as usize {
+        if j == meta.entries as usize {
             return Err(bad("data block (more entries than the index says)"));
         }
         let key = get_slice(data, &mut pos).ok_or_else(|| bad("data block entry framing"))?;
@@ -694,21 +957,21 @@ fn parse_block(
             return Err(bad("data block key (shorter than a key group)"));
         }
         if let Some((prev, _)) = entries.last() {
-            if data[prev.clone()] >= data[key.clone()] {
+            if data[widen(prev)] >= data[key.clone()] {
                 return Err(bad("data block key order"));
             }
         }
-        entries.push((key, value));
+        entries.push((narrow(key), narrow(value)));
     }
-    let at = || format!("block {i} at byte {}", handle.offset);
-    if entries.len() != handle.entries as usize {
+    let at = || format!("block {i} at byte {}", meta.offset);
+    if entries.len() != meta.entries as usize {
         return Err(corrupt(
             "data block (fewer entries than the index says)",
             at(),
         ));
     }
     let (first, last) = (&entries[0].0, &entries[entries.len() - 1].0);
-    if data[first.clone()] != handle.first_key[..] || data[last.clone()] != handle.last_key[..] {
+    if data[widen(first)] != *index.first_key(meta) || data[widen(last)] != *index.last_key(meta) {
         return Err(corrupt("data block keys (differ from the index)", at()));
     }
     Ok(entries)
@@ -766,14 +1029,14 @@ mod tests {
         w.add(b"\x00\x01k", b"v").unwrap();
         w.finish().unwrap();
         let file = DataFile::open(bytes).unwrap();
-        assert_eq!(file.blocks[0].flags, 0);
+        assert_eq!(file.inner.index.blocks[0].flags, 0);
         // A repetitive one: LZ4 does.
         let mut bytes = Vec::new();
         let mut w = DataFileWriter::new(&mut bytes, DataFileSettings::default());
         w.add(b"\x00\x01k", &[7; 4096]).unwrap();
         w.finish().unwrap();
         let file = DataFile::open(bytes).unwrap();
-        assert_eq!(file.blocks[0].flags, FLAG_LZ4);
+        assert_eq!(file.inner.index.blocks[0].flags, FLAG_LZ4);
         assert_eq!(file.get(b"\x00\x01k").unwrap(), Some(vec![7; 4096]));
     }
 
@@ -876,7 +1139,7 @@ mod tests {
         ) {
             let original = sample_with(compress);
             let file = DataFile::open(original.clone()).unwrap();
-            let index_offset = file.blocks.last().map_or(0, |b| b.offset + u64::from(b.stored_len));
+            let index_offset = file.inner.index.blocks.last().map_or(0, |b| b.offset + u64::from(b.stored_len));
             // Damage data blocks, then re-seal: block checksums in the index, index checksum,
             // footer checksum. Only the framing and LZ4 checks can catch this.
             let mut damaged = original[..index_offset as usize].to_vec();
@@ -885,6 +1148,8 @@ mod tests {
                 damaged[at] = *v;
             }
             let crcs: Vec<u32> = file
+                .inner
+                .index
                 .blocks
                 .iter()
                 .map(|b| {

@@ -22,6 +22,55 @@ pub enum Error {
         reason: String,
     },
 
+    /// A snapshot, manifest or file does not exist: check the id (`millpond snapshot list`)
+    /// and the archive URL.
+    #[error("not found: {what}")]
+    NotFound {
+        /// What was looked for.
+        what: String,
+    },
+
+    /// Another writer with a newer epoch has taken over the archive: this writer must stop
+    /// (its job instance is a zombie). Nothing it wrote is visible.
+    #[error("fenced: this writer has epoch {epoch}, the archive belongs to epoch {newer_epoch}")]
+    Fenced {
+        /// This writer's epoch.
+        epoch: u64,
+        /// The epoch that took over.
+        newer_epoch: u64,
+    },
+
+    /// Another commit of the same writer epoch took the manifest sequence: two snapshot
+    /// writers share one claim. Claim the archive again before writing.
+    #[error("manifest sequence {sequence} was taken by a writer of the same epoch")]
+    Conflict {
+        /// The sequence.
+        sequence: u64,
+    },
+
+    /// The object store failed (network, server, credentials). Nothing became visible;
+    /// retry, and check the store's URL and credentials if it persists.
+    #[error("object store failed {op} {path}: {source}")]
+    ObjectStore {
+        /// What was being done.
+        op: &'static str,
+        /// The object involved.
+        path: String,
+        /// The store's error.
+        #[source]
+        source: Box<object_store::Error>,
+    },
+
+    /// The state crate refused an entry or a change (a change of a state the snapshot does
+    /// not know, a damaged entry): the WAL and the manifest disagree; restore from another
+    /// snapshot.
+    #[error(transparent)]
+    State(#[from] millpond_state::Error),
+
+    /// Reading the write-ahead log failed.
+    #[error(transparent)]
+    Wal(#[from] millpond_wal::Error),
+
     /// Writing or reading the underlying file or stream failed. A writer that saw this is
     /// unusable (its output is incomplete): discard the output and start again.
     #[error("I/O error on {path}: {source}")]
@@ -32,6 +81,13 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+}
+
+impl Error {
+    /// Whether retrying the same call may succeed (a transient object-store failure).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Error::ObjectStore { .. } | Error::Io { .. })
+    }
 }
 
 /// `Result` with [`Error`].

@@ -1,0 +1,524 @@
+//! The archive: where snapshots live in object storage, and the commit protocol that makes a
+//! snapshot current exactly once (docs/snapshot.md, "Commit protocol").
+//!
+//! ```text
+//! <root>/data/<sequence>-<random>-<n>.mpdf     data files, written once under unique names
+//! <root>/manifests/<sequence, 20 digits>.mpm   manifests; the highest sequence is current
+//! ```
+//!
+//! Committing manifest `n + 1` is a conditional create (`PutMode::Create`): of two writers
+//! racing for the same sequence exactly one wins. A writer takes over an archive by committing
+//! a *claim* manifest with a higher epoch; an older writer whose create then fails finds the
+//! higher epoch and is fenced. The protocol needs nothing but conditional create and a
+//! consistent list, which both the local filesystem and S3 give (the local filesystem has no
+//! `PutMode::Update`, so there is no separate pointer object to swap).
+
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures::TryStreamExt;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, WriteMultipart};
+
+use crate::error::{Error, Result};
+use crate::manifest::{Manifest, ManifestKind};
+
+const MANIFESTS: &str = "manifests";
+const DATA: &str = "data";
+/// Part size of multipart uploads; files below it go up in one put.
+const PART_BYTES: usize = 16 << 20;
+/// Parts of one file in flight at once.
+const PARTS_IN_FLIGHT: usize = 4;
+
+/// A location in object storage holding snapshots: manifests and data files.
+///
+/// The API blocks (it runs object_store's futures on the archive's own small runtime): call
+/// it from ordinary threads, not from inside an async runtime (use `spawn_blocking` there).
+#[derive(Clone)]
+pub struct Archive {
+    store: Arc<dyn ObjectStore>,
+    root: Path,
+    url: String,
+    rt: Arc<tokio::runtime::Runtime>,
+    /// The directory of a local archive, read directly when files are fetched whole.
+    local: Option<std::path::PathBuf>,
+}
+
+impl std::fmt::Debug for Archive {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Archive").field("url", &self.url).finish()
+    }
+}
+
+/// What [`Archive::gc`] removed and kept.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GcReport {
+    /// Manifests deleted (older than the retained snapshots).
+    pub manifests_deleted: Vec<String>,
+    /// Data files deleted (referenced by no retained manifest, and old enough).
+    pub files_deleted: Vec<String>,
+    /// Unreferenced data files kept because they are younger than the grace period (a
+    /// snapshot may be writing them).
+    pub files_in_grace: usize,
+    /// Manifests kept.
+    pub manifests_kept: usize,
+}
+
+impl Archive {
+    /// Opens the archive at `url`:
+    ///
+    /// - `file:///absolute/dir` (or a plain absolute path): a local directory, created if
+    ///   missing;
+    /// - `s3://bucket/prefix`: S3 or an S3-compatible server, configured from the usual AWS
+    ///   environment variables (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
+    ///   `AWS_DEFAULT_REGION`, `AWS_ENDPOINT` for another endpoint, `AWS_ALLOW_HTTP=true` for
+    ///   plain HTTP).
+    ///
+    /// A malformed URL, an unknown scheme or missing S3 credentials is `Error::Invalid`.
+    pub fn open(url: &str) -> Result<Archive> {
+        let invalid = |reason: String| Error::Invalid { reason };
+        if let Some(rest) = url.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                return Err(invalid(format!("'{url}': no bucket in the S3 URL")));
+            }
+            let has_credentials = [
+                "AWS_ACCESS_KEY_ID",
+                "AWS_WEB_IDENTITY_TOKEN_FILE",
+                "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+                "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+            ]
+            .iter()
+            .any(|v| std::env::var_os(v).is_some());
+            if !has_credentials {
+                return Err(invalid(format!(
+                    "'{url}': no S3 credentials; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY \
+                     (or use a web identity or container credentials)"
+                )));
+            }
+            let mut builder =
+                object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
+            if std::env::var_os("AWS_DEFAULT_REGION").is_none()
+                && std::env::var_os("AWS_REGION").is_none()
+            {
+                builder = builder.with_region("us-east-1");
+            }
+            let store = builder
+                .build()
+                .map_err(|e| invalid(format!("'{url}': {e}")))?;
+            return Archive::from_store(Arc::new(store), prefix, url);
+        }
+        let dir = match url.strip_prefix("file://") {
+            Some(path) => path,
+            None if url.starts_with('/') => url,
+            None => {
+                return Err(invalid(format!(
+                    "'{url}': expected file:///absolute/path or s3://bucket/prefix"
+                )))
+            }
+        };
+        if !dir.starts_with('/') {
+            return Err(invalid(format!("'{url}': the path must be absolute")));
+        }
+        std::fs::create_dir_all(dir).map_err(|source| Error::Io {
+            path: dir.to_owned(),
+            source,
+        })?;
+        let store = object_store::local::LocalFileSystem::new_with_prefix(dir)
+            .map_err(|e| invalid(format!("'{url}': {e}")))?;
+        let mut archive = Archive::from_store(Arc::new(store), "", url)?;
+        archive.local = Some(std::path::PathBuf::from(dir));
+        Ok(archive)
+    }
+
+    /// The directory of a local (`file://`) archive.
+    pub fn local_root(&self) -> Option<&std::path::Path> {
+        self.local.as_deref()
+    }
+
+    /// An archive under `prefix` of any object store (for tests, decorators and stores
+    /// configured by hand). `url` names it in messages.
+    pub fn from_store(store: Arc<dyn ObjectStore>, prefix: &str, url: &str) -> Result<Archive> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("millpond-archive")
+            .enable_all()
+            .build()
+            .map_err(|source| Error::Io {
+                path: "archive runtime".to_owned(),
+                source,
+            })?;
+        Ok(Archive {
+            store,
+            root: Path::from(prefix.trim_matches('/')),
+            url: url.to_owned(),
+            rt: Arc::new(rt),
+            local: None,
+        })
+    }
+
+    /// The URL the archive was opened with.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    pub(crate) fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        self.rt.block_on(f)
+    }
+
+    pub(crate) fn runtime(&self) -> &tokio::runtime::Runtime {
+        &self.rt
+    }
+
+    pub(crate) fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    /// The full object path of `relative` (`data/…`, `manifests/…`).
+    pub(crate) fn path(&self, relative: &str) -> Path {
+        let mut p = self.root.clone();
+        for part in relative.split('/') {
+            p = p.clone().join(part);
+        }
+        p
+    }
+
+    fn relative(&self, path: &Path) -> String {
+        path.prefix_match(&self.root)
+            .map(|parts| {
+                parts
+                    .map(|p| p.as_ref().to_owned())
+                    .collect::<Vec<_>>()
+                    .join("/")
+            })
+            .unwrap_or_else(|| path.to_string())
+    }
+
+    fn manifest_path(sequence: u64) -> String {
+        format!("{MANIFESTS}/{sequence:020}.mpm")
+    }
+
+    /// Sequences of the manifests present, ascending.
+    pub fn sequences(&self) -> Result<Vec<u64>> {
+        let prefix = self.path(MANIFESTS);
+        let metas: Vec<_> = self
+            .block_on(self.store.list(Some(&prefix)).try_collect::<Vec<_>>())
+            .map_err(|e| os_error("listing manifests", &self.url, e))?;
+        let mut seqs: Vec<u64> = metas
+            .iter()
+            .filter_map(|m| m.location.filename())
+            .filter_map(|name| name.strip_suffix(".mpm"))
+            .filter_map(|n| n.parse().ok())
+            .collect();
+        seqs.sort_unstable();
+        Ok(seqs)
+    }
+
+    /// Reads manifest `sequence`. A missing one is `Error::NotFound`.
+    pub fn manifest_at(&self, sequence: u64) -> Result<Manifest> {
+        let rel = Self::manifest_path(sequence);
+        let bytes = self.get(&rel)?;
+        let m = Manifest::decode(&bytes, &rel)?;
+        if m.sequence != sequence {
+            return Err(Error::Corrupt {
+                what: "manifest (sequence differs from its name)",
+                location: rel,
+            });
+        }
+        Ok(m)
+    }
+
+    /// The current manifest (highest sequence), or `None` for an empty archive.
+    pub fn latest(&self) -> Result<Option<Manifest>> {
+        match self.sequences()?.last() {
+            Some(&seq) => self.manifest_at(seq).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The manifest with id or sequence `id` (`"latest"` for the current one).
+    pub fn find(&self, id: &str) -> Result<Manifest> {
+        if id == "latest" {
+            return self.latest()?.ok_or_else(|| Error::NotFound {
+                what: format!("a snapshot in {} (the archive is empty)", self.url),
+            });
+        }
+        let seq: Option<u64> = id.split('-').next().and_then(|s| s.parse().ok());
+        let not_found = || Error::NotFound {
+            what: format!("snapshot '{id}' in {}", self.url),
+        };
+        let seq = seq.ok_or_else(not_found)?;
+        match self.manifest_at(seq) {
+            Ok(m) if m.id == id || id.parse::<u64>().is_ok() => Ok(m),
+            Ok(_) => Err(not_found()),
+            Err(Error::NotFound { .. }) => Err(not_found()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Every manifest present, by sequence.
+    pub fn manifests(&self) -> Result<Vec<Manifest>> {
+        self.sequences()?
+            .into_iter()
+            .map(|s| self.manifest_at(s))
+            .collect()
+    }
+
+    /// Takes over the archive as its only writer: commits a claim manifest (the current
+    /// state, an epoch above every earlier writer's) and returns it. From then on a writer
+    /// with an older epoch is fenced. An empty archive gets a first, empty claim with
+    /// `max_key_groups`; otherwise that must match the archive's.
+    pub fn claim(&self, max_key_groups: u16) -> Result<Manifest> {
+        loop {
+            let current = self
+                .latest()?
+                .unwrap_or_else(|| Manifest::empty(max_key_groups));
+            if current.max_key_groups != max_key_groups {
+                return Err(Error::Invalid {
+                    reason: format!(
+                        "the archive's state has {} key groups, not {max_key_groups}",
+                        current.max_key_groups
+                    ),
+                });
+            }
+            let mut claim = current.clone();
+            claim.sequence = current.sequence + 1;
+            claim.id = new_id(claim.sequence);
+            claim.parent_id = (!current.id.is_empty()).then(|| current.id.clone());
+            claim.writer_epoch = current.writer_epoch + 1;
+            claim.created_at_ms = now_ms();
+            claim.kind = ManifestKind::Claim;
+            match self.create_manifest(&claim) {
+                Ok(()) => return Ok(claim),
+                // Another writer claimed or committed meanwhile: claim above it.
+                Err(Error::Conflict { .. }) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Commits `manifest` (sequence = previous + 1, written by a writer of
+    /// `manifest.writer_epoch`). If the sequence is taken, the writer is fenced when the
+    /// manifest there has a higher epoch, and gets `Error::Conflict` otherwise.
+    pub(crate) fn commit(&self, manifest: &Manifest) -> Result<()> {
+        match self.create_manifest(manifest) {
+            Err(Error::Conflict { .. }) => {
+                let newest = self.latest()?;
+                match newest {
+                    Some(m) if m.writer_epoch > manifest.writer_epoch => Err(Error::Fenced {
+                        epoch: manifest.writer_epoch,
+                        newer_epoch: m.writer_epoch,
+                    }),
+                    _ => Err(Error::Conflict {
+                        sequence: manifest.sequence,
+                    }),
+                }
+            }
+            other => other,
+        }
+    }
+
+    fn create_manifest(&self, manifest: &Manifest) -> Result<()> {
+        let rel = Self::manifest_path(manifest.sequence);
+        let opts = PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
+        let payload = PutPayload::from(manifest.encode());
+        match self.block_on(self.store.put_opts(&self.path(&rel), payload, opts)) {
+            Ok(_) => Ok(()),
+            Err(object_store::Error::AlreadyExists { .. }) => Err(Error::Conflict {
+                sequence: manifest.sequence,
+            }),
+            Err(e) => Err(os_error("committing", &rel, e)),
+        }
+    }
+
+    /// The whole object `relative`.
+    pub(crate) fn get(&self, relative: &str) -> Result<Vec<u8>> {
+        let path = self.path(relative);
+        let r = self.block_on(async {
+            let got = self.store.get(&path).await?;
+            got.bytes().await
+        });
+        match r {
+            Ok(b) => Ok(b.to_vec()),
+            Err(object_store::Error::NotFound { .. }) => Err(Error::NotFound {
+                what: format!("{relative} in {}", self.url),
+            }),
+            Err(e) => Err(os_error("reading", relative, e)),
+        }
+    }
+
+    /// Bytes `range` of object `relative`.
+    pub(crate) fn get_range(&self, relative: &str, range: Range<u64>) -> Result<Vec<u8>> {
+        let path = self.path(relative);
+        match self.block_on(self.store.get_range(&path, range)) {
+            Ok(b) => Ok(b.to_vec()),
+            Err(object_store::Error::NotFound { .. }) => Err(Error::NotFound {
+                what: format!("{relative} in {}", self.url),
+            }),
+            Err(e) => Err(os_error("reading", relative, e)),
+        }
+    }
+
+    /// A writer for a new data file at `relative`, uploaded as it is written.
+    pub(crate) fn upload(&self, relative: &str) -> Upload<'_> {
+        Upload {
+            archive: self,
+            relative: relative.to_owned(),
+            buf: Vec::new(),
+            multipart: None,
+        }
+    }
+
+    /// Keeps the newest `retain` snapshots (at least 1) and deletes the manifests before
+    /// them, then every data file that no remaining manifest names and that is older than
+    /// `grace` (younger ones may belong to a snapshot being written). Files are deleted only
+    /// after the manifests that named them, so a crash midway leaves orphans, never a
+    /// manifest without its files.
+    pub fn gc(&self, retain: usize, grace: Duration) -> Result<GcReport> {
+        let retain = retain.max(1);
+        let manifests = self.manifests()?;
+        let mut report = GcReport::default();
+        // Index of the oldest manifest to keep: the retain-th newest snapshot (claims count
+        // with the snapshot they copy).
+        let mut snapshots_seen = 0;
+        let mut keep_from = 0;
+        for (i, m) in manifests.iter().enumerate().rev() {
+            if m.kind == ManifestKind::Snapshot || i == 0 {
+                snapshots_seen += 1;
+            }
+            keep_from = i;
+            if snapshots_seen >= retain {
+                break;
+            }
+        }
+        // Delete manifests oldest first, so that a crash midway leaves a contiguous tail.
+        for m in &manifests[..keep_from] {
+            let rel = Self::manifest_path(m.sequence);
+            self.delete(&rel)?;
+            report.manifests_deleted.push(m.id.clone());
+        }
+        let kept = &manifests[keep_from..];
+        report.manifests_kept = kept.len();
+        let referenced: std::collections::HashSet<&str> = kept
+            .iter()
+            .flat_map(|m| m.files.iter().map(|f| f.path.as_str()))
+            .collect();
+        let prefix = self.path(DATA);
+        let metas: Vec<_> = self
+            .block_on(self.store.list(Some(&prefix)).try_collect::<Vec<_>>())
+            .map_err(|e| os_error("listing data files", &self.url, e))?;
+        let cutoff = SystemTime::now() - grace;
+        for meta in metas {
+            let rel = self.relative(&meta.location);
+            if referenced.contains(rel.as_str()) {
+                continue;
+            }
+            let modified: SystemTime = meta.last_modified.into();
+            if modified > cutoff {
+                report.files_in_grace += 1;
+                continue;
+            }
+            self.delete(&rel)?;
+            report.files_deleted.push(rel);
+        }
+        Ok(report)
+    }
+
+    fn delete(&self, relative: &str) -> Result<()> {
+        match self.block_on(self.store.delete(&self.path(relative))) {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(os_error("deleting", relative, e)),
+        }
+    }
+}
+
+/// A data file on its way to the archive: one put if it stays small, a multipart upload with
+/// a few parts in flight otherwise. Nothing is visible under its name until `finish`.
+pub(crate) struct Upload<'a> {
+    archive: &'a Archive,
+    relative: String,
+    buf: Vec<u8>,
+    multipart: Option<WriteMultipart>,
+}
+
+impl Upload<'_> {
+    fn send_part(&mut self) -> Result<()> {
+        let a = self.archive;
+        let path = a.path(&self.relative);
+        let _guard = a.runtime().enter();
+        if self.multipart.is_none() {
+            let up = a
+                .block_on(a.store.put_multipart(&path))
+                .map_err(|e| os_error("starting upload of", &self.relative, e))?;
+            self.multipart = Some(WriteMultipart::new_with_chunk_size(up, PART_BYTES));
+        }
+        let mp = self.multipart.as_mut().expect("just set");
+        a.block_on(mp.wait_for_capacity(PARTS_IN_FLIGHT))
+            .map_err(|e| os_error("uploading", &self.relative, e))?;
+        mp.put(std::mem::take(&mut self.buf).into());
+        Ok(())
+    }
+
+    /// Completes the upload.
+    pub fn finish(mut self) -> Result<()> {
+        let a = self.archive;
+        let path = a.path(&self.relative);
+        let _guard = a.runtime().enter();
+        match self.multipart.take() {
+            None => {
+                let payload = PutPayload::from(std::mem::take(&mut self.buf));
+                a.block_on(a.store.put(&path, payload))
+                    .map_err(|e| os_error("uploading", &self.relative, e))?;
+            }
+            Some(mut mp) => {
+                mp.put(std::mem::take(&mut self.buf).into());
+                a.block_on(mp.finish())
+                    .map_err(|e| os_error("completing upload of", &self.relative, e))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::io::Write for Upload<'_> {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= PART_BYTES {
+            self.send_part().map_err(std::io::Error::other)?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+pub(crate) fn os_error(op: &'static str, what: &str, source: object_store::Error) -> Error {
+    Error::ObjectStore {
+        op,
+        path: what.to_owned(),
+        source: Box::new(source),
+    }
+}
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A snapshot id: its sequence, then 64 random bits, so that ids never repeat even when
+/// two writers race for one sequence.
+pub(crate) fn new_id(sequence: u64) -> String {
+    format!("{sequence:020}-{:016x}", rand::random::<u64>())
+}
+
+/// The path of a new data file of the snapshot `id`.
+pub(crate) fn data_path(id: &str, n: usize) -> String {
+    format!("{DATA}/{id}-{n:05}.mpdf")
+}

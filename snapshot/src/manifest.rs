@@ -1,0 +1,362 @@
+//! The manifest: what a snapshot is. Its data files with their key-group ranges, sizes and
+//! checksums; the WAL commit marker (LSN, position) and the source offsets the state reflects;
+//! the states; the writer's epoch. Encoded as `proto/millpond/snapshot/v1/manifest.proto`
+//! inside a checksummed frame; byte by byte in docs/snapshot.md ("Manifest").
+//!
+//! ```text
+//! magic "MPMF" | version u16 LE | reserved u16 (0) | payload length u32 LE | payload (protobuf)
+//! | CRC-32C u32 LE of everything before it
+//! ```
+
+use std::time::Duration;
+
+use millpond_state::{StateKind, StateSchema, TtlConfig, TtlUpdateType, TtlVisibility};
+use millpond_wal::{SourceOffset, WalPosition};
+use prost::Message;
+
+use crate::error::{Error, Result};
+
+/// Generated from `proto/millpond/snapshot/v1/manifest.proto`.
+#[allow(missing_docs, clippy::all)]
+pub mod proto {
+    include!(concat!(env!("OUT_DIR"), "/millpond.snapshot.v1.rs"));
+}
+
+const MAGIC: [u8; 4] = *b"MPMF";
+const VERSION: u16 = 1;
+const HEADER_BYTES: usize = 12;
+/// A manifest larger than this is refused as damaged (it would name millions of files).
+pub const MAX_MANIFEST_BYTES: usize = 256 << 20;
+
+/// Why a manifest exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ManifestKind {
+    /// A snapshot committed by a writer.
+    Snapshot,
+    /// A writer took over the archive: the previous manifest's state, with a higher epoch.
+    Claim,
+}
+
+/// One data file of a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileRef {
+    /// Object path relative to the archive root (`data/<name>.mpdf`).
+    pub path: String,
+    /// Key group of the first key (inclusive).
+    pub first_key_group: u16,
+    /// Key group of the last key (inclusive).
+    pub last_key_group: u16,
+    /// Bytes of the file.
+    pub bytes: u64,
+    /// Entries in it.
+    pub entries: u64,
+    /// CRC-32C of the whole file.
+    pub crc32c: u32,
+    /// Sequence of the manifest that wrote it (older than the manifest: reused).
+    pub written_by: u64,
+}
+
+impl FileRef {
+    /// Whether the file holds keys of any key group in `start..end`.
+    pub fn overlaps(&self, start: u16, end: u16) -> bool {
+        self.first_key_group < end && self.last_key_group >= start
+    }
+}
+
+/// A snapshot's manifest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Manifest {
+    /// Position in the archive's sequence of manifests, from 1.
+    pub sequence: u64,
+    /// Unique id: `<sequence, 20 digits>-<16 hex digits>`.
+    pub id: String,
+    /// The snapshot this one was built from, if any.
+    pub parent_id: Option<String>,
+    /// Epoch of the writer that committed it.
+    pub writer_epoch: u64,
+    /// Milliseconds since the Unix epoch.
+    pub created_at_ms: u64,
+    /// Snapshot or claim.
+    pub kind: ManifestKind,
+    /// Number of key groups of the state.
+    pub max_key_groups: u16,
+    /// LSN of the WAL commit marker the state reflects; 0: none (empty state).
+    pub lsn: u64,
+    /// Where that marker is in the WAL.
+    pub wal_position: Option<WalPosition>,
+    /// The source offsets to resume from.
+    pub offsets: Vec<SourceOffset>,
+    /// The states, with the ids their keys carry.
+    pub states: Vec<StateSchema>,
+    /// Data files in key order, with disjoint key-group ranges.
+    pub files: Vec<FileRef>,
+}
+
+impl Manifest {
+    /// The manifest of an empty archive's first claim.
+    pub(crate) fn empty(max_key_groups: u16) -> Manifest {
+        Manifest {
+            sequence: 0,
+            id: String::new(),
+            parent_id: None,
+            writer_epoch: 0,
+            created_at_ms: 0,
+            kind: ManifestKind::Claim,
+            max_key_groups,
+            lsn: 0,
+            wal_position: None,
+            offsets: Vec::new(),
+            states: Vec::new(),
+            files: Vec::new(),
+        }
+    }
+
+    /// Entries over all files.
+    pub fn total_entries(&self) -> u64 {
+        self.files.iter().map(|f| f.entries).sum()
+    }
+
+    /// Bytes over all files.
+    pub fn total_bytes(&self) -> u64 {
+        self.files.iter().map(|f| f.bytes).sum()
+    }
+
+    /// The files holding keys of key groups `start..end`.
+    pub fn files_for(&self, start: u16, end: u16) -> impl Iterator<Item = &FileRef> {
+        self.files.iter().filter(move |f| f.overlaps(start, end))
+    }
+
+    /// Encodes the manifest in its frame.
+    pub fn encode(&self) -> Vec<u8> {
+        let payload = self.to_proto().encode_to_vec();
+        let mut out = Vec::with_capacity(HEADER_BYTES + payload.len() + 4);
+        out.extend_from_slice(&MAGIC);
+        out.extend_from_slice(&VERSION.to_le_bytes());
+        out.extend_from_slice(&[0, 0]);
+        out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        out.extend_from_slice(&payload);
+        let crc = crc32c::crc32c(&out);
+        out.extend_from_slice(&crc.to_le_bytes());
+        out
+    }
+
+    /// Decodes and checks a framed manifest; `location` names it in errors.
+    pub fn decode(bytes: &[u8], location: &str) -> Result<Manifest> {
+        let corrupt = |what: &'static str| Error::Corrupt {
+            what,
+            location: location.to_owned(),
+        };
+        if bytes.len() < HEADER_BYTES + 4 || bytes.len() > MAX_MANIFEST_BYTES {
+            return Err(corrupt("manifest (length)"));
+        }
+        let (body, crc) = bytes.split_at(bytes.len() - 4);
+        if crc32c::crc32c(body) != u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]) {
+            return Err(corrupt("manifest checksum"));
+        }
+        if body[..4] != MAGIC {
+            return Err(corrupt("manifest magic"));
+        }
+        if u16::from_le_bytes([body[4], body[5]]) != VERSION || body[6..8] != [0, 0] {
+            return Err(corrupt("manifest version"));
+        }
+        let len = u32::from_le_bytes([body[8], body[9], body[10], body[11]]) as usize;
+        if len != body.len() - HEADER_BYTES {
+            return Err(corrupt("manifest (payload length)"));
+        }
+        let p = proto::Manifest::decode(&body[HEADER_BYTES..])
+            .map_err(|_| corrupt("manifest payload"))?;
+        Manifest::from_proto(p).ok_or_else(|| corrupt("manifest fields"))
+    }
+
+    fn to_proto(&self) -> proto::Manifest {
+        proto::Manifest {
+            sequence: self.sequence,
+            id: self.id.clone(),
+            parent_id: self.parent_id.clone().unwrap_or_default(),
+            writer_epoch: self.writer_epoch,
+            created_at_ms: self.created_at_ms,
+            kind: match self.kind {
+                ManifestKind::Snapshot => proto::ManifestKind::Snapshot,
+                ManifestKind::Claim => proto::ManifestKind::Claim,
+            } as i32,
+            max_key_groups: u32::from(self.max_key_groups),
+            lsn: self.lsn,
+            wal_position: self.wal_position.as_ref().map(|p| proto::WalPosition {
+                position: Some(match p {
+                    WalPosition::Local { segment, offset } => {
+                        proto::wal_position::Position::Local(proto::LocalPosition {
+                            segment: *segment,
+                            offset: *offset,
+                        })
+                    }
+                    WalPosition::Pulsar {
+                        ledger_id,
+                        entry_id,
+                        partition,
+                        batch_index,
+                    } => proto::wal_position::Position::Pulsar(proto::PulsarPosition {
+                        ledger_id: *ledger_id,
+                        entry_id: *entry_id,
+                        partition: *partition,
+                        batch_index: *batch_index,
+                    }),
+                }),
+            }),
+            offsets: self
+                .offsets
+                .iter()
+                .map(|o| proto::SourceOffset {
+                    topic: o.topic.clone(),
+                    partition: o.partition,
+                    next_offset: o.next_offset,
+                })
+                .collect(),
+            states: self
+                .states
+                .iter()
+                .map(|s| proto::StateSchema {
+                    name: s.name.clone(),
+                    kind: kind_to_proto(s.kind) as i32,
+                    id: u32::from(s.id),
+                    ttl_ms: s.ttl.map_or(0, |t| t.ttl_ms()),
+                    ttl_on_read: s
+                        .ttl
+                        .is_some_and(|t| t.update_type == TtlUpdateType::OnReadAndWrite),
+                    ttl_return_expired: s.ttl.is_some_and(|t| {
+                        t.visibility == TtlVisibility::ReturnExpiredIfNotCleanedUp
+                    }),
+                })
+                .collect(),
+            files: self
+                .files
+                .iter()
+                .map(|f| proto::DataFileRef {
+                    path: f.path.clone(),
+                    first_key_group: u32::from(f.first_key_group),
+                    last_key_group: u32::from(f.last_key_group),
+                    bytes: f.bytes,
+                    entries: f.entries,
+                    crc32c: f.crc32c,
+                    written_by: f.written_by,
+                })
+                .collect(),
+            total_entries: self.total_entries(),
+            total_bytes: self.total_bytes(),
+        }
+    }
+
+    /// `None` if a field is out of range or the files break the manifest's invariants.
+    fn from_proto(p: proto::Manifest) -> Option<Manifest> {
+        let kind = match proto::ManifestKind::try_from(p.kind).ok()? {
+            proto::ManifestKind::Snapshot => ManifestKind::Snapshot,
+            proto::ManifestKind::Claim => ManifestKind::Claim,
+            proto::ManifestKind::Unspecified => return None,
+        };
+        let max_key_groups = u16::try_from(p.max_key_groups).ok()?;
+        let wal_position = match p.wal_position {
+            None => None,
+            Some(w) => Some(match w.position? {
+                proto::wal_position::Position::Local(l) => WalPosition::Local {
+                    segment: l.segment,
+                    offset: l.offset,
+                },
+                proto::wal_position::Position::Pulsar(x) => WalPosition::Pulsar {
+                    ledger_id: x.ledger_id,
+                    entry_id: x.entry_id,
+                    partition: x.partition,
+                    batch_index: x.batch_index,
+                },
+            }),
+        };
+        let mut states = Vec::with_capacity(p.states.len());
+        for s in p.states {
+            let kind = kind_from_proto(proto::StateKind::try_from(s.kind).ok()?)?;
+            let ttl = (s.ttl_ms > 0).then(|| {
+                TtlConfig::new(Duration::from_millis(s.ttl_ms))
+                    .with_update_type(if s.ttl_on_read {
+                        TtlUpdateType::OnReadAndWrite
+                    } else {
+                        TtlUpdateType::OnCreateAndWrite
+                    })
+                    .with_visibility(if s.ttl_return_expired {
+                        TtlVisibility::ReturnExpiredIfNotCleanedUp
+                    } else {
+                        TtlVisibility::NeverReturnExpired
+                    })
+            });
+            states.push(StateSchema {
+                name: s.name,
+                kind,
+                ttl,
+                id: u16::try_from(s.id).ok()?,
+            });
+        }
+        let mut files = Vec::with_capacity(p.files.len());
+        for f in p.files {
+            let file = FileRef {
+                path: f.path,
+                first_key_group: u16::try_from(f.first_key_group).ok()?,
+                last_key_group: u16::try_from(f.last_key_group).ok()?,
+                bytes: f.bytes,
+                entries: f.entries,
+                crc32c: f.crc32c,
+                written_by: f.written_by,
+            };
+            let ordered = files
+                .last()
+                .is_none_or(|prev: &FileRef| prev.last_key_group < file.first_key_group);
+            if file.first_key_group > file.last_key_group
+                || file.last_key_group >= max_key_groups
+                || !ordered
+                || !file.path.starts_with("data/")
+            {
+                return None;
+            }
+            files.push(file);
+        }
+        let m = Manifest {
+            sequence: p.sequence,
+            id: p.id,
+            parent_id: (!p.parent_id.is_empty()).then_some(p.parent_id),
+            writer_epoch: p.writer_epoch,
+            created_at_ms: p.created_at_ms,
+            kind,
+            max_key_groups,
+            lsn: p.lsn,
+            wal_position,
+            offsets: p
+                .offsets
+                .into_iter()
+                .map(|o| SourceOffset {
+                    topic: o.topic,
+                    partition: o.partition,
+                    next_offset: o.next_offset,
+                })
+                .collect(),
+            states,
+            files,
+        };
+        (m.total_entries() == p.total_entries && m.total_bytes() == p.total_bytes).then_some(m)
+    }
+}
+
+fn kind_to_proto(kind: StateKind) -> proto::StateKind {
+    match kind {
+        StateKind::Value => proto::StateKind::Value,
+        StateKind::List => proto::StateKind::List,
+        StateKind::Map => proto::StateKind::Map,
+        StateKind::Reducing => proto::StateKind::Reducing,
+        StateKind::Aggregating => proto::StateKind::Aggregating,
+    }
+}
+
+fn kind_from_proto(kind: proto::StateKind) -> Option<StateKind> {
+    Some(match kind {
+        proto::StateKind::Value => StateKind::Value,
+        proto::StateKind::List => StateKind::List,
+        proto::StateKind::Map => StateKind::Map,
+        proto::StateKind::Reducing => StateKind::Reducing,
+        proto::StateKind::Aggregating => StateKind::Aggregating,
+        proto::StateKind::Unspecified => return None,
+    })
+}

@@ -1,0 +1,256 @@
+//! Restore: a store reads a snapshot's data files in place, as its base tier, instead of
+//! loading them. Opening reads only each file's footer and index; the files are downloaded
+//! to local disk in the background, and until a file is local its blocks are read from the
+//! archive by range requests. So the job serves its first record after a few small reads,
+//! whatever the size of the state, and the full restore costs one copy of the files.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use millpond_state::{BaseTier, BoxError, KeyGroupRange};
+use parking_lot::{Mutex, RwLock};
+
+use crate::archive::Archive;
+use crate::block_cache::BlockCache;
+use crate::data_file::DataFile;
+use crate::error::{Error, Result};
+use crate::fetch::{download_to, ArchiveObject};
+use crate::manifest::{FileRef, Manifest};
+use crate::read_at::LocalFile;
+
+/// Settings of a restore.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestoreSettings {
+    /// Only these key groups (an instance of a rescaled job); files of other key groups are
+    /// not fetched. Default: `None`, all.
+    pub key_groups: Option<KeyGroupRange>,
+    /// Memory for decompressed blocks of the base files. Default: 32 MiB.
+    pub block_cache_bytes: usize,
+    /// Files downloaded at once. Default: 4.
+    pub parallel_downloads: usize,
+    /// Download the files in the background (`true`, the default) or serve every read from
+    /// the archive by range requests (`false`: nothing local at all, for a short-lived
+    /// reader like `millpond snapshot dump`).
+    pub download: bool,
+}
+
+impl Default for RestoreSettings {
+    fn default() -> Self {
+        RestoreSettings {
+            key_groups: None,
+            block_cache_bytes: 32 << 20,
+            parallel_downloads: 4,
+            download: true,
+        }
+    }
+}
+
+struct BaseFile {
+    meta: FileRef,
+    /// Read through the archive until the download completes, then from local disk.
+    file: RwLock<DataFile>,
+    id: u64,
+}
+
+/// A snapshot's state as a store's base tier ([`BaseTier`]).
+pub struct SnapshotBase {
+    manifest: Manifest,
+    files: Vec<BaseFile>,
+    cache: Arc<BlockCache>,
+    dir: PathBuf,
+    bytes_total: u64,
+    bytes_local: AtomicU64,
+    files_local: AtomicUsize,
+    failure: Mutex<Option<String>>,
+    downloads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for SnapshotBase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SnapshotBase")
+            .field("snapshot", &self.manifest.id)
+            .field("files", &self.files.len())
+            .finish()
+    }
+}
+
+impl SnapshotBase {
+    /// Opens the snapshot `manifest` of `archive` as a base tier, keeping local copies of its
+    /// files in `dir`. Files already in `dir` (from an earlier restore of the same snapshot)
+    /// are used as they are; the others start downloading in the background (see
+    /// [`RestoreSettings::download`]).
+    pub fn open(
+        archive: &Archive,
+        manifest: &Manifest,
+        dir: impl AsRef<Path>,
+        settings: &RestoreSettings,
+    ) -> Result<Arc<SnapshotBase>> {
+        let dir = dir.as_ref().to_owned();
+        std::fs::create_dir_all(&dir).map_err(|source| Error::Io {
+            path: dir.display().to_string(),
+            source,
+        })?;
+        let range = settings
+            .key_groups
+            .unwrap_or_else(|| KeyGroupRange::all(manifest.max_key_groups));
+        let r = range.as_range();
+        let cache = Arc::new(BlockCache::new(settings.block_cache_bytes));
+        let mut files = Vec::new();
+        let mut to_fetch = Vec::new();
+        for (i, meta) in manifest.files_for(r.start, r.end).enumerate() {
+            let local = local_path(&dir, meta);
+            let source: Arc<dyn crate::read_at::ReadAt> = match LocalFile::open(&local) {
+                Ok(f) if f_size(&f) == meta.bytes => Arc::new(f),
+                _ => {
+                    to_fetch.push(files.len());
+                    Arc::new(ArchiveObject {
+                        archive: archive.clone(),
+                        path: meta.path.clone(),
+                        size: meta.bytes,
+                    })
+                }
+            };
+            let file = DataFile::open_source(source)?.with_cache(cache.clone(), i as u64);
+            files.push(BaseFile {
+                meta: meta.clone(),
+                file: RwLock::new(file),
+                id: i as u64,
+            });
+        }
+        let bytes_total = files.iter().map(|f| f.meta.bytes).sum();
+        let already: u64 = files
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !to_fetch.contains(i))
+            .map(|(_, f)| f.meta.bytes)
+            .sum();
+        let base = Arc::new(SnapshotBase {
+            manifest: manifest.clone(),
+            files_local: AtomicUsize::new(files.len() - to_fetch.len()),
+            files,
+            cache,
+            dir,
+            bytes_total,
+            bytes_local: AtomicU64::new(already),
+            failure: Mutex::new(None),
+            downloads: Mutex::new(Vec::new()),
+        });
+        if settings.download && !to_fetch.is_empty() {
+            let queue = Arc::new(Mutex::new(to_fetch));
+            let mut handles = Vec::new();
+            for n in 0..settings.parallel_downloads.max(1) {
+                let base = base.clone();
+                let queue = queue.clone();
+                let archive = archive.clone();
+                let h = std::thread::Builder::new()
+                    .name(format!("millpond-fetch-{n}"))
+                    .spawn(move || loop {
+                        let Some(i) = queue.lock().pop() else { return };
+                        if let Err(e) = base.fetch(&archive, i) {
+                            base.failure.lock().get_or_insert(e.to_string());
+                            return;
+                        }
+                    })
+                    .map_err(|source| Error::Io {
+                        path: "download thread".into(),
+                        source,
+                    })?;
+                handles.push(h);
+            }
+            *base.downloads.lock() = handles;
+        }
+        Ok(base)
+    }
+
+    fn fetch(&self, archive: &Archive, i: usize) -> Result<()> {
+        let f = &self.files[i];
+        let local = local_path(&self.dir, &f.meta);
+        download_to(archive, &f.meta, &local)?;
+        let source = LocalFile::open(&local).map_err(|source| Error::Io {
+            path: local.display().to_string(),
+            source,
+        })?;
+        let file = DataFile::open_source(Arc::new(source))?.with_cache(self.cache.clone(), f.id);
+        *f.file.write() = file;
+        self.bytes_local.fetch_add(f.meta.bytes, Ordering::Relaxed);
+        self.files_local.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// The snapshot's manifest.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// Bytes of the files local so far, and of all files.
+    pub fn progress(&self) -> (u64, u64) {
+        (self.bytes_local.load(Ordering::Relaxed), self.bytes_total)
+    }
+
+    /// Whether every file is on local disk.
+    pub fn is_local(&self) -> bool {
+        self.files_local.load(Ordering::Relaxed) == self.files.len()
+    }
+
+    /// Waits until the background downloads end; their first failure, if any. After a
+    /// failure reads go on through the archive.
+    pub fn wait_local(&self) -> Result<()> {
+        let handles = std::mem::take(&mut *self.downloads.lock());
+        for h in handles {
+            let _ = h.join();
+        }
+        match self.failure.lock().clone() {
+            Some(reason) => Err(Error::Invalid {
+                reason: format!("downloading the snapshot failed: {reason}"),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Every entry of key groups `range` of the snapshot, in key order (for dumps and
+    /// checks).
+    pub fn entries(
+        &self,
+        range: KeyGroupRange,
+    ) -> impl Iterator<Item = Result<(Vec<u8>, Vec<u8>)>> + '_ {
+        let r = range.as_range();
+        let start = r.start.to_be_bytes();
+        self.files
+            .iter()
+            .filter(move |f| f.meta.overlaps(r.start, r.end))
+            .flat_map(move |f| f.file.read().clone().iter_from(&start))
+            .take_while(move |e| match e {
+                Ok((k, _)) => u16::from_be_bytes([k[0], k[1]]) < r.end,
+                Err(_) => true,
+            })
+    }
+
+    fn file_of(&self, kg: u16) -> Option<&BaseFile> {
+        let i = self.files.partition_point(|f| f.meta.last_key_group < kg);
+        self.files.get(i).filter(|f| f.meta.first_key_group <= kg)
+    }
+}
+
+fn f_size(f: &LocalFile) -> u64 {
+    crate::read_at::ReadAt::size(f)
+}
+
+fn local_path(dir: &Path, f: &FileRef) -> PathBuf {
+    dir.join(f.path.rsplit('/').next().unwrap_or(&f.path))
+}
+
+impl BaseTier for SnapshotBase {
+    fn get(&self, key: &[u8]) -> std::result::Result<Option<Vec<u8>>, BoxError> {
+        if key.len() < 2 {
+            return Ok(None);
+        }
+        let kg = u16::from_be_bytes([key[0], key[1]]);
+        let Some(f) = self.file_of(kg) else {
+            return Ok(None);
+        };
+        let file = f.file.read();
+        Ok(file.get(key)?)
+    }
+}

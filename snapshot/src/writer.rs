@@ -1,0 +1,609 @@
+//! Writing snapshots: the next snapshot is its parent plus the changes committed in the WAL
+//! since, merged in key order, so that the live store is never paused or even read.
+//!
+//! A [`SnapshotBuilder`] gathers the changes per composite key ([`KeyChanges`]: value-like
+//! state keeps only the newest version), spilling sorted runs to local disk when its buffer is
+//! full. [`SnapshotBuilder::commit`] merges runs, buffer and the parent's files of the key
+//! groups that changed into new data files, reuses the parent's other files as they are,
+//! uploads, and commits the manifest (docs/snapshot.md, "Commit protocol").
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use millpond_state::{split_composite_key, Change, KeyChanges, StateSchema};
+use millpond_wal::{CommitPoint, WalSource};
+
+use crate::archive::{data_path, new_id, now_ms, Archive};
+use crate::data_file::{DataFile, DataFileSettings, DataFileWriter};
+use crate::error::{Error, Result};
+use crate::fetch::download_to;
+use crate::manifest::{FileRef, Manifest, ManifestKind};
+use crate::read_at::LocalFile;
+
+/// Settings of snapshot writing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotSettings {
+    /// Memory for gathered changes before they are sorted and spilled to a run file in
+    /// `temp_dir`. Default: 64 MiB.
+    pub sort_buffer_bytes: usize,
+    /// A data file is closed at the next key-group boundary once it holds this many bytes.
+    /// Smaller files mean finer reuse between snapshots and more parallel fetches on
+    /// restore. Default: 64 MiB.
+    pub target_file_bytes: u64,
+    /// Block size and compression of data files. Default: 16 KiB blocks (a point read on a
+    /// restored store decompresses one block), LZ4.
+    pub data_file: DataFileSettings,
+    /// Where sort runs and downloaded parent files go while a snapshot is written. Default:
+    /// `None`, the system's temporary directory.
+    pub temp_dir: Option<PathBuf>,
+}
+
+impl Default for SnapshotSettings {
+    fn default() -> Self {
+        SnapshotSettings {
+            sort_buffer_bytes: 64 << 20,
+            target_file_bytes: 64 << 20,
+            data_file: DataFileSettings {
+                block_bytes: 16 << 10,
+                compress: true,
+            },
+            temp_dir: None,
+        }
+    }
+}
+
+/// What writing one snapshot did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SnapshotReport {
+    /// The committed manifest.
+    pub manifest: Manifest,
+    /// Changes gathered from the WAL.
+    pub changes: u64,
+    /// Data files written (the rest are the parent's, reused).
+    pub files_written: usize,
+    /// Bytes of the files written.
+    pub bytes_written: u64,
+    /// Sort runs spilled to disk.
+    pub runs: usize,
+    /// Seconds from start to commit.
+    pub seconds: f64,
+}
+
+/// The writer of one archive: holds its claim (epoch) and the last manifest it committed.
+#[derive(Debug)]
+pub struct SnapshotWriter {
+    archive: Archive,
+    last: Manifest,
+    settings: SnapshotSettings,
+}
+
+impl SnapshotWriter {
+    /// Claims `archive` (see [`Archive::claim`]) and returns its writer; the claim's state is
+    /// the parent of the first snapshot.
+    pub fn claim(
+        archive: Archive,
+        max_key_groups: u16,
+        settings: SnapshotSettings,
+    ) -> Result<Self> {
+        let last = archive.claim(max_key_groups)?;
+        Ok(SnapshotWriter {
+            archive,
+            last,
+            settings,
+        })
+    }
+
+    /// The writer's epoch.
+    pub fn epoch(&self) -> u64 {
+        self.last.writer_epoch
+    }
+
+    /// The last manifest this writer committed (or claimed): the next snapshot's parent.
+    pub fn parent(&self) -> &Manifest {
+        &self.last
+    }
+
+    /// The archive.
+    pub fn archive(&self) -> &Archive {
+        &self.archive
+    }
+
+    /// Starts the next snapshot. `schemas` are the live store's states ([`Store::schemas`]
+    /// of `millpond-state`): a state the parent does not know is added with them.
+    ///
+    /// [`Store::schemas`]: millpond_state::Store::schemas
+    pub fn begin(&self, schemas: &[StateSchema]) -> Result<SnapshotBuilder> {
+        SnapshotBuilder::new(&self.last, schemas, &self.settings)
+    }
+
+    /// Writes the next snapshot from the parent and what `source` (the WAL, read from the
+    /// parent's LSN) has committed since, up to its last commit marker. Returns `None` if
+    /// nothing was committed after the parent.
+    pub fn snapshot_from_wal(
+        &mut self,
+        source: &mut dyn WalSource,
+        schemas: &[StateSchema],
+    ) -> Result<Option<SnapshotReport>> {
+        let mut builder = self.begin(schemas)?;
+        let mut failure = None;
+        let outcome = millpond_wal::replay(source, self.last.lsn, |c| {
+            builder.add(&c.as_change()).map_err(|e| {
+                let msg = e.to_string();
+                failure = Some(e);
+                std::io::Error::other(msg)
+            })
+        });
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        match outcome?.last_commit {
+            Some(point) => self.commit(builder, point).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Writes the data files and commits the snapshot of `builder` at `point`, the WAL commit
+    /// marker its changes end at. `Error::Fenced` if another writer took over.
+    pub fn commit(
+        &mut self,
+        builder: SnapshotBuilder,
+        point: CommitPoint,
+    ) -> Result<SnapshotReport> {
+        let report = builder.write(&self.archive, &self.last, point, &self.settings)?;
+        self.last = report.manifest.clone();
+        Ok(report)
+    }
+}
+
+/// The changes of one snapshot, gathered from the WAL.
+pub struct SnapshotBuilder {
+    started: Instant,
+    states: HashMap<String, StateSchema>,
+    buffer: HashMap<Vec<u8>, KeyChanges>,
+    buffer_bytes: usize,
+    runs: Vec<tempfile::TempPath>,
+    changed: Vec<bool>,
+    changes: u64,
+    temp_dir: PathBuf,
+    sort_buffer_bytes: usize,
+    key: Vec<u8>,
+}
+
+impl SnapshotBuilder {
+    fn new(parent: &Manifest, schemas: &[StateSchema], s: &SnapshotSettings) -> Result<Self> {
+        let mut states: HashMap<String, StateSchema> = parent
+            .states
+            .iter()
+            .map(|st| (st.name.clone(), st.clone()))
+            .collect();
+        for schema in schemas {
+            match states.get_mut(&schema.name) {
+                Some(known) if known.kind != schema.kind => {
+                    return Err(Error::Invalid {
+                        reason: format!(
+                            "state '{}' is {} in the parent snapshot, {} now",
+                            schema.name, known.kind, schema.kind
+                        ),
+                    })
+                }
+                // The live TTL applies from now on; the id stays the snapshot's.
+                Some(known) => known.ttl = schema.ttl,
+                None => {
+                    let taken = |id: u16| states.values().any(|s| s.id == id);
+                    let id = if taken(schema.id) {
+                        (0..=u16::MAX)
+                            .find(|&id| !taken(id))
+                            .ok_or_else(|| Error::Invalid {
+                                reason: "more than 65536 states".into(),
+                            })?
+                    } else {
+                        schema.id
+                    };
+                    states.insert(
+                        schema.name.clone(),
+                        StateSchema {
+                            id,
+                            ..schema.clone()
+                        },
+                    );
+                }
+            }
+        }
+        Ok(SnapshotBuilder {
+            started: Instant::now(),
+            states,
+            buffer: HashMap::new(),
+            buffer_bytes: 0,
+            runs: Vec::new(),
+            changed: vec![false; parent.max_key_groups as usize],
+            changes: 0,
+            temp_dir: s.temp_dir.clone().unwrap_or_else(std::env::temp_dir),
+            sort_buffer_bytes: s.sort_buffer_bytes.max(1 << 20),
+            key: Vec::new(),
+        })
+    }
+
+    /// Adds the next committed change, in WAL order.
+    pub fn add(&mut self, change: &Change<'_>) -> Result<()> {
+        let schema = self
+            .states
+            .get(change.state)
+            .ok_or_else(|| Error::Invalid {
+                reason: format!(
+                    "the WAL changes state '{}', which neither the parent snapshot nor the given \
+                 schemas know",
+                    change.state
+                ),
+            })?;
+        let Some(changed) = self.changed.get_mut(change.key_group as usize) else {
+            return Err(Error::Invalid {
+                reason: format!("key group {} out of range", change.key_group),
+            });
+        };
+        *changed = true;
+        self.key.clear();
+        millpond_state::composite_key(change.key_group, schema.id, change.key, &mut self.key);
+        let entry = match self.buffer.get_mut(&self.key[..]) {
+            Some(e) => e,
+            None => {
+                self.buffer_bytes += self.key.len() + 64;
+                self.buffer.entry(self.key.clone()).or_default()
+            }
+        };
+        let before = entry.mem_size();
+        entry.push(schema, &change.op)?;
+        self.buffer_bytes = self.buffer_bytes + entry.mem_size() - before;
+        self.changes += 1;
+        if self.buffer_bytes >= self.sort_buffer_bytes {
+            self.spill()?;
+        }
+        Ok(())
+    }
+
+    /// The buffer, sorted by key.
+    fn take_sorted(&mut self) -> Vec<(Vec<u8>, KeyChanges)> {
+        let mut v: Vec<_> = std::mem::take(&mut self.buffer).into_iter().collect();
+        v.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        self.buffer_bytes = 0;
+        v
+    }
+
+    fn spill(&mut self) -> Result<()> {
+        let sorted = self.take_sorted();
+        let file = tempfile::Builder::new()
+            .prefix("millpond-run-")
+            .tempfile_in(&self.temp_dir)
+            .map_err(|source| Error::Io {
+                path: self.temp_dir.display().to_string(),
+                source,
+            })?;
+        let (file, path) = file.into_parts();
+        let mut w = DataFileWriter::new(
+            std::io::BufWriter::with_capacity(1 << 20, file),
+            DataFileSettings {
+                block_bytes: 256 << 10,
+                compress: false,
+            },
+        );
+        let mut buf = Vec::new();
+        for (k, c) in &sorted {
+            buf.clear();
+            c.encode(&mut buf);
+            w.add(k, &buf)?;
+        }
+        w.finish()?;
+        self.runs.push(path);
+        Ok(())
+    }
+
+    /// Changes gathered so far.
+    pub fn changes(&self) -> u64 {
+        self.changes
+    }
+
+    fn write(
+        mut self,
+        archive: &Archive,
+        parent: &Manifest,
+        point: CommitPoint,
+        settings: &SnapshotSettings,
+    ) -> Result<SnapshotReport> {
+        let sequence = parent.sequence + 1;
+        let id = new_id(sequence);
+        // Changes, in key order: the runs (oldest first), then what is still in memory.
+        let mut sources: Vec<Box<dyn Iterator<Item = Result<(Vec<u8>, KeyChanges)>>>> = Vec::new();
+        let mut run_files = Vec::new();
+        for run in &self.runs {
+            let f = DataFile::open_source(Arc::new(LocalFile::open(run).map_err(|source| {
+                Error::Io {
+                    path: run.display().to_string(),
+                    source,
+                }
+            })?))?;
+            run_files.push(f);
+        }
+        for f in &run_files {
+            let it = f.iter();
+            sources.push(Box::new(it.map(|r| {
+                r.and_then(|(k, v)| Ok((k, KeyChanges::decode(&v).map_err(Error::State)?)))
+            })));
+        }
+        let runs = self.runs.len();
+        let in_memory = self.take_sorted();
+        sources.push(Box::new(in_memory.into_iter().map(Ok)));
+        let mut changes = MergedChanges::new(sources)?;
+
+        // Parent files: reused whole unless a key group they cover changed.
+        let mut reused = Vec::new();
+        let mut rewrite = Vec::new();
+        for f in &parent.files {
+            let touched =
+                (f.first_key_group..=f.last_key_group).any(|kg| self.changed[kg as usize]);
+            if touched {
+                rewrite.push(f.clone());
+            } else {
+                reused.push(f.clone());
+            }
+        }
+        let temp_dir = self.temp_dir.clone();
+        let mut old = ParentEntries::new(archive, rewrite, temp_dir)?;
+        let mut out = FileSplitter {
+            archive,
+            id: &id,
+            sequence,
+            settings,
+            reused_starts: reused.iter().map(|f| f.first_key_group).collect(),
+            current: None,
+            written: Vec::new(),
+        };
+        let mut next_old = old.next()?;
+        let mut next_new = changes.next()?;
+        loop {
+            match (&next_old, &next_new) {
+                (None, None) => break,
+                (Some((ok, _)), Some((nk, _))) if ok == nk => {
+                    let (k, base) = next_old.take().expect("matched");
+                    let (_, c) = next_new.take().expect("matched");
+                    if let Some(v) = c.resolve(Some(&base))? {
+                        out.add(&k, &v)?;
+                    }
+                    next_old = old.next()?;
+                    next_new = changes.next()?;
+                }
+                (Some((ok, _)), Some((nk, _))) if nk < ok => {
+                    let (k, c) = next_new.take().expect("matched");
+                    if let Some(v) = c.resolve(None)? {
+                        out.add(&k, &v)?;
+                    }
+                    next_new = changes.next()?;
+                }
+                (Some(_), _) => {
+                    let (k, v) = next_old.take().expect("matched");
+                    out.add(&k, &v)?;
+                    next_old = old.next()?;
+                }
+                (None, Some(_)) => {
+                    let (k, c) = next_new.take().expect("matched");
+                    if let Some(v) = c.resolve(None)? {
+                        out.add(&k, &v)?;
+                    }
+                    next_new = changes.next()?;
+                }
+            }
+        }
+        let written = out.finish()?;
+        let files_written = written.len();
+        let bytes_written = written.iter().map(|f| f.bytes).sum();
+        let mut files: Vec<FileRef> = reused.into_iter().chain(written).collect();
+        files.sort_by_key(|f| f.first_key_group);
+        if files
+            .windows(2)
+            .any(|w| w[0].last_key_group >= w[1].first_key_group)
+        {
+            return Err(Error::Invalid {
+                reason: "internal: data files of the new snapshot overlap".into(),
+            });
+        }
+        let mut states: Vec<StateSchema> = self.states.into_values().collect();
+        states.sort_by_key(|s| s.id);
+        let manifest = Manifest {
+            sequence,
+            id,
+            parent_id: (!parent.id.is_empty()).then(|| parent.id.clone()),
+            writer_epoch: parent.writer_epoch,
+            created_at_ms: now_ms(),
+            kind: ManifestKind::Snapshot,
+            max_key_groups: parent.max_key_groups,
+            lsn: point.lsn,
+            wal_position: Some(point.position),
+            offsets: point.offsets,
+            states,
+            files,
+        };
+        archive.commit(&manifest)?;
+        Ok(SnapshotReport {
+            manifest,
+            changes: self.changes,
+            files_written,
+            bytes_written,
+            runs,
+            seconds: self.started.elapsed().as_secs_f64(),
+        })
+    }
+}
+
+/// K-way merge of sorted change sources; equal keys combine oldest source first.
+struct MergedChanges<'a> {
+    sources: Vec<Box<dyn Iterator<Item = Result<(Vec<u8>, KeyChanges)>> + 'a>>,
+    heads: Vec<Option<(Vec<u8>, KeyChanges)>>,
+}
+
+impl<'a> MergedChanges<'a> {
+    fn new(
+        mut sources: Vec<Box<dyn Iterator<Item = Result<(Vec<u8>, KeyChanges)>> + 'a>>,
+    ) -> Result<Self> {
+        let heads = sources
+            .iter_mut()
+            .map(|s| s.next().transpose())
+            .collect::<Result<_>>()?;
+        Ok(MergedChanges { sources, heads })
+    }
+
+    fn next(&mut self) -> Result<Option<(Vec<u8>, KeyChanges)>> {
+        // Few sources (one per run): a linear scan beats a heap's bookkeeping.
+        let Some(min) = self
+            .heads
+            .iter()
+            .filter_map(|h| h.as_ref().map(|(k, _)| k))
+            .min()
+            .cloned()
+        else {
+            return Ok(None);
+        };
+        let mut merged: Option<KeyChanges> = None;
+        for i in 0..self.heads.len() {
+            if self.heads[i].as_ref().is_some_and(|(k, _)| *k == min) {
+                let (_, c) = self.heads[i].take().expect("checked");
+                match &mut merged {
+                    None => merged = Some(c),
+                    Some(m) => m.then(c),
+                }
+                self.heads[i] = self.sources[i].next().transpose()?;
+            }
+        }
+        Ok(merged.map(|c| (min, c)))
+    }
+}
+
+/// The entries of the parent's files that are rewritten, in key order: each file is
+/// downloaded to local disk and read front to back.
+struct ParentEntries<'a> {
+    archive: &'a Archive,
+    files: std::vec::IntoIter<FileRef>,
+    temp_dir: PathBuf,
+    /// The file being read; its temporary copy is deleted when it is dropped.
+    current: Option<(crate::data_file::DataFileIter, tempfile::TempPath)>,
+}
+
+impl<'a> ParentEntries<'a> {
+    fn new(archive: &'a Archive, files: Vec<FileRef>, temp_dir: PathBuf) -> Result<Self> {
+        Ok(ParentEntries {
+            archive,
+            files: files.into_iter(),
+            temp_dir,
+            current: None,
+        })
+    }
+
+    fn next(&mut self) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
+        loop {
+            if let Some((iter, _)) = &mut self.current {
+                match iter.next() {
+                    Some(entry) => return entry.map(Some),
+                    None => self.current = None,
+                }
+            }
+            let Some(f) = self.files.next() else {
+                return Ok(None);
+            };
+            let tmp = tempfile::Builder::new()
+                .prefix("millpond-parent-")
+                .tempfile_in(&self.temp_dir)
+                .map_err(|source| Error::Io {
+                    path: self.temp_dir.display().to_string(),
+                    source,
+                })?
+                .into_temp_path();
+            download_to(self.archive, &f, &tmp)?;
+            let source = LocalFile::open(&tmp).map_err(|source| Error::Io {
+                path: tmp.display().to_string(),
+                source,
+            })?;
+            let file = DataFile::open_source(Arc::new(source))?;
+            self.current = Some((file.iter(), tmp));
+        }
+    }
+}
+
+/// Cuts the output into data files at key-group boundaries: once a file reaches the target
+/// size, and always before a reused file's range (so that ranges never overlap).
+struct FileSplitter<'a> {
+    archive: &'a Archive,
+    id: &'a str,
+    sequence: u64,
+    settings: &'a SnapshotSettings,
+    reused_starts: Vec<u16>,
+    current: Option<OpenFile<'a>>,
+    written: Vec<FileRef>,
+}
+
+struct OpenFile<'a> {
+    writer: DataFileWriter<crate::archive::Upload<'a>>,
+    path: String,
+    last_kg: u16,
+    segment: usize,
+    bytes: u64,
+}
+
+impl<'a> FileSplitter<'a> {
+    fn add(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
+        let (kg, _, _) = split_composite_key(key).ok_or_else(|| Error::Invalid {
+            reason: "internal: a key shorter than its prefix".into(),
+        })?;
+        let segment = self.reused_starts.partition_point(|&s| s <= kg);
+        let cut = match &self.current {
+            Some(f) => {
+                f.segment != segment
+                    || (f.last_kg != kg && f.bytes >= self.settings.target_file_bytes)
+            }
+            None => false,
+        };
+        if cut {
+            self.close()?;
+        }
+        if self.current.is_none() {
+            let path = data_path(self.id, self.written.len());
+            let upload = self.archive.upload(&path);
+            self.current = Some(OpenFile {
+                writer: DataFileWriter::new(upload, self.settings.data_file),
+                path,
+                last_kg: kg,
+                segment,
+                bytes: 0,
+            });
+        }
+        let f = self.current.as_mut().expect("just opened");
+        f.writer.add(key, value)?;
+        f.last_kg = kg;
+        f.bytes += (key.len() + value.len() + 4) as u64;
+        Ok(())
+    }
+
+    fn close(&mut self) -> Result<()> {
+        let Some(f) = self.current.take() else {
+            return Ok(());
+        };
+        let (info, upload) = f.writer.finish_into()?;
+        upload.finish()?;
+        let (first, last) = info.key_groups.ok_or_else(|| Error::Invalid {
+            reason: "internal: an empty data file".into(),
+        })?;
+        self.written.push(FileRef {
+            path: f.path,
+            first_key_group: first,
+            last_key_group: last,
+            bytes: info.bytes,
+            entries: info.entries,
+            crc32c: info.crc32c,
+            written_by: self.sequence,
+        });
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<Vec<FileRef>> {
+        self.close()?;
+        Ok(self.written)
+    }
+}
