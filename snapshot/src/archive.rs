@@ -522,3 +522,52 @@ pub(crate) fn new_id(sequence: u64) -> String {
 pub(crate) fn data_path(id: &str, n: usize) -> String {
     format!("{DATA}/{id}-{n:05}.mpdf")
 }
+
+/// What [`Archive::verify`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VerifyReport {
+    /// Files checked.
+    pub files: usize,
+    /// Bytes read.
+    pub bytes: u64,
+    /// Entries read.
+    pub entries: u64,
+}
+
+impl Archive {
+    /// Checks a snapshot end to end: every file's size and CRC-32C against the manifest, then
+    /// every block's checksum, framing and key order, and that each file's key groups are
+    /// the manifest's. `progress` is called with the bytes checked so far. The first damage
+    /// found is the error (`Error::Corrupt`, or `Error::NotFound` for a missing file).
+    pub fn verify(
+        &self,
+        manifest: &Manifest,
+        mut progress: impl FnMut(u64),
+    ) -> Result<VerifyReport> {
+        let mut report = VerifyReport::default();
+        for f in &manifest.files {
+            let bytes = self.get(&f.path)?;
+            if bytes.len() as u64 != f.bytes || crc32c::crc32c(&bytes) != f.crc32c {
+                return Err(Error::Corrupt {
+                    what: "data file (size or CRC-32C differs from the manifest)",
+                    location: f.path.clone(),
+                });
+            }
+            let file = crate::data_file::DataFile::open(bytes)?;
+            file.verify()?;
+            if file.key_groups() != Some((f.first_key_group, f.last_key_group))
+                || file.entries() != f.entries
+            {
+                return Err(Error::Corrupt {
+                    what: "data file (key groups or entries differ from the manifest)",
+                    location: f.path.clone(),
+                });
+            }
+            report.files += 1;
+            report.bytes += f.bytes;
+            report.entries += f.entries;
+            progress(report.bytes);
+        }
+        Ok(report)
+    }
+}

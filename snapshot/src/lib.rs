@@ -27,7 +27,7 @@ pub mod read_at;
 mod restore;
 mod writer;
 
-pub use archive::{Archive, GcReport};
+pub use archive::{Archive, GcReport, VerifyReport};
 pub use block_cache::{BlockCache, BlockCacheStats};
 pub use data_file::DataFileIter;
 pub use data_file::{DataFile, DataFileInfo, DataFileSettings, DataFileWriter};
