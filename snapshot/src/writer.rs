@@ -313,7 +313,7 @@ impl SnapshotBuilder {
         let sequence = parent.sequence + 1;
         let id = new_id(sequence);
         // Changes, in key order: the runs (oldest first), then what is still in memory.
-        let mut sources: Vec<Box<dyn Iterator<Item = Result<(Vec<u8>, KeyChanges)>>>> = Vec::new();
+        let mut sources: Vec<ChangeSource<'static>> = Vec::new();
         let mut run_files = Vec::new();
         for run in &self.runs {
             let f = DataFile::open_source(Arc::new(LocalFile::open(run).map_err(|source| {
@@ -434,15 +434,18 @@ impl SnapshotBuilder {
     }
 }
 
+/// A sorted source of gathered changes: a run on disk, or the buffer.
+type ChangeSource<'a> = Box<dyn Iterator<Item = Result<(Vec<u8>, KeyChanges)>> + 'a>;
+
 /// K-way merge of sorted change sources; equal keys combine oldest source first.
 struct MergedChanges<'a> {
-    sources: Vec<Box<dyn Iterator<Item = Result<(Vec<u8>, KeyChanges)>> + 'a>>,
+    sources: Vec<ChangeSource<'a>>,
     heads: Vec<Option<(Vec<u8>, KeyChanges)>>,
 }
 
 impl<'a> MergedChanges<'a> {
     fn new(
-        mut sources: Vec<Box<dyn Iterator<Item = Result<(Vec<u8>, KeyChanges)>> + 'a>>,
+        mut sources: Vec<ChangeSource<'a>>,
     ) -> Result<Self> {
         let heads = sources
             .iter_mut()
