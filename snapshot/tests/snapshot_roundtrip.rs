@@ -38,13 +38,13 @@ struct Job {
     wal: Arc<Wal>,
 }
 
-fn register(
-    store: &Store,
-) -> (
+type States = (
     ValueState<String, u64>,
     ListState<String, u64>,
     MapState<String, String, u64>,
-) {
+);
+
+fn register(store: &Store) -> States {
     (
         store
             .value_state(ValueStateDescriptor::new("counts", StringCodec, U64Codec))
