@@ -444,9 +444,7 @@ struct MergedChanges<'a> {
 }
 
 impl<'a> MergedChanges<'a> {
-    fn new(
-        mut sources: Vec<ChangeSource<'a>>,
-    ) -> Result<Self> {
+    fn new(mut sources: Vec<ChangeSource<'a>>) -> Result<Self> {
         let heads = sources
             .iter_mut()
             .map(|s| s.next().transpose())
