@@ -422,7 +422,8 @@ impl Store {
 
     /// Replays one change (from the write-ahead log) without passing it to the change sink.
     ///
-    /// The state must be registered. Replaying the changes a store emitted, in order, into a
+    /// The state must be registered, or be one of the base snapshot's (see
+    /// [`StoreBuilder::base`]), which registers it with the snapshot's schema. Replaying the changes a store emitted, in order, into a
     /// fresh store gives the same state. From the first `apply` until [`Store::replay_done`],
     /// TTL cleanup waits: a TTL refresh later in the log may extend data that today's clock
     /// already calls expired (reads still never return expired data).
@@ -430,16 +431,29 @@ impl Store {
         if !self.inner.replaying.load(Ordering::Relaxed) {
             self.inner.replaying.store(true, Ordering::SeqCst);
         }
-        let st = self
-            .inner
-            .registry
-            .lock()
-            .states
-            .get(change.state)
-            .cloned()
-            .ok_or_else(|| Error::UnknownState {
-                name: change.state.to_owned(),
-            })?;
+        let found = self.inner.registry.lock().states.get(change.state).cloned();
+        let st = match found {
+            Some(st) => st,
+            None => {
+                // A state of the base snapshot needs no registration to be replayed: its
+                // schema is known (the job may have dropped it since).
+                let reserved = self
+                    .inner
+                    .registry
+                    .lock()
+                    .reserved
+                    .get(change.state)
+                    .cloned();
+                match reserved {
+                    Some(schema) => self.register(&schema.name, schema.kind, schema.ttl)?,
+                    None => {
+                        return Err(Error::UnknownState {
+                            name: change.state.to_owned(),
+                        })
+                    }
+                }
+            }
+        };
         if st.kind != change.kind || !st.kind.accepts(&change.op) {
             return Err(Error::invalid(format!(
                 "change {:?} does not fit state '{}' of kind {}",
