@@ -220,7 +220,7 @@ impl SnapshotBuilder {
             changed: vec![false; parent.max_key_groups as usize],
             changes: 0,
             temp_dir: s.temp_dir.clone().unwrap_or_else(std::env::temp_dir),
-            sort_buffer_bytes: s.sort_buffer_bytes.max(1 << 20),
+            sort_buffer_bytes: s.sort_buffer_bytes.max(4 << 10),
             key: Vec::new(),
         })
     }
@@ -248,7 +248,9 @@ impl SnapshotBuilder {
         let entry = match self.buffer.get_mut(&self.key[..]) {
             Some(e) => e,
             None => {
-                self.buffer_bytes += self.key.len() + 64;
+                // The map slot (key and changes inline) and the key's heap bytes.
+                self.buffer_bytes +=
+                    std::mem::size_of::<(Vec<u8>, KeyChanges)>() + 8 + self.key.len().max(16);
                 self.buffer.entry(self.key.clone()).or_default()
             }
         };
@@ -440,41 +442,54 @@ type ChangeSource<'a> = Box<dyn Iterator<Item = Result<(Vec<u8>, KeyChanges)>> +
 /// K-way merge of sorted change sources; equal keys combine oldest source first.
 struct MergedChanges<'a> {
     sources: Vec<ChangeSource<'a>>,
-    heads: Vec<Option<(Vec<u8>, KeyChanges)>>,
+    heads: Vec<Option<KeyChanges>>,
+    /// (key, source index) of every source's head, smallest first; ties by source index, so
+    /// equal keys come oldest source first.
+    order: std::collections::BinaryHeap<std::cmp::Reverse<(Vec<u8>, usize)>>,
 }
 
 impl<'a> MergedChanges<'a> {
-    fn new(mut sources: Vec<ChangeSource<'a>>) -> Result<Self> {
-        let heads = sources
-            .iter_mut()
-            .map(|s| s.next().transpose())
-            .collect::<Result<_>>()?;
-        Ok(MergedChanges { sources, heads })
+    fn new(sources: Vec<ChangeSource<'a>>) -> Result<Self> {
+        let mut m = MergedChanges {
+            heads: (0..sources.len()).map(|_| None).collect(),
+            sources,
+            order: Default::default(),
+        };
+        for i in 0..m.sources.len() {
+            m.advance(i)?;
+        }
+        Ok(m)
+    }
+
+    fn advance(&mut self, i: usize) -> Result<()> {
+        if let Some((k, c)) = self.sources[i].next().transpose()? {
+            self.heads[i] = Some(c);
+            self.order.push(std::cmp::Reverse((k, i)));
+        }
+        Ok(())
     }
 
     fn next(&mut self) -> Result<Option<(Vec<u8>, KeyChanges)>> {
-        // Few sources (one per run): a linear scan beats a heap's bookkeeping.
-        let Some(min) = self
-            .heads
-            .iter()
-            .filter_map(|h| h.as_ref().map(|(k, _)| k))
-            .min()
-            .cloned()
-        else {
+        let Some(std::cmp::Reverse((key, i))) = self.order.pop() else {
             return Ok(None);
         };
-        let mut merged: Option<KeyChanges> = None;
-        for i in 0..self.heads.len() {
-            if self.heads[i].as_ref().is_some_and(|(k, _)| *k == min) {
-                let (_, c) = self.heads[i].take().expect("checked");
-                match &mut merged {
-                    None => merged = Some(c),
-                    Some(m) => m.then(c),
-                }
-                self.heads[i] = self.sources[i].next().transpose()?;
+        let mut merged = self.heads[i]
+            .take()
+            .expect("a head for every queued source");
+        self.advance(i)?;
+        while let Some(std::cmp::Reverse((k, _))) = self.order.peek() {
+            if *k != key {
+                break;
             }
+            let std::cmp::Reverse((_, j)) = self.order.pop().expect("peeked");
+            merged.then(
+                self.heads[j]
+                    .take()
+                    .expect("a head for every queued source"),
+            );
+            self.advance(j)?;
         }
-        Ok(merged.map(|c| (min, c)))
+        Ok(Some((key, merged)))
     }
 }
 

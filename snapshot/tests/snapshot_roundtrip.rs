@@ -210,6 +210,15 @@ fn snapshot(
 
 #[test]
 fn restore_plus_wal_equals_the_live_state_and_snapshots_reuse_unchanged_files() {
+    round_trip(1 << 20, 0);
+}
+
+#[test]
+fn changes_spilled_to_many_sort_runs_merge_to_the_same_state() {
+    round_trip(16 << 10, 5);
+}
+
+fn round_trip(sort_buffer_bytes: usize, min_runs: usize) {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     let archive = Archive::open(&format!("file://{}", root.join("archive").display())).unwrap();
@@ -220,7 +229,7 @@ fn restore_plus_wal_equals_the_live_state_and_snapshots_reuse_unchanged_files() 
         128,
         SnapshotSettings {
             target_file_bytes: 8 << 10,
-            sort_buffer_bytes: 1 << 20,
+            sort_buffer_bytes,
             ..SnapshotSettings::default()
         },
     )
@@ -229,6 +238,7 @@ fn restore_plus_wal_equals_the_live_state_and_snapshots_reuse_unchanged_files() 
     commit(&job, 100);
     let first = snapshot(root, &mut writer, &job);
     assert!(first.files_written > 10, "{first:?}");
+    assert!(first.runs >= min_runs, "{} sort runs", first.runs);
     assert_eq!(first.manifest.offsets[0].next_offset, 100);
 
     // A few keys change: only their files are written again.

@@ -332,6 +332,8 @@ const TAG_TOMBSTONE: u8 = 4;
 /// Encodes data for the cold tier. A tombstone is written only when the store has a base
 /// snapshot whose older version it must hide; otherwise deletes remove the key.
 pub(crate) fn encode(data: &Data, out: &mut Vec<u8>) {
+    // Appends: the checksum covers only this entry's bytes.
+    let start = out.len();
     match data {
         Data::Value {
             value,
@@ -363,7 +365,7 @@ pub(crate) fn encode(data: &Data, out: &mut Vec<u8>) {
         }
         Data::Tombstone => out.push(TAG_TOMBSTONE),
     }
-    let crc = crc32c::crc32c(out);
+    let crc = crc32c::crc32c(&out[start..]);
     out.extend_from_slice(&crc.to_le_bytes());
 }
 

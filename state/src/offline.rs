@@ -542,6 +542,23 @@ mod tests {
         assert!(c_rejects_wrong_kind());
     }
 
+    #[test]
+    fn known_results_encode_round_trip() {
+        let mut c = KeyChanges::default();
+        c.push(
+            &schema(StateKind::Value),
+            &ChangeOp::Put {
+                value: b"v",
+                expires_at_ms: 9,
+            },
+        )
+        .unwrap();
+        // Appended after other bytes, as runs do.
+        let mut buf = vec![1, 2, 3];
+        c.encode(&mut buf);
+        assert_eq!(KeyChanges::decode(&buf[3..]).unwrap(), c);
+    }
+
     fn c_rejects_wrong_kind() -> bool {
         KeyChanges::default()
             .push(
