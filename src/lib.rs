@@ -1,8 +1,9 @@
 //! millpond: keyed state for stream jobs on Kafka, without Flink's state backends.
 //!
 //! This facade composes the parts. Today it re-exports the keyed state core
-//! ([`millpond_state`] as [`state`]) and the write-ahead log ([`millpond_wal`] as [`wal`]);
-//! snapshots (`millpond-snapshot`) and the builder that composes all three are not built yet.
+//! ([`millpond_state`] as [`state`]), the write-ahead log ([`millpond_wal`] as [`wal`]) and
+//! snapshots ([`millpond_snapshot`] as [`snapshot`]); the builder that composes all three is
+//! not built yet. The `millpond` binary is the command-line tool (docs/cli.md).
 //!
 //! ```
 //! use millpond::state::{Store, StringCodec, U64Codec, ValueStateDescriptor};
@@ -13,5 +14,6 @@
 //! assert_eq!(counts.get(&"a".to_string()).unwrap(), Some(1));
 //! ```
 
+pub use millpond_snapshot as snapshot;
 pub use millpond_state as state;
 pub use millpond_wal as wal;

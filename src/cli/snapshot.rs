@@ -1,0 +1,610 @@
+//! `millpond snapshot …`: list, inspect, verify, restore, dump and collect garbage.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use millpond_snapshot::{Archive, Manifest, ManifestKind, RestoreSettings, SnapshotBase};
+use millpond_state::{
+    decode_entry, split_composite_key, EntryView, KeyGroupRange, StateSchema, TtlConfig,
+    TtlUpdateType, TtlVisibility,
+};
+use millpond_wal::{SourceOffset, WalPosition};
+use serde_json::{json, Value};
+
+use super::render::{render, rfc3339_ms, size, Render, Table};
+use super::{check_key_groups, progress, CliError, Out, Result};
+
+/// Name of the manifest `restore` writes next to the files.
+pub const RESTORED_MANIFEST: &str = "manifest.mpm";
+/// How often `restore` redraws its progress.
+const POLL_INTERVAL: Duration = Duration::from_millis(100);
+/// Offsets shown in one cell of `list`; the rest are counted.
+const LIST_OFFSETS_SHOWN: usize = 3;
+
+/// The manifest `id` names (id, sequence or `latest`).
+fn find(archive: &Archive, id: &str) -> Result<Manifest> {
+    archive.find(id).map_err(|e| {
+        let missing = matches!(e, millpond_snapshot::Error::NotFound { .. });
+        let e = CliError::from(e);
+        if missing {
+            CliError::new(format!(
+                "{e} (`millpond snapshot list` shows the snapshots)"
+            ))
+        } else {
+            e
+        }
+    })
+}
+
+fn kind_name(kind: ManifestKind) -> &'static str {
+    match kind {
+        ManifestKind::Snapshot => "snapshot",
+        ManifestKind::Claim => "claim",
+    }
+}
+
+fn offset_text(o: &SourceOffset) -> String {
+    format!("{}/{}={}", o.topic, o.partition, o.next_offset)
+}
+
+fn offsets_summary(offsets: &[SourceOffset]) -> String {
+    if offsets.is_empty() {
+        return "-".to_owned();
+    }
+    let mut s: Vec<String> = offsets
+        .iter()
+        .take(LIST_OFFSETS_SHOWN)
+        .map(offset_text)
+        .collect();
+    if offsets.len() > LIST_OFFSETS_SHOWN {
+        s.push(format!("+{} more", offsets.len() - LIST_OFFSETS_SHOWN));
+    }
+    s.join(" ")
+}
+
+fn position_text(p: Option<&WalPosition>) -> String {
+    match p {
+        None => "-".to_owned(),
+        Some(WalPosition::Local { segment, offset }) => {
+            format!("local segment {segment:020}.wal, byte {offset}")
+        }
+        Some(WalPosition::Pulsar {
+            ledger_id,
+            entry_id,
+            partition,
+            batch_index,
+        }) => format!(
+            "pulsar ledger {ledger_id}, entry {entry_id}, partition {partition}, batch index {batch_index}"
+        ),
+    }
+}
+
+fn position_json(p: Option<&WalPosition>) -> Value {
+    match p {
+        None => Value::Null,
+        Some(WalPosition::Local { segment, offset }) => {
+            json!({"type": "local", "segment": segment, "offset": offset})
+        }
+        Some(WalPosition::Pulsar {
+            ledger_id,
+            entry_id,
+            partition,
+            batch_index,
+        }) => json!({
+            "type": "pulsar",
+            "ledger_id": ledger_id,
+            "entry_id": entry_id,
+            "partition": partition,
+            "batch_index": batch_index,
+        }),
+    }
+}
+
+fn ttl_names(t: &TtlConfig) -> (&'static str, &'static str) {
+    (
+        match t.update_type {
+            TtlUpdateType::OnCreateAndWrite => "on-create-and-write",
+            TtlUpdateType::OnReadAndWrite => "on-read-and-write",
+        },
+        match t.visibility {
+            TtlVisibility::NeverReturnExpired => "never-return-expired",
+            TtlVisibility::ReturnExpiredIfNotCleanedUp => "return-expired-if-not-cleaned-up",
+        },
+    )
+}
+
+fn offsets_json(offsets: &[SourceOffset]) -> Value {
+    offsets
+        .iter()
+        .map(|o| json!({"topic": o.topic, "partition": o.partition, "next_offset": o.next_offset}))
+        .collect()
+}
+
+fn summary_json(m: &Manifest) -> Value {
+    json!({
+        "sequence": m.sequence,
+        "id": m.id,
+        "parent_id": m.parent_id,
+        "kind": kind_name(m.kind),
+        "writer_epoch": m.writer_epoch,
+        "created_at_ms": m.created_at_ms,
+        "created_at": rfc3339_ms(m.created_at_ms),
+        "max_key_groups": m.max_key_groups,
+        "lsn": m.lsn,
+        "files": m.files.len(),
+        "total_entries": m.total_entries(),
+        "total_bytes": m.total_bytes(),
+        "offsets": offsets_json(&m.offsets),
+    })
+}
+
+/// The manifest as one JSON object (`inspect --json`).
+pub fn manifest_json(m: &Manifest) -> Value {
+    let states: Vec<Value> = m
+        .states
+        .iter()
+        .map(|s| {
+            let ttl = s.ttl.map(|t| {
+                let (update, visibility) = ttl_names(&t);
+                json!({"ttl_ms": t.ttl_ms(), "update_type": update, "visibility": visibility})
+            });
+            json!({"name": s.name, "kind": s.kind.to_string(), "id": s.id, "ttl": ttl})
+        })
+        .collect();
+    let files: Vec<Value> = m
+        .files
+        .iter()
+        .map(|f| {
+            json!({
+                "path": f.path,
+                "first_key_group": f.first_key_group,
+                "last_key_group": f.last_key_group,
+                "bytes": f.bytes,
+                "entries": f.entries,
+                "crc32c": f.crc32c,
+                "written_by": f.written_by,
+            })
+        })
+        .collect();
+    let mut v = summary_json(m);
+    v["wal_position"] = position_json(m.wal_position.as_ref());
+    v["states"] = Value::Array(states);
+    v["files"] = Value::Array(files);
+    v
+}
+
+/// `snapshot list`.
+pub fn list(archive: &Archive, as_json: bool, out: &mut Out) -> Result<()> {
+    let manifests = archive.manifests()?;
+    if as_json {
+        let all: Vec<Value> = manifests.iter().map(summary_json).collect();
+        return outln!(out, "{}", Value::Array(all));
+    }
+    if manifests.is_empty() {
+        eprintln!("no snapshots in {}", archive.url());
+        return Ok(());
+    }
+    let mut t = Table::new(&[
+        ">SEQ", "ID", "KIND", ">EPOCH", "CREATED", ">LSN", ">FILES", ">ENTRIES", ">BYTES",
+        "OFFSETS",
+    ]);
+    for m in &manifests {
+        t.row(vec![
+            m.sequence.to_string(),
+            m.id.clone(),
+            kind_name(m.kind).to_owned(),
+            m.writer_epoch.to_string(),
+            rfc3339_ms(m.created_at_ms),
+            m.lsn.to_string(),
+            m.files.len().to_string(),
+            m.total_entries().to_string(),
+            size(m.total_bytes()),
+            offsets_summary(&m.offsets),
+        ]);
+    }
+    for line in t.lines("") {
+        outln!(out, "{line}")?;
+    }
+    Ok(())
+}
+
+/// `snapshot inspect`.
+pub fn inspect(archive: &Archive, id: &str, as_json: bool, out: &mut Out) -> Result<()> {
+    let m = find(archive, id)?;
+    if as_json {
+        let text = serde_json::to_string_pretty(&manifest_json(&m))
+            .map_err(|e| CliError::new(format!("encoding JSON: {e}")))?;
+        return outln!(out, "{text}");
+    }
+    outln!(out, "snapshot {}", m.id)?;
+    let fields = [
+        ("sequence", m.sequence.to_string()),
+        ("kind", kind_name(m.kind).to_owned()),
+        ("parent", m.parent_id.clone().unwrap_or_else(|| "-".into())),
+        ("writer epoch", m.writer_epoch.to_string()),
+        (
+            "created",
+            format!("{} ({} ms)", rfc3339_ms(m.created_at_ms), m.created_at_ms),
+        ),
+        ("key groups", format!("0..{}", m.max_key_groups)),
+        ("LSN", m.lsn.to_string()),
+        ("WAL position", position_text(m.wal_position.as_ref())),
+        (
+            "totals",
+            format!(
+                "{} files, {} entries, {} ({} bytes)",
+                m.files.len(),
+                m.total_entries(),
+                size(m.total_bytes()),
+                m.total_bytes()
+            ),
+        ),
+    ];
+    for (name, value) in fields {
+        outln!(out, "  {name:<13} {value}")?;
+    }
+
+    outln!(out, "offsets ({})", m.offsets.len())?;
+    let mut t = Table::new(&["TOPIC", ">PARTITION", ">NEXT_OFFSET"]);
+    for o in &m.offsets {
+        t.row(vec![
+            o.topic.clone(),
+            o.partition.to_string(),
+            o.next_offset.to_string(),
+        ]);
+    }
+    if !m.offsets.is_empty() {
+        for line in t.lines("  ") {
+            outln!(out, "{line}")?;
+        }
+    }
+
+    outln!(out, "states ({})", m.states.len())?;
+    let mut t = Table::new(&["NAME", ">ID", "KIND", "TTL"]);
+    for s in &m.states {
+        let ttl = s.ttl.map_or_else(
+            || "-".to_owned(),
+            |t| {
+                let (update, visibility) = ttl_names(&t);
+                format!("{} ms, {update}, {visibility}", t.ttl_ms())
+            },
+        );
+        t.row(vec![
+            s.name.clone(),
+            s.id.to_string(),
+            s.kind.to_string(),
+            ttl,
+        ]);
+    }
+    if !m.states.is_empty() {
+        for line in t.lines("  ") {
+            outln!(out, "{line}")?;
+        }
+    }
+
+    outln!(out, "files ({})", m.files.len())?;
+    let mut t = Table::new(&[
+        "PATH",
+        "KEY_GROUPS",
+        ">BYTES",
+        ">ENTRIES",
+        "CRC32C",
+        ">WRITTEN_BY",
+    ]);
+    for f in &m.files {
+        t.row(vec![
+            f.path.clone(),
+            format!("{}..={}", f.first_key_group, f.last_key_group),
+            f.bytes.to_string(),
+            f.entries.to_string(),
+            format!("{:08x}", f.crc32c),
+            f.written_by.to_string(),
+        ]);
+    }
+    if !m.files.is_empty() {
+        for line in t.lines("  ") {
+            outln!(out, "{line}")?;
+        }
+    }
+    Ok(())
+}
+
+/// `snapshot verify`.
+pub fn verify(archive: &Archive, id: &str, out: &mut Out) -> Result<()> {
+    let m = find(archive, id)?;
+    let bar = progress::bytes_bar(m.total_bytes(), "verifying");
+    let result = archive.verify(&m, |done| bar.set_position(done));
+    bar.finish_and_clear();
+    let report = result.map_err(|e| {
+        let damaged = matches!(
+            e,
+            millpond_snapshot::Error::Corrupt { .. } | millpond_snapshot::Error::NotFound { .. }
+        );
+        let e = CliError::from(e);
+        if damaged {
+            e.context(format!("snapshot {} is damaged", m.id))
+        } else {
+            e.context(format!("verifying snapshot {}", m.id))
+        }
+    })?;
+    outln!(
+        out,
+        "ok: snapshot {}: {} files, {} entries, {} checked",
+        m.id,
+        report.files,
+        report.entries,
+        size(report.bytes)
+    )
+}
+
+/// `snapshot restore`.
+pub fn restore(
+    archive: &Archive,
+    id: &str,
+    to: &Path,
+    key_groups: Option<KeyGroupRange>,
+    force: bool,
+    out: &mut Out,
+) -> Result<()> {
+    let m = find(archive, id)?;
+    check_key_groups(key_groups, m.max_key_groups)?;
+    let io = |what: &Path| {
+        let what = what.display().to_string();
+        move |e: std::io::Error| CliError::new(format!("{what}: {e}"))
+    };
+    // Refuse before anything is fetched or written.
+    match std::fs::read_dir(to) {
+        Ok(mut entries) => {
+            if entries.next().is_some() && !force {
+                return Err(CliError::new(format!(
+                    "{} is not empty: restore into an empty or new directory, or pass --force \
+                     to replace files of the same names",
+                    to.display()
+                )));
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io(to)(e)),
+    }
+    std::fs::create_dir_all(to).map_err(io(to))?;
+    let range = key_groups.unwrap_or_else(|| KeyGroupRange::all(m.max_key_groups));
+    let r = range.as_range();
+    let files: Vec<_> = m.files_for(r.start, r.end).collect();
+    // With --force, what is there under our names goes: the restore writes every file anew
+    // (the library would keep a local file of the right size without checking its bytes).
+    let manifest_path = to.join(RESTORED_MANIFEST);
+    for name in files
+        .iter()
+        .map(|f| f.path.rsplit('/').next().unwrap_or(&f.path).to_owned())
+        .chain([RESTORED_MANIFEST.to_owned()])
+    {
+        let p = to.join(&name);
+        match std::fs::remove_file(&p) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(&p)(e)),
+            _ => {}
+        }
+    }
+    let base = SnapshotBase::open(
+        archive,
+        &m,
+        to,
+        &RestoreSettings {
+            key_groups,
+            ..RestoreSettings::default()
+        },
+    )?;
+    let (_, total) = base.progress();
+    let bar = progress::bytes_bar(total, "restoring");
+    let waiter = {
+        let base = Arc::clone(&base);
+        std::thread::Builder::new()
+            .name("millpond-restore-wait".into())
+            .spawn(move || base.wait_local())
+            .map_err(|e| CliError::new(format!("starting the restore: {e}")))?
+    };
+    while !waiter.is_finished() {
+        bar.set_position(base.progress().0);
+        std::thread::sleep(POLL_INTERVAL);
+    }
+    bar.finish_and_clear();
+    waiter
+        .join()
+        .map_err(|_| CliError::new("the restore's download thread panicked"))?
+        .map_err(|e| {
+            CliError::from(e).context(format!(
+                "restoring snapshot {} into {} (nothing there is usable: no {RESTORED_MANIFEST} was written)",
+                m.id,
+                to.display()
+            ))
+        })?;
+    // The manifest last, whole or not at all: its presence says the files are all there.
+    let part = manifest_path.with_extension("mpm.part");
+    std::fs::write(&part, m.encode()).map_err(io(&part))?;
+    std::fs::rename(&part, &manifest_path).map_err(io(&manifest_path))?;
+    let bytes: u64 = files.iter().map(|f| f.bytes).sum();
+    outln!(
+        out,
+        "restored snapshot {} ({}) into {}: {} files, {}, manifest {}",
+        m.id,
+        key_groups.map_or_else(
+            || format!("all {} key groups", m.max_key_groups),
+            |r| format!("key groups {}..{}", r.start, r.end)
+        ),
+        to.display(),
+        files.len(),
+        size(bytes),
+        manifest_path.display()
+    )
+}
+
+/// Output format of `dump`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DumpFormat {
+    /// One JSON object per line, one line per key.
+    Jsonl,
+}
+
+/// What `dump` was asked.
+#[derive(Debug)]
+pub struct DumpArgs {
+    /// Snapshot id, sequence or `latest`.
+    pub id: String,
+    /// The state's name.
+    pub state: String,
+    /// Output format.
+    pub format: DumpFormat,
+    /// Only these key groups.
+    pub key_groups: Option<KeyGroupRange>,
+    /// How keys are shown.
+    pub key_as: Render,
+    /// How map user keys are shown.
+    pub user_key_as: Render,
+    /// How values are shown.
+    pub value_as: Render,
+}
+
+/// One key of a dump as a JSON object.
+fn entry_json(
+    schema: &StateSchema,
+    key_group: u16,
+    key: &[u8],
+    view: EntryView,
+    args: &DumpArgs,
+) -> Option<Value> {
+    let (k, k_enc) = render(key, args.key_as);
+    let mut v = json!({
+        "key_group": key_group,
+        "key": k,
+        "key_encoding": k_enc.name(),
+        "kind": schema.kind.to_string(),
+    });
+    match view {
+        EntryView::Value {
+            value,
+            expires_at_ms,
+        } => {
+            let (x, enc) = render(&value, args.value_as);
+            v["value"] = x;
+            v["value_encoding"] = enc.name().into();
+            v["expires_at_ms"] = expires_at_ms.into();
+        }
+        EntryView::List(elems) => {
+            v["list"] = elems
+                .iter()
+                .map(|(value, expires_at_ms)| {
+                    let (x, enc) = render(value, args.value_as);
+                    json!({"value": x, "value_encoding": enc.name(), "expires_at_ms": expires_at_ms})
+                })
+                .collect();
+        }
+        EntryView::Map(entries) => {
+            v["map"] = entries
+                .iter()
+                .map(|(user_key, value, expires_at_ms)| {
+                    let (uk, uk_enc) = render(user_key, args.user_key_as);
+                    let (x, enc) = render(value, args.value_as);
+                    json!({
+                        "key": uk,
+                        "key_encoding": uk_enc.name(),
+                        "value": x,
+                        "value_encoding": enc.name(),
+                        "expires_at_ms": expires_at_ms,
+                    })
+                })
+                .collect();
+        }
+        // A tombstone hides an older version; a snapshot has none below it: no data.
+        _ => return None,
+    }
+    Some(v)
+}
+
+/// `snapshot dump`: reads the files in place (range reads; nothing is downloaded).
+pub fn dump(archive: &Archive, args: &DumpArgs, out: &mut Out) -> Result<()> {
+    let m = find(archive, &args.id)?;
+    check_key_groups(args.key_groups, m.max_key_groups)?;
+    let Some(schema) = m.states.iter().find(|s| s.name == args.state) else {
+        let names: Vec<String> = m
+            .states
+            .iter()
+            .map(|s| format!("'{}' ({})", s.name, s.kind))
+            .collect();
+        return Err(CliError::new(format!(
+            "snapshot {} has no state '{}'; its states: {}",
+            m.id,
+            args.state,
+            if names.is_empty() {
+                "none".to_owned()
+            } else {
+                names.join(", ")
+            }
+        )));
+    };
+    let DumpFormat::Jsonl = args.format;
+    let scratch = tempfile::Builder::new()
+        .prefix("millpond-dump-")
+        .tempdir()
+        .map_err(|e| CliError::new(format!("creating a temporary directory: {e}")))?;
+    let base = SnapshotBase::open(
+        archive,
+        &m,
+        scratch.path(),
+        &RestoreSettings {
+            key_groups: args.key_groups,
+            download: false,
+            ..RestoreSettings::default()
+        },
+    )?;
+    let range = args
+        .key_groups
+        .unwrap_or_else(|| KeyGroupRange::all(m.max_key_groups));
+    let mut keys = 0u64;
+    for entry in base.entries(range) {
+        let (ck, encoded) = entry.map_err(|e| CliError::from(e).context("reading the snapshot"))?;
+        let Some((key_group, state_id, key)) = split_composite_key(&ck) else {
+            return Err(CliError::new(format!(
+                "corrupt snapshot {}: a key of {} bytes, shorter than its prefix",
+                m.id,
+                ck.len()
+            )));
+        };
+        if state_id != schema.id || !range.contains(key_group) {
+            continue;
+        }
+        let view = decode_entry(&encoded).map_err(|e| {
+            CliError::from(e).context(format!("snapshot {}, key group {key_group}", m.id))
+        })?;
+        if let Some(line) = entry_json(schema, key_group, key, view, args) {
+            outln!(out, "{line}")?;
+            keys += 1;
+        }
+    }
+    out.flush()?;
+    eprintln!(
+        "{keys} keys of state '{}' ({}) from snapshot {}",
+        schema.name, schema.kind, m.id
+    );
+    Ok(())
+}
+
+/// `snapshot gc`.
+pub fn gc(archive: &Archive, retain: usize, grace: Duration, out: &mut Out) -> Result<()> {
+    let report = archive.gc(retain, grace)?;
+    for id in &report.manifests_deleted {
+        outln!(out, "deleted manifest {id}")?;
+    }
+    for path in &report.files_deleted {
+        outln!(out, "deleted file {path}")?;
+    }
+    outln!(
+        out,
+        "kept {} manifests; deleted {} manifests and {} data files; {} unreferenced data files \
+         kept (younger than the grace period of {} s)",
+        report.manifests_kept,
+        report.manifests_deleted.len(),
+        report.files_deleted.len(),
+        report.files_in_grace,
+        grace.as_secs()
+    )
+}
