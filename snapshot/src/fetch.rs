@@ -50,11 +50,12 @@ pub(crate) fn download_to(archive: &Archive, file: &FileRef, to: &Path) -> Resul
     } else {
         let path = archive.path(&file.path);
         let r: std::result::Result<(), Error> = archive.block_on(async {
-            let got = archive
-                .store()
-                .get(&path)
-                .await
-                .map_err(|e| os_error("downloading", &file.path, e))?;
+            let got = archive.store().get(&path).await.map_err(|e| match e {
+                object_store::Error::NotFound { .. } => Error::NotFound {
+                    what: format!("{} in {}", file.path, archive.url()),
+                },
+                e => os_error("downloading", &file.path, e),
+            })?;
             let mut stream = got.into_stream();
             while let Some(chunk) = stream.next().await {
                 let chunk = chunk.map_err(|e| os_error("downloading", &file.path, e))?;

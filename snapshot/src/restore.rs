@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use millpond_state::{BaseTier, BoxError, KeyGroupRange};
+use object_store::ObjectStoreExt;
 use parking_lot::{Mutex, RwLock};
 
 use crate::archive::Archive;
@@ -101,18 +102,26 @@ impl SnapshotBase {
         let mut to_fetch = Vec::new();
         for (i, meta) in manifest.files_for(r.start, r.end).enumerate() {
             let local = local_path(&dir, meta);
-            let source: Arc<dyn crate::read_at::ReadAt> = match LocalFile::open(&local) {
-                Ok(f) if f_size(&f) == meta.bytes => Arc::new(f),
-                _ => {
-                    to_fetch.push(files.len());
-                    Arc::new(ArchiveObject {
-                        archive: archive.clone(),
-                        path: meta.path.clone(),
-                        size: meta.bytes,
-                    })
-                }
+            let (source, remote): (Arc<dyn crate::read_at::ReadAt>, bool) =
+                match LocalFile::open(&local) {
+                    Ok(f) if f_size(&f) == meta.bytes => (Arc::new(f), false),
+                    _ => {
+                        to_fetch.push(files.len());
+                        let object = ArchiveObject {
+                            archive: archive.clone(),
+                            path: meta.path.clone(),
+                            size: meta.bytes,
+                        };
+                        (Arc::new(object), true)
+                    }
+                };
+            let file = match DataFile::open_source(source) {
+                Ok(file) => file,
+                Err(e) if remote => return Err(classify_open_failure(archive, meta, e)),
+                Err(e) => return Err(e),
             };
-            let file = DataFile::open_source(source)?.with_cache(cache.clone(), i as u64);
+            check_against_manifest(&file, meta)?;
+            let file = file.with_cache(cache.clone(), i as u64);
             files.push(BaseFile {
                 meta: meta.clone(),
                 file: RwLock::new(file),
@@ -230,6 +239,40 @@ impl SnapshotBase {
     fn file_of(&self, kg: u16) -> Option<&BaseFile> {
         let i = self.files.partition_point(|f| f.meta.last_key_group < kg);
         self.files.get(i).filter(|f| f.meta.first_key_group <= kg)
+    }
+}
+
+/// Range reads cannot check a file's CRC-32C: at least its key groups and entry count must be
+/// the manifest's, or the object under that name is another file (served, it would answer
+/// "absent" for the keys it should hold).
+fn check_against_manifest(file: &DataFile, meta: &FileRef) -> Result<()> {
+    if file.key_groups() != Some((meta.first_key_group, meta.last_key_group))
+        || file.entries() != meta.entries
+    {
+        return Err(Error::Corrupt {
+            what: "data file (key groups or entries differ from the manifest)",
+            location: meta.path.clone(),
+        });
+    }
+    Ok(())
+}
+
+/// A file read through the archive failed to open with an I/O error, which callers retry: if
+/// the object is missing or its size is not the manifest's, say so (`NotFound`, `Corrupt`),
+/// since no retry will help.
+fn classify_open_failure(archive: &Archive, meta: &FileRef, e: Error) -> Error {
+    if !matches!(e, Error::Io { .. }) {
+        return e;
+    }
+    match archive.block_on(archive.store().head(&archive.path(&meta.path))) {
+        Err(object_store::Error::NotFound { .. }) => Error::NotFound {
+            what: format!("{} in {}", meta.path, archive.url()),
+        },
+        Ok(object) if object.size != meta.bytes => Error::Corrupt {
+            what: "data file (size differs from the manifest)",
+            location: meta.path.clone(),
+        },
+        _ => e,
     }
 }
 
