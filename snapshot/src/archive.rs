@@ -300,10 +300,20 @@ impl Archive {
 
     /// Commits `manifest` (sequence = previous + 1, written by a writer of
     /// `manifest.writer_epoch`). If the sequence is taken, the writer is fenced when the
-    /// manifest there has a higher epoch, and gets `Error::Conflict` otherwise.
+    /// manifest there has a higher epoch, and gets `Error::Conflict` otherwise; if it holds
+    /// this very manifest (an earlier attempt landed but its reply was lost), it is committed.
+    ///
+    /// An `Error::ObjectStore` leaves the outcome unknown: the create may have landed. Retry
+    /// the same manifest (which resolves it), or read the latest manifest.
     pub(crate) fn commit(&self, manifest: &Manifest) -> Result<()> {
         match self.create_manifest(manifest) {
             Err(Error::Conflict { .. }) => {
+                // A retry after a lost reply finds its own manifest there: committed.
+                if let Ok(there) = self.manifest_at(manifest.sequence) {
+                    if there.id == manifest.id {
+                        return Ok(());
+                    }
+                }
                 let newest = self.latest()?;
                 match newest {
                     Some(m) if m.writer_epoch > manifest.writer_epoch => Err(Error::Fenced {
@@ -481,6 +491,17 @@ impl Upload<'_> {
             }
         }
         Ok(())
+    }
+}
+
+impl Drop for Upload<'_> {
+    /// An upload dropped before `finish` (the snapshot failed) is aborted, so that S3 does not
+    /// keep its parts: they are invisible to GC.
+    fn drop(&mut self) {
+        if let Some(mp) = self.multipart.take() {
+            let _guard = self.archive.runtime().enter();
+            let _ = self.archive.block_on(mp.abort());
+        }
     }
 }
 

@@ -48,8 +48,9 @@ pub enum Error {
         sequence: u64,
     },
 
-    /// The object store failed (network, server, credentials). Nothing became visible;
-    /// retry, and check the store's URL and credentials if it persists.
+    /// The object store failed (network, server, credentials). Retry, and check the store's
+    /// URL and credentials if it persists. For a commit the outcome is unknown until the
+    /// retry (see `SnapshotWriter::commit`).
     #[error("object store failed {op} {path}: {source}")]
     ObjectStore {
         /// What was being done.

@@ -53,6 +53,8 @@ struct BaseFile {
     /// Read through the archive until the download completes, then from local disk.
     file: RwLock<DataFile>,
     id: u64,
+    /// Set when the download found the object damaged: reads of this file fail from then on.
+    damaged: std::sync::OnceLock<String>,
 }
 
 /// A snapshot's state as a store's base tier ([`BaseTier`]).
@@ -64,7 +66,7 @@ pub struct SnapshotBase {
     bytes_total: u64,
     bytes_local: AtomicU64,
     files_local: AtomicUsize,
-    failure: Mutex<Option<String>>,
+    failure: Mutex<Option<Error>>,
     downloads: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -126,6 +128,7 @@ impl SnapshotBase {
                 meta: meta.clone(),
                 file: RwLock::new(file),
                 id: i as u64,
+                damaged: std::sync::OnceLock::new(),
             });
         }
         let bytes_total = files.iter().map(|f| f.meta.bytes).sum();
@@ -158,7 +161,10 @@ impl SnapshotBase {
                     .spawn(move || loop {
                         let Some(i) = queue.lock().pop() else { return };
                         if let Err(e) = base.fetch(&archive, i) {
-                            base.failure.lock().get_or_insert(e.to_string());
+                            if matches!(e, Error::Corrupt { .. } | Error::NotFound { .. }) {
+                                let _ = base.files[i].damaged.set(e.to_string());
+                            }
+                            base.failure.lock().get_or_insert(e);
                             return;
                         }
                     })
@@ -203,17 +209,16 @@ impl SnapshotBase {
         self.files_local.load(Ordering::Relaxed) == self.files.len()
     }
 
-    /// Waits until the background downloads end; their first failure, if any. After a
-    /// failure reads go on through the archive.
+    /// Waits until the background downloads end; returns their first failure, once. After
+    /// a transient failure reads go on through the archive; a file found damaged or missing
+    /// fails every read of it from then on.
     pub fn wait_local(&self) -> Result<()> {
         let handles = std::mem::take(&mut *self.downloads.lock());
         for h in handles {
             let _ = h.join();
         }
-        match self.failure.lock().clone() {
-            Some(reason) => Err(Error::Invalid {
-                reason: format!("downloading the snapshot failed: {reason}"),
-            }),
+        match self.failure.lock().take() {
+            Some(e) => Err(e),
             None => Ok(()),
         }
     }
@@ -293,6 +298,9 @@ impl BaseTier for SnapshotBase {
         let Some(f) = self.file_of(kg) else {
             return Ok(None);
         };
+        if let Some(reason) = f.damaged.get() {
+            return Err(reason.clone().into());
+        }
         let file = f.file.read();
         Ok(file.get(key)?)
     }

@@ -424,7 +424,18 @@ impl SnapshotBuilder {
             states,
             files,
         };
-        archive.commit(&manifest)?;
+        // The outcome of a failed create is unknown; committing the same manifest again
+        // resolves it (it finds itself there, or the sequence still free).
+        let mut attempt = 0;
+        loop {
+            match archive.commit(&manifest) {
+                Err(Error::ObjectStore { .. }) if attempt < 3 => {
+                    attempt += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(100 << attempt));
+                }
+                other => break other?,
+            }
+        }
         Ok(SnapshotReport {
             manifest,
             changes: self.changes,
