@@ -14,6 +14,41 @@
 //! - [`Manifest`] and data files ([`DataFileWriter`], [`DataFile`]): the formats, byte by
 //!   byte in docs/snapshot.md.
 //!
+//! ```
+//! use std::sync::Arc;
+//! use millpond_snapshot::{Archive, RestoreSettings, SnapshotBase, SnapshotSettings, SnapshotWriter};
+//! use millpond_state::{Store, StringCodec, U64Codec, ValueStateDescriptor};
+//! use millpond_wal::{open_local, LocalSegmentSource, SegmentSettings, SourceOffset, WalSettings};
+//!
+//! let dir = tempfile::tempdir().unwrap();
+//! let counts = || ValueStateDescriptor::new("counts", StringCodec, U64Codec);
+//! // A job: state changes go to a local WAL, committed with the offsets they reflect.
+//! let (wal, _) = open_local(dir.path().join("wal"), 0, WalSettings::default(),
+//!     SegmentSettings::default(), |_c| Ok::<(), std::io::Error>(())).unwrap();
+//! let wal = Arc::new(wal);
+//! let store = Store::builder(dir.path().join("a")).change_sink_arc(wal.clone()).open().unwrap();
+//! let state = store.value_state(counts()).unwrap();
+//! state.update(&"ada".to_string(), &3).unwrap();
+//! wal.commit(&[SourceOffset { topic: "in".into(), partition: 0, next_offset: 42 }]).unwrap().wait().unwrap();
+//!
+//! // A snapshot, built from the WAL (the store is not paused).
+//! let url = format!("file://{}", dir.path().join("snapshots").display());
+//! let archive = Archive::open(&url).unwrap();
+//! let mut writer = SnapshotWriter::claim(archive.clone(), 128, SnapshotSettings::default()).unwrap();
+//! let mut wal_source = LocalSegmentSource::open(dir.path().join("wal"), 1).unwrap();
+//! let report = writer.snapshot_from_wal(&mut wal_source, &store.schemas()).unwrap().unwrap();
+//! assert_eq!(report.manifest.offsets[0].next_offset, 42);
+//!
+//! // Restore elsewhere: the snapshot's files are read in place, as the store's base tier.
+//! let latest = archive.latest().unwrap().unwrap();
+//! let base = SnapshotBase::open(&archive, &latest, dir.path().join("b/base"),
+//!     &RestoreSettings::default()).unwrap();
+//! let restored = Store::builder(dir.path().join("b")).base(base, latest.states.clone()).open().unwrap();
+//! let state = restored.value_state(counts()).unwrap();
+//! assert_eq!(state.get(&"ada".to_string()).unwrap(), Some(3));
+//! // ...then replay the WAL after `latest.lsn` and seek the consumer to the last commit's offsets.
+//! ```
+//!
 //! Limits: one entry (key, value and their length prefixes) is at most
 //! [`data_file::MAX_BLOCK_BYTES`] (1 GiB); keys are at least 2 bytes.
 
