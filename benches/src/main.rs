@@ -2,10 +2,14 @@
 //!
 //! `cargo run --release -p millpond-bench -- state --keys 1000000 --value-bytes 100 --seconds 10`
 //! `cargo run --release -p millpond-bench -- wal --sink local --record-bytes 100 --seconds 10`
+//! `cargo run --release -p millpond-bench -- recovery --state-bytes 1G --value-bytes 100 --store file`
 
+mod recovery;
 mod state;
 mod util;
 mod wal;
+
+use std::time::Instant;
 
 use clap::{Parser, Subcommand};
 
@@ -30,13 +34,23 @@ enum Command {
     /// Write-ahead log: records/s, MB/s, durable commit latency, against the disk's own
     /// sequential fdatasync bandwidth.
     Wal(wal::WalArgs),
+    /// Snapshot and restore: snapshot MB/s and the job's stall while it runs, time to the
+    /// first record and to the full restore in a fresh process, against copying the files.
+    Recovery(recovery::RecoveryArgs),
+    /// The restore half of `recovery`, run by it in a child process.
+    #[command(hide = true)]
+    RecoveryRestore(recovery::RestoreArgs),
 }
 
 fn main() {
+    // Process start, as near as main gets: `recovery-restore` times its restore from here.
+    let started = Instant::now();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::State(args) => state::run(args),
         Command::Wal(args) => wal::run(args),
+        Command::Recovery(args) => recovery::run(args),
+        Command::RecoveryRestore(args) => recovery::run_restore(args, started),
     };
     match result {
         Ok(line) => println!("{line}"),
