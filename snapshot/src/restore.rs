@@ -100,33 +100,29 @@ impl SnapshotBase {
             .unwrap_or_else(|| KeyGroupRange::all(manifest.max_key_groups));
         let r = range.as_range();
         let cache = Arc::new(BlockCache::new(settings.block_cache_bytes));
-        let mut files = Vec::new();
+        let metas: Vec<&FileRef> = manifest.files_for(r.start, r.end).collect();
+        // Footers and indexes are read in parallel: over S3 each file costs two round trips.
+        let next = AtomicUsize::new(0);
+        let opened: Vec<OpenSlot> = metas.iter().map(|_| Mutex::new(None)).collect();
+        std::thread::scope(|scope| {
+            for _ in 0..OPEN_THREADS.min(metas.len()) {
+                scope.spawn(|| loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(meta) = metas.get(i) else { return };
+                    *opened[i].lock() = Some(open_file(archive, &dir, meta));
+                });
+            }
+        });
+        let mut files = Vec::with_capacity(metas.len());
         let mut to_fetch = Vec::new();
-        for (i, meta) in manifest.files_for(r.start, r.end).enumerate() {
-            let local = local_path(&dir, meta);
-            let (source, remote): (Arc<dyn crate::read_at::ReadAt>, bool) =
-                match LocalFile::open(&local) {
-                    Ok(f) if f_size(&f) == meta.bytes => (Arc::new(f), false),
-                    _ => {
-                        to_fetch.push(files.len());
-                        let object = ArchiveObject {
-                            archive: archive.clone(),
-                            path: meta.path.clone(),
-                            size: meta.bytes,
-                        };
-                        (Arc::new(object), true)
-                    }
-                };
-            let file = match DataFile::open_source(source) {
-                Ok(file) => file,
-                Err(e) if remote => return Err(classify_open_failure(archive, meta, e)),
-                Err(e) => return Err(e),
-            };
-            check_against_manifest(&file, meta)?;
-            let file = file.with_cache(cache.clone(), i as u64);
+        for (i, (meta, slot)) in metas.iter().zip(opened).enumerate() {
+            let (file, remote) = slot.into_inner().expect("every file was opened")?;
+            if remote {
+                to_fetch.push(i);
+            }
             files.push(BaseFile {
-                meta: meta.clone(),
-                file: RwLock::new(file),
+                meta: (*meta).clone(),
+                file: RwLock::new(file.with_cache(cache.clone(), i as u64)),
                 id: i as u64,
                 damaged: std::sync::OnceLock::new(),
             });
@@ -245,6 +241,36 @@ impl SnapshotBase {
         let i = self.files.partition_point(|f| f.meta.last_key_group < kg);
         self.files.get(i).filter(|f| f.meta.first_key_group <= kg)
     }
+}
+
+/// Where an opening thread leaves a file (and whether it is remote).
+type OpenSlot = Mutex<Option<Result<(DataFile, bool)>>>;
+
+/// Threads that open files (footer and index reads) at once.
+const OPEN_THREADS: usize = 16;
+
+/// Opens one file of the snapshot: the local copy if a whole one is there, else through the
+/// archive. Returns whether it is remote.
+fn open_file(archive: &Archive, dir: &Path, meta: &FileRef) -> Result<(DataFile, bool)> {
+    let local = local_path(dir, meta);
+    let (source, remote): (Arc<dyn crate::read_at::ReadAt>, bool) = match LocalFile::open(&local) {
+        Ok(f) if f_size(&f) == meta.bytes => (Arc::new(f), false),
+        _ => {
+            let object = ArchiveObject {
+                archive: archive.clone(),
+                path: meta.path.clone(),
+                size: meta.bytes,
+            };
+            (Arc::new(object), true)
+        }
+    };
+    let file = match DataFile::open_source(source) {
+        Ok(file) => file,
+        Err(e) if remote => return Err(classify_open_failure(archive, meta, e)),
+        Err(e) => return Err(e),
+    };
+    check_against_manifest(&file, meta)?;
+    Ok((file, remote))
 }
 
 /// Range reads cannot check a file's CRC-32C: at least its key groups and entry count must be

@@ -161,7 +161,8 @@ impl SnapshotWriter {
 pub struct SnapshotBuilder {
     started: Instant,
     states: HashMap<String, StateSchema>,
-    buffer: HashMap<Vec<u8>, KeyChanges>,
+    /// hashbrown's default hasher: the std SipHash was the top of the profile.
+    buffer: hashbrown::HashMap<Vec<u8>, KeyChanges>,
     buffer_bytes: usize,
     runs: Vec<tempfile::TempPath>,
     changed: Vec<bool>,
@@ -214,7 +215,7 @@ impl SnapshotBuilder {
         Ok(SnapshotBuilder {
             started: Instant::now(),
             states,
-            buffer: HashMap::new(),
+            buffer: hashbrown::HashMap::new(),
             buffer_bytes: 0,
             runs: Vec::new(),
             changed: vec![false; parent.max_key_groups as usize],

@@ -212,7 +212,19 @@ pub(crate) enum Access {
     BlindWrite,
     /// A replayed change: applied without the sink, to the data as it was when the change
     /// was made (`at_ms`, derived from the change's expiry; `None`: no TTL filtering).
-    Replay { at_ms: Option<u64> },
+    /// `blind`: the change does not depend on the old data (put, clear, list replace), so a
+    /// key missing from the hot tier is not looked up below, as for `BlindWrite`.
+    Replay { at_ms: Option<u64>, blind: bool },
+}
+
+impl Access {
+    /// Whether the access overwrites whatever was there, so the old data need not be read.
+    fn is_blind(self) -> bool {
+        matches!(
+            self,
+            Access::BlindWrite | Access::Replay { blind: true, .. }
+        )
+    }
 }
 
 /// Hands changes to the sink, then applies them.
@@ -465,8 +477,12 @@ impl Store {
         ck.extend_from_slice(&st.id.to_be_bytes());
         ck.extend_from_slice(change.key);
         let at_ms = replay_time(&change.op, st.ttl);
+        let blind = matches!(
+            change.op,
+            ChangeOp::Put { .. } | ChangeOp::Clear | ChangeOp::ListReplace { .. }
+        );
         self.inner
-            .run(&st, &mut ck, Access::Replay { at_ms }, |slot, em| {
+            .run(&st, &mut ck, Access::Replay { at_ms, blind }, |slot, em| {
                 em.apply(slot, change.op)
             })
     }
@@ -707,7 +723,7 @@ impl Inner {
                     Some(bytes) => Some(decode(bytes, || format!("pending key {ck:02x?}"))?),
                     None => None,
                 },
-                None if spilled_any && access != Access::BlindWrite => {
+                None if spilled_any && !access.is_blind() => {
                     shard.stats.cold_reads += 1;
                     THREAD_COLD_READS.set(THREAD_COLD_READS.get() + 1);
                     self.cold.get(ck)?
@@ -784,7 +800,7 @@ impl Ttl {
                 after: Some(now_ms),
             },
             // Replay sees data as the live store did when it made the change.
-            Access::Replay { at_ms } => Ttl {
+            Access::Replay { at_ms, .. } => Ttl {
                 before: at_ms,
                 after: None,
             },
