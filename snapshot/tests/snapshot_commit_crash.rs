@@ -11,7 +11,9 @@
 //! land, as documented); a new claim's snapshot succeeds; and `gc(_, Duration::ZERO)` removes
 //! the orphans while every file of the retained manifests stays.
 
-use std::collections::{BTreeMap, BTreeSet};
+mod common;
+
+use std::collections::BTreeSet;
 use std::fmt;
 use std::ops::Range;
 use std::path::{Path as FsPath, PathBuf};
@@ -23,14 +25,10 @@ use bytes::Bytes;
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use millpond_snapshot::{
-    Archive, DataFileSettings, Manifest, ManifestKind, RestoreSettings, SnapshotBase,
-    SnapshotReport, SnapshotSettings, SnapshotWriter,
+    Archive, DataFileSettings, Manifest, ManifestKind, SnapshotReport, SnapshotSettings,
+    SnapshotWriter,
 };
-use millpond_state::{
-    BoxError, BytesCodec, Change, ChangeSink, ListState, ListStateDescriptor, MapState,
-    MapStateDescriptor, StateSchema, Store, StoreSettings, StringCodec, U64Codec, ValueState,
-    ValueStateDescriptor,
-};
+use millpond_state::{StateSchema, Store};
 use millpond_wal::{
     open_local, LocalSegmentSource, SegmentSettings, SourceOffset, Wal, WalSettings,
 };
@@ -43,7 +41,10 @@ use object_store::{
 use parking_lot::Mutex;
 use rand::{RngCore, SeedableRng};
 
-const KEY_GROUPS: u16 = 128;
+use common::{register, restore_and_check, store_settings, LogTo, Model, States, KEY_GROUPS};
+
+/// Memory budget of the live and the restored stores.
+const BUDGET: usize = 64 << 20;
 
 // ------------------------------------------------------------------------------------------
 // The fault-injecting store.
@@ -320,62 +321,6 @@ impl MultipartUpload for FailingUpload {
 // ------------------------------------------------------------------------------------------
 // A job: a store logging to a local WAL, and a model of what it holds.
 
-struct LogTo(Arc<Wal>);
-
-impl ChangeSink for LogTo {
-    fn append(&self, change: &Change<'_>) -> Result<(), BoxError> {
-        self.0.append_change(change)?;
-        Ok(())
-    }
-}
-
-struct States {
-    counts: ValueState<String, u64>,
-    lists: ListState<String, u64>,
-    maps: MapState<String, String, u64>,
-    blobs: ValueState<String, Vec<u8>>,
-}
-
-fn register(store: &Store) -> States {
-    States {
-        counts: store
-            .value_state(ValueStateDescriptor::new("counts", StringCodec, U64Codec))
-            .unwrap(),
-        lists: store
-            .list_state(ListStateDescriptor::new("lists", StringCodec, U64Codec))
-            .unwrap(),
-        maps: store
-            .map_state(MapStateDescriptor::new(
-                "maps",
-                StringCodec,
-                StringCodec,
-                U64Codec,
-            ))
-            .unwrap(),
-        blobs: store
-            .value_state(ValueStateDescriptor::new("blobs", StringCodec, BytesCodec))
-            .unwrap(),
-    }
-}
-
-fn store_settings() -> StoreSettings {
-    StoreSettings {
-        memory_budget_bytes: 64 << 20,
-        max_key_groups: KEY_GROUPS,
-        ..StoreSettings::default()
-    }
-}
-
-/// What the state holds, and every key ever touched (so that cleared keys are checked too).
-#[derive(Default, Clone, PartialEq)]
-struct Model {
-    counts: BTreeMap<String, u64>,
-    lists: BTreeMap<String, Vec<u64>>,
-    maps: BTreeMap<String, BTreeMap<String, u64>>,
-    blobs: BTreeMap<String, Vec<u8>>,
-    touched: BTreeSet<String>,
-}
-
 struct Live {
     store: Store,
     states: States,
@@ -396,7 +341,7 @@ impl Live {
         assert!(outcome.last_commit.is_none(), "a fresh WAL");
         let wal = Arc::new(wal);
         let store = Store::builder(state_dir)
-            .settings(store_settings())
+            .settings(store_settings(BUDGET))
             .change_sink(LogTo(wal.clone()))
             .open()
             .unwrap();
@@ -464,74 +409,6 @@ impl Live {
         ticket.wait().unwrap();
         lsn
     }
-}
-
-fn check(states: &States, model: &Model, what: &str) {
-    let mut checked = 0;
-    for k in &model.touched {
-        checked += 1;
-        assert_eq!(
-            states.counts.get(k).unwrap(),
-            model.counts.get(k).copied(),
-            "{what}: count of {k}"
-        );
-        assert_eq!(
-            states.lists.get(k).unwrap(),
-            model.lists.get(k).cloned().unwrap_or_default(),
-            "{what}: list of {k}"
-        );
-        let got: BTreeMap<String, u64> = states.maps.entries(k).unwrap().into_iter().collect();
-        assert_eq!(
-            got,
-            model.maps.get(k).cloned().unwrap_or_default(),
-            "{what}: map of {k}"
-        );
-        let blob = states.blobs.get(k).unwrap();
-        let want = model.blobs.get(k);
-        assert!(
-            blob.as_ref() == want,
-            "{what}: blob of {k}: {:?} bytes, expected {:?}",
-            blob.as_ref().map(Vec::len),
-            want.map(Vec::len)
-        );
-    }
-    assert!(checked > 0, "{what}: nothing checked");
-    // Keys never written are absent.
-    let never = "never-written".to_string();
-    assert_eq!(states.counts.get(&never).unwrap(), None, "{what}");
-    assert_eq!(states.blobs.get(&never).unwrap(), None, "{what}");
-}
-
-/// Restores `m` into a fresh store, replays the WAL after it, and compares with `expected`.
-fn restore_and_check(
-    archive: &Archive,
-    m: &Manifest,
-    wal_dir: &FsPath,
-    expected: &Model,
-    what: &str,
-) {
-    let dir = tempfile::tempdir().unwrap();
-    let base = SnapshotBase::open(
-        archive,
-        m,
-        dir.path().join("base"),
-        &RestoreSettings::default(),
-    )
-    .unwrap_or_else(|e| panic!("{what}: opening snapshot {} failed: {e}", m.id));
-    let store = Store::builder(dir.path().join("state"))
-        .settings(store_settings())
-        .base(base.clone(), m.states.clone())
-        .open()
-        .unwrap();
-    let states = register(&store);
-    let mut source = LocalSegmentSource::open(wal_dir, m.lsn + 1).unwrap();
-    millpond_wal::replay(&mut source, m.lsn, |c| store.apply(&c.as_change()))
-        .unwrap_or_else(|e| panic!("{what}: replay after {} failed: {e}", m.id));
-    store.replay_done();
-    check(&states, expected, what);
-    base.wait_local()
-        .unwrap_or_else(|e| panic!("{what}: downloading {} failed: {e}", m.id));
-    store.close().unwrap();
 }
 
 fn snapshot(
@@ -729,6 +606,7 @@ impl Scenario {
             &latest,
             &self.wal_dir,
             &self.committed,
+            BUDGET,
             &format!("{what}, restored"),
         );
         // It claims and snapshots: a new snapshot unless the crashed one committed.
@@ -799,6 +677,7 @@ impl Scenario {
             &latest,
             &self.wal_dir,
             &self.committed,
+            BUDGET,
             &format!("{what}, after gc"),
         );
     }

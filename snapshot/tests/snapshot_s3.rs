@@ -10,21 +10,17 @@
 //! Without `S3_ENDPOINT` every test panics: they never pass silently. Each test works under a
 //! random prefix of `s3://$S3_BUCKET/` and deletes it at the end.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path as FsPath;
+mod common;
+
+use std::collections::BTreeSet;
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
 use futures::TryStreamExt;
 use millpond_snapshot::{
-    Archive, Error, Manifest, ManifestKind, RestoreSettings, SnapshotBase, SnapshotReport,
-    SnapshotSettings, SnapshotWriter,
+    Archive, Error, Manifest, ManifestKind, SnapshotReport, SnapshotSettings, SnapshotWriter,
 };
-use millpond_state::{
-    key_group, BoxError, BytesCodec, Change, ChangeSink, ListState, ListStateDescriptor, MapState,
-    MapStateDescriptor, StateSchema, Store, StoreSettings, StringCodec, U64Codec, ValueState,
-    ValueStateDescriptor,
-};
+use millpond_state::{key_group, StateSchema, Store};
 use millpond_wal::{
     open_local, LocalSegmentSource, SegmentSettings, SourceOffset, Wal, WalSettings,
 };
@@ -32,7 +28,10 @@ use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 use rand::{RngCore, SeedableRng};
 
-const KEY_GROUPS: u16 = 128;
+use common::{register, restore_and_check, store_settings, LogTo, Model, States, KEY_GROUPS};
+
+/// Memory budget of the live and the restored stores.
+const BUDGET: usize = 128 << 20;
 
 // ------------------------------------------------------------------------------------------
 // The server.
@@ -130,61 +129,6 @@ impl Drop for S3Prefix {
 // ------------------------------------------------------------------------------------------
 // A job: a store logging to a local WAL, and a model of what it holds.
 
-struct LogTo(Arc<Wal>);
-
-impl ChangeSink for LogTo {
-    fn append(&self, change: &Change<'_>) -> Result<(), BoxError> {
-        self.0.append_change(change)?;
-        Ok(())
-    }
-}
-
-struct States {
-    counts: ValueState<String, u64>,
-    lists: ListState<String, u64>,
-    maps: MapState<String, String, u64>,
-    blobs: ValueState<String, Vec<u8>>,
-}
-
-fn register(store: &Store) -> States {
-    States {
-        counts: store
-            .value_state(ValueStateDescriptor::new("counts", StringCodec, U64Codec))
-            .unwrap(),
-        lists: store
-            .list_state(ListStateDescriptor::new("lists", StringCodec, U64Codec))
-            .unwrap(),
-        maps: store
-            .map_state(MapStateDescriptor::new(
-                "maps",
-                StringCodec,
-                StringCodec,
-                U64Codec,
-            ))
-            .unwrap(),
-        blobs: store
-            .value_state(ValueStateDescriptor::new("blobs", StringCodec, BytesCodec))
-            .unwrap(),
-    }
-}
-
-fn store_settings() -> StoreSettings {
-    StoreSettings {
-        memory_budget_bytes: 128 << 20,
-        max_key_groups: KEY_GROUPS,
-        ..StoreSettings::default()
-    }
-}
-
-#[derive(Default, Clone)]
-struct Model {
-    counts: BTreeMap<String, u64>,
-    lists: BTreeMap<String, Vec<u64>>,
-    maps: BTreeMap<String, BTreeMap<String, u64>>,
-    blobs: BTreeMap<String, Vec<u8>>,
-    touched: BTreeSet<String>,
-}
-
 struct Live {
     _dir: tempfile::TempDir,
     wal_dir: std::path::PathBuf,
@@ -209,7 +153,7 @@ impl Live {
         .unwrap();
         let wal = Arc::new(wal);
         let store = Store::builder(dir.path().join("live"))
-            .settings(store_settings())
+            .settings(store_settings(BUDGET))
             .change_sink(LogTo(wal.clone()))
             .open()
             .unwrap();
@@ -285,67 +229,6 @@ impl Live {
             .snapshot_from_wal(&mut source, &self.schemas())
             .map(|r| r.expect("a commit after the parent"))
     }
-}
-
-fn check(states: &States, model: &Model, what: &str) {
-    assert!(!model.touched.is_empty());
-    for k in &model.touched {
-        assert_eq!(
-            states.counts.get(k).unwrap(),
-            model.counts.get(k).copied(),
-            "{what}: count of {k}"
-        );
-        assert_eq!(
-            states.lists.get(k).unwrap(),
-            model.lists.get(k).cloned().unwrap_or_default(),
-            "{what}: list of {k}"
-        );
-        let got: BTreeMap<String, u64> = states.maps.entries(k).unwrap().into_iter().collect();
-        assert_eq!(
-            got,
-            model.maps.get(k).cloned().unwrap_or_default(),
-            "{what}: map of {k}"
-        );
-        let blob = states.blobs.get(k).unwrap();
-        assert!(
-            blob.as_ref() == model.blobs.get(k),
-            "{what}: blob of {k}: {:?} bytes, expected {:?}",
-            blob.as_ref().map(Vec::len),
-            model.blobs.get(k).map(Vec::len)
-        );
-    }
-}
-
-/// Restores `m` into a fresh store, replays the WAL after it, and compares with `expected`.
-fn restore_and_check(
-    archive: &Archive,
-    m: &Manifest,
-    wal_dir: &FsPath,
-    expected: &Model,
-    what: &str,
-) {
-    let dir = tempfile::tempdir().unwrap();
-    let base = SnapshotBase::open(
-        archive,
-        m,
-        dir.path().join("base"),
-        &RestoreSettings::default(),
-    )
-    .unwrap_or_else(|e| panic!("{what}: opening {}: {e}", m.id));
-    let store = Store::builder(dir.path().join("state"))
-        .settings(store_settings())
-        .base(base.clone(), m.states.clone())
-        .open()
-        .unwrap();
-    let states = register(&store);
-    let mut source = LocalSegmentSource::open(wal_dir, m.lsn + 1).unwrap();
-    millpond_wal::replay(&mut source, m.lsn, |c| store.apply(&c.as_change())).unwrap();
-    store.replay_done();
-    check(&states, expected, what);
-    base.wait_local()
-        .unwrap_or_else(|e| panic!("{what}: downloading {}: {e}", m.id));
-    assert!(base.is_local());
-    store.close().unwrap();
 }
 
 fn small_files() -> SnapshotSettings {
@@ -431,9 +314,17 @@ fn s3_round_trip_with_small_files_and_a_multipart_file() {
         &latest,
         &live.wal_dir,
         &committed,
+        BUDGET,
         "latest + WAL",
     );
-    restore_and_check(&reopened, m, &live.wal_dir, &committed, "first + WAL");
+    restore_and_check(
+        &reopened,
+        m,
+        &live.wal_dir,
+        &committed,
+        BUDGET,
+        "first + WAL",
+    );
 }
 
 #[test]
@@ -480,6 +371,7 @@ fn s3_a_stale_writer_is_fenced_and_concurrent_claims_are_unique() {
         &latest,
         &live.wal_dir,
         &committed,
+        BUDGET,
         "after fencing",
     );
 
@@ -638,6 +530,7 @@ fn s3_a_commit_racing_a_new_claim() {
             &latest,
             &live.wal_dir,
             &committed,
+            BUDGET,
             &format!("round {round}"),
         );
     }
@@ -751,6 +644,7 @@ fn s3_gc_keeps_the_retained_snapshots_whole() {
             m,
             &live.wal_dir,
             &committed,
+            BUDGET,
             &format!("{} after gc", m.id),
         );
     }
