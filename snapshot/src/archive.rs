@@ -354,9 +354,7 @@ impl Archive {
         });
         match r {
             Ok(b) => Ok(b.to_vec()),
-            Err(object_store::Error::NotFound { .. }) => Err(Error::NotFound {
-                what: format!("{relative} in {}", self.url),
-            }),
+            Err(object_store::Error::NotFound { .. }) => Err(self.not_found(relative)),
             Err(e) => Err(os_error("reading", relative, e)),
         }
     }
@@ -366,10 +364,15 @@ impl Archive {
         let path = self.path(relative);
         match self.block_on(self.store.get_range(&path, range)) {
             Ok(b) => Ok(b.to_vec()),
-            Err(object_store::Error::NotFound { .. }) => Err(Error::NotFound {
-                what: format!("{relative} in {}", self.url),
-            }),
+            Err(object_store::Error::NotFound { .. }) => Err(self.not_found(relative)),
             Err(e) => Err(os_error("reading", relative, e)),
+        }
+    }
+
+    /// `Error::NotFound` for object `relative` of this archive.
+    pub(crate) fn not_found(&self, relative: &str) -> Error {
+        Error::NotFound {
+            what: format!("{relative} in {}", self.url),
         }
     }
 

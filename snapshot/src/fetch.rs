@@ -29,9 +29,7 @@ pub(crate) fn download_to(archive: &Archive, file: &FileRef, to: &Path) -> Resul
         // A local archive: read the file directly, in large chunks.
         let src = root.join(&file.path);
         let mut f = std::fs::File::open(&src).map_err(|source| match source.kind() {
-            std::io::ErrorKind::NotFound => Error::NotFound {
-                what: format!("{} in {}", file.path, archive.url()),
-            },
+            std::io::ErrorKind::NotFound => archive.not_found(&file.path),
             _ => Error::Io {
                 path: src.display().to_string(),
                 source,
@@ -51,9 +49,7 @@ pub(crate) fn download_to(archive: &Archive, file: &FileRef, to: &Path) -> Resul
         let path = archive.path(&file.path);
         let r: std::result::Result<(), Error> = archive.block_on(async {
             let got = archive.store().get(&path).await.map_err(|e| match e {
-                object_store::Error::NotFound { .. } => Error::NotFound {
-                    what: format!("{} in {}", file.path, archive.url()),
-                },
+                object_store::Error::NotFound { .. } => archive.not_found(&file.path),
                 e => os_error("downloading", &file.path, e),
             })?;
             let mut stream = got.into_stream();

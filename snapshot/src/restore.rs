@@ -19,7 +19,7 @@ use crate::data_file::DataFile;
 use crate::error::{Error, Result};
 use crate::fetch::{download_to, ArchiveObject};
 use crate::manifest::{FileRef, Manifest};
-use crate::read_at::LocalFile;
+use crate::read_at::{LocalFile, ReadAt};
 
 /// Settings of a restore.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,10 +115,13 @@ impl SnapshotBase {
         });
         let mut files = Vec::with_capacity(metas.len());
         let mut to_fetch = Vec::new();
+        let mut already = 0;
         for (i, (meta, slot)) in metas.iter().zip(opened).enumerate() {
             let (file, remote) = slot.into_inner().expect("every file was opened")?;
             if remote {
                 to_fetch.push(i);
+            } else {
+                already += meta.bytes;
             }
             files.push(BaseFile {
                 meta: (*meta).clone(),
@@ -128,12 +131,6 @@ impl SnapshotBase {
             });
         }
         let bytes_total = files.iter().map(|f| f.meta.bytes).sum();
-        let already: u64 = files
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| !to_fetch.contains(i))
-            .map(|(_, f)| f.meta.bytes)
-            .sum();
         let base = Arc::new(SnapshotBase {
             manifest: manifest.clone(),
             files_local: AtomicUsize::new(files.len() - to_fetch.len()),
@@ -179,12 +176,13 @@ impl SnapshotBase {
         let f = &self.files[i];
         let local = local_path(&self.dir, &f.meta);
         download_to(archive, &f.meta, &local)?;
-        let source = LocalFile::open(&local).map_err(|source| Error::Io {
-            path: local.display().to_string(),
-            source,
-        })?;
-        let file = DataFile::open_source(Arc::new(source))?.with_cache(self.cache.clone(), f.id);
-        *f.file.write() = file;
+        let (file, remote) = open_file(archive, &self.dir, &f.meta)?;
+        if remote {
+            return Err(Error::Invalid {
+                reason: format!("{} was downloaded but is not local", local.display()),
+            });
+        }
+        *f.file.write() = file.with_cache(self.cache.clone(), f.id);
         self.bytes_local.fetch_add(f.meta.bytes, Ordering::Relaxed);
         self.files_local.fetch_add(1, Ordering::Relaxed);
         Ok(())
@@ -253,8 +251,8 @@ const OPEN_THREADS: usize = 16;
 /// archive. Returns whether it is remote.
 fn open_file(archive: &Archive, dir: &Path, meta: &FileRef) -> Result<(DataFile, bool)> {
     let local = local_path(dir, meta);
-    let (source, remote): (Arc<dyn crate::read_at::ReadAt>, bool) = match LocalFile::open(&local) {
-        Ok(f) if f_size(&f) == meta.bytes => (Arc::new(f), false),
+    let (source, remote): (Arc<dyn ReadAt>, bool) = match LocalFile::open(&local) {
+        Ok(f) if f.size() == meta.bytes => (Arc::new(f), false),
         _ => {
             let object = ArchiveObject {
                 archive: archive.clone(),
@@ -296,19 +294,13 @@ fn classify_open_failure(archive: &Archive, meta: &FileRef, e: Error) -> Error {
         return e;
     }
     match archive.block_on(archive.store().head(&archive.path(&meta.path))) {
-        Err(object_store::Error::NotFound { .. }) => Error::NotFound {
-            what: format!("{} in {}", meta.path, archive.url()),
-        },
+        Err(object_store::Error::NotFound { .. }) => archive.not_found(&meta.path),
         Ok(object) if object.size != meta.bytes => Error::Corrupt {
             what: "data file (size differs from the manifest)",
             location: meta.path.clone(),
         },
         _ => e,
     }
-}
-
-fn f_size(f: &LocalFile) -> u64 {
-    crate::read_at::ReadAt::size(f)
 }
 
 fn local_path(dir: &Path, f: &FileRef) -> PathBuf {
