@@ -52,6 +52,8 @@
 //! Limits: one entry (key, value and their length prefixes) is at most
 //! [`data_file::MAX_BLOCK_BYTES`] (1 GiB); keys are at least 2 bytes.
 
+#![warn(missing_docs)]
+
 mod archive;
 pub mod block_cache;
 pub mod data_file;
