@@ -17,7 +17,7 @@ fuzz_target!(|data: &[u8]| {
     if data.len() >= 5 {
         let count = u32::from(data[0]) + 1;
         let mut framed = Vec::new();
-        batch::encode(1, count, &data[1..], &mut framed);
+        batch::encode(1, count, 0, &data[1..], &mut framed);
         if let Ok(Decoded::Batch(header, payload)) = batch::decode(&framed, String::new) {
             for record in batch::records(payload, header.count).flatten() {
                 let _ = millpond_wal::proto::Record::decode(record);

@@ -3,23 +3,30 @@
 //!
 //! ```text
 //! 0   4  magic "MPWB"
-//! 4   1  format version (1)
+//! 4   1  format version (2)
 //! 5   1  flags (0)
 //! 6   2  reserved (0)
 //! 8   4  payload length, u32 LE
 //! 12  4  record count, u32 LE
 //! 16  8  first LSN, u64 LE
 //! 24  8  last LSN, u64 LE (= first + count - 1)
-//! 32  4  CRC-32C of bytes 0..32 and the payload, u32 LE
-//! 36  …  payload: `count` length-delimited `Record`s (varint length, protobuf bytes)
+//! 32  8  writer epoch, u64 LE (0 for a writer without one)
+//! 40  4  CRC-32C of bytes 0..40 and the payload, u32 LE
+//! 44  …  payload: `count` length-delimited `Record`s (varint length, protobuf bytes)
 //! ```
+//!
+//! The writer epoch fences a zombie: a writer that took the log over writes with a higher
+//! epoch, and replay ignores every batch of a lower epoch that comes after it (docs/wal.md,
+//! "Writer epochs").
 
 use crate::error::{Error, Result};
 
 /// Bytes before the payload.
-pub const HEADER_BYTES: usize = 36;
+pub const HEADER_BYTES: usize = 44;
+/// Bytes of the header the checksum covers (all but the checksum itself).
+const CHECKED_BYTES: usize = 40;
 const MAGIC: [u8; 4] = *b"MPWB";
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
 /// Largest payload a batch may declare; a larger length is corruption, not a batch.
 pub const MAX_PAYLOAD_BYTES: usize = 1 << 30;
 
@@ -34,6 +41,8 @@ pub struct BatchHeader {
     pub first_lsn: u64,
     /// LSN of the last record.
     pub last_lsn: u64,
+    /// Epoch of the writer that wrote the batch.
+    pub epoch: u64,
 }
 
 impl BatchHeader {
@@ -43,8 +52,9 @@ impl BatchHeader {
     }
 }
 
-/// Frames `payload` (`count` records, the first numbered `first_lsn`) into `out`.
-pub fn encode(first_lsn: u64, count: u32, payload: &[u8], out: &mut Vec<u8>) {
+/// Frames `payload` (`count` records, the first numbered `first_lsn`, written by a writer of
+/// `epoch`) into `out`.
+pub fn encode(first_lsn: u64, count: u32, epoch: u64, payload: &[u8], out: &mut Vec<u8>) {
     debug_assert!(count > 0);
     let start = out.len();
     out.extend_from_slice(&MAGIC);
@@ -55,7 +65,8 @@ pub fn encode(first_lsn: u64, count: u32, payload: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(&count.to_le_bytes());
     out.extend_from_slice(&first_lsn.to_le_bytes());
     out.extend_from_slice(&(first_lsn + count as u64 - 1).to_le_bytes());
-    let crc = crc32c::crc32c_append(crc32c::crc32c(&out[start..start + 32]), payload);
+    out.extend_from_slice(&epoch.to_le_bytes());
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&out[start..start + CHECKED_BYTES]), payload);
     out.extend_from_slice(&crc.to_le_bytes());
     out.extend_from_slice(payload);
 }
@@ -63,7 +74,7 @@ pub fn encode(first_lsn: u64, count: u32, payload: &[u8], out: &mut Vec<u8>) {
 /// Fills in the header of a batch built in place: `buf` holds [`HEADER_BYTES`] reserved bytes
 /// and then the payload (`count` records, the first numbered `first_lsn`). Saves copying the
 /// payload into a second buffer.
-pub fn seal(buf: &mut [u8], first_lsn: u64, count: u32) {
+pub fn seal(buf: &mut [u8], first_lsn: u64, count: u32, epoch: u64) {
     debug_assert!(count > 0 && buf.len() >= HEADER_BYTES);
     let payload_len = (buf.len() - HEADER_BYTES) as u32;
     buf[..4].copy_from_slice(&MAGIC);
@@ -73,8 +84,9 @@ pub fn seal(buf: &mut [u8], first_lsn: u64, count: u32) {
     buf[12..16].copy_from_slice(&count.to_le_bytes());
     buf[16..24].copy_from_slice(&first_lsn.to_le_bytes());
     buf[24..32].copy_from_slice(&(first_lsn + count as u64 - 1).to_le_bytes());
-    let crc = crc32c::crc32c_append(crc32c::crc32c(&buf[..32]), &buf[HEADER_BYTES..]);
-    buf[32..36].copy_from_slice(&crc.to_le_bytes());
+    buf[32..40].copy_from_slice(&epoch.to_le_bytes());
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&buf[..CHECKED_BYTES]), &buf[HEADER_BYTES..]);
+    buf[CHECKED_BYTES..HEADER_BYTES].copy_from_slice(&crc.to_le_bytes());
 }
 
 /// What [`decode`] finds at the start of a buffer.
@@ -122,6 +134,7 @@ pub fn decode(buf: &[u8], location: impl Fn() -> String) -> Result<Decoded<'_>> 
         count: u32_at(12),
         first_lsn: u64_at(16),
         last_lsn: u64_at(24),
+        epoch: u64_at(32),
     };
     if header.payload_len as usize > MAX_PAYLOAD_BYTES
         || header.count == 0
@@ -133,8 +146,8 @@ pub fn decode(buf: &[u8], location: impl Fn() -> String) -> Result<Decoded<'_>> 
     if buf.len() < end {
         return Ok(Decoded::Incomplete);
     }
-    let crc = crc32c::crc32c_append(crc32c::crc32c(&buf[..32]), &buf[HEADER_BYTES..end]);
-    if crc != u32_at(32) {
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&buf[..CHECKED_BYTES]), &buf[HEADER_BYTES..end]);
+    if crc != u32_at(CHECKED_BYTES) {
         return Err(corrupt(location, "WAL batch checksum"));
     }
     Ok(Decoded::Batch(header, &buf[HEADER_BYTES..end]))
@@ -187,7 +200,7 @@ mod tests {
             payload.extend_from_slice(r);
         }
         let mut out = Vec::new();
-        encode(42, 3, &payload, &mut out);
+        encode(42, 3, 9, &payload, &mut out);
         out
     }
 
@@ -195,10 +208,10 @@ mod tests {
     fn seal_in_place_equals_encode() {
         let payload = b"\x03abc".to_vec();
         let mut a = Vec::new();
-        encode(7, 1, &payload, &mut a);
+        encode(7, 1, 5, &payload, &mut a);
         let mut b = vec![0; HEADER_BYTES];
         b.extend_from_slice(&payload);
-        seal(&mut b, 7, 1);
+        seal(&mut b, 7, 1, 5);
         assert_eq!(a, b);
     }
 
@@ -208,7 +221,7 @@ mod tests {
         let Decoded::Batch(h, payload) = decode(&buf, String::new).unwrap() else {
             panic!("incomplete")
         };
-        assert_eq!((h.first_lsn, h.last_lsn, h.count), (42, 44, 3));
+        assert_eq!((h.first_lsn, h.last_lsn, h.count, h.epoch), (42, 44, 3, 9));
         let recs: Vec<_> = records(payload, h.count).collect::<Result<_>>().unwrap();
         assert_eq!(recs, vec![&b"abc"[..], b"", b"hello"]);
     }

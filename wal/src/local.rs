@@ -3,8 +3,8 @@
 use std::path::Path;
 
 use crate::error::Result;
-use crate::record::proto;
-use crate::replay::{replay, ReplayOutcome};
+use crate::recover::recover;
+use crate::replay::ReplayOutcome;
 use crate::segment::{LocalSegmentSink, LocalSegmentSource};
 use crate::settings::{SegmentSettings, WalSettings};
 use crate::writer::Wal;
@@ -43,15 +43,5 @@ where
     let dir = dir.as_ref();
     let sink = LocalSegmentSink::open(dir, segment_settings)?;
     let mut source = LocalSegmentSource::open(dir, after_lsn + 1)?;
-    let outcome = replay(&mut source, after_lsn, apply)?;
-    let wal = Wal::start(sink, outcome.next_lsn, wal_settings);
-    if outcome.uncommitted > 0 {
-        let marker = proto::Record {
-            body: Some(proto::record::Body::Rollback(proto::Rollback {
-                last_committed_lsn: outcome.last_commit.as_ref().map_or(0, |c| c.lsn),
-            })),
-        };
-        wal.append_marker(&marker)?.wait()?;
-    }
-    Ok((wal, outcome))
+    recover(sink, &mut source, after_lsn, None, wal_settings, apply)
 }

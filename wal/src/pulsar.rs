@@ -135,6 +135,14 @@ pub struct PulsarSettings {
     /// earliest message and never receives on it. `None`: no subscription; the namespace's
     /// retention policy must then keep the log. Default `Some("millpond-wal-retain")`.
     pub retention_subscription: Option<String>,
+    /// Take the topic over from a producer that still holds it: the sink's first producer is
+    /// created with Pulsar's `ExclusiveWithFencing` access mode, so the broker fences the
+    /// previous owner (its sends fail from then on) instead of refusing this sink. Producers
+    /// the sink re-creates after a failure use `Exclusive`, so a sink that was itself taken
+    /// over cannot take the topic back. Use it with a fencing token that orders owners (the
+    /// writer epoch, see `Wal::start_with_epoch`). Default `false`: `connect` fails with
+    /// [`Error::Fenced`] while another producer is connected.
+    pub take_over: bool,
 }
 
 impl Default for PulsarSettings {
@@ -153,6 +161,7 @@ impl Default for PulsarSettings {
             tls_allow_insecure: false,
             reader_prefetch: 64,
             retention_subscription: Some("millpond-wal-retain".into()),
+            take_over: false,
         }
     }
 }
@@ -418,6 +427,8 @@ struct SinkInner {
     settings: PulsarSettings,
     client: Option<Pulsar<TokioExecutor>>,
     producer: Option<Producer<TokioExecutor>>,
+    /// Producers created so far (the first may take the topic over).
+    producers_created: u64,
     /// Set once the broker fenced this writer: sticky.
     fenced: Option<String>,
     /// `(last LSN, message id)` of the batches appended by this sink and not yet truncated.
@@ -450,6 +461,7 @@ impl PulsarSink {
             settings,
             client: None,
             producer: None,
+            producers_created: 0,
             fenced: None,
             appended: VecDeque::new(),
             truncate_to: None,
@@ -639,7 +651,11 @@ impl SinkInner {
             batch_byte_size: None,
             batch_timeout: None,
             compression: Some(compression),
-            access_mode: Some(ProducerAccessMode::Exclusive as i32),
+            access_mode: Some(if self.settings.take_over && self.producers_created == 0 {
+                ProducerAccessMode::ExclusiveWithFencing as i32
+            } else {
+                ProducerAccessMode::Exclusive as i32
+            }),
             // wait for room in pulsar-rs's outbound queue rather than fail with SlowDown
             block_queue_if_full: true,
             ..Default::default()
@@ -667,6 +683,7 @@ impl SinkInner {
             )));
         }
         self.producer = Some(producer);
+        self.producers_created += 1;
         Ok(())
     }
 

@@ -5,6 +5,13 @@
 //! those records again. A `Rollback` record (written when a log is reopened) discards the
 //! uncommitted changes before it. Batches wholly at or below the last LSN seen are duplicates
 //! (a resend after an ambiguous failure) and are skipped; a gap in LSNs is corruption.
+//!
+//! Writer epochs (docs/wal.md, "Writer epochs"): a batch whose epoch is lower than that of a
+//! batch read before it comes from a writer that was taken over (a zombie) and is ignored. A
+//! batch with a higher epoch than all before starts a new writer's history: if it starts at an
+//! LSN already read, the records from there on were written by the old writer after the new
+//! one had read the log, so they are dropped (they can only be uncommitted ones; a committed
+//! one is reported as corruption, since two histories then both claim it).
 
 use prost::Message;
 
@@ -35,6 +42,11 @@ pub struct ReplayOutcome {
     pub uncommitted: u64,
     /// Batches skipped as duplicates.
     pub duplicates: u64,
+    /// Batches ignored because a writer with a higher epoch had taken the log over before
+    /// them (a zombie's writes).
+    pub fenced: u64,
+    /// The highest writer epoch read.
+    pub epoch: u64,
     /// The LSN after the last record in the log (where a writer continues).
     pub next_lsn: u64,
 }
@@ -56,7 +68,10 @@ where
     // Highest LSN read so far (or covered by the snapshot).
     let mut seen = after_lsn;
     let mut started = false;
-    let mut pending: Vec<OwnedChange> = Vec::new();
+    // Read but not yet committed, with their LSNs.
+    let mut pending: Vec<(u64, OwnedChange)> = Vec::new();
+    // Highest LSN whose changes count (the snapshot's, then the last commit applied).
+    let mut applied_upto = after_lsn;
     while let Some(stored) = source.next_batch()? {
         let location = || format!("{:?}", stored.position);
         let (h, payload) = match batch::decode(&stored.bytes, location)? {
@@ -75,6 +90,32 @@ where
                 })
             }
         };
+        if h.epoch < out.epoch {
+            out.fenced += 1;
+            continue;
+        }
+        if h.epoch > out.epoch {
+            out.epoch = h.epoch;
+            if started && h.first_lsn <= seen {
+                // A takeover: the new writer read the log up to `first_lsn - 1`; what the old
+                // one wrote from there on was never part of the new writer's state.
+                if h.first_lsn <= applied_upto {
+                    return Err(Error::Corrupt {
+                        what: "WAL (conflicting writers)",
+                        location: format!(
+                            "{}: writer epoch {} starts at LSN {}, but LSN {} was already \
+                             committed by an older writer after the takeover",
+                            location(),
+                            h.epoch,
+                            h.first_lsn,
+                            applied_upto
+                        ),
+                    });
+                }
+                pending.retain(|(lsn, _)| *lsn < h.first_lsn);
+                seen = h.first_lsn - 1;
+            }
+        }
         if h.last_lsn <= seen {
             // Already covered: by the snapshot, or a duplicate of a batch already read.
             if started {
@@ -109,16 +150,17 @@ where
             let decoded = proto::Record::decode(record).map_err(|_| bad())?;
             match decoded.body.ok_or_else(bad)? {
                 proto::record::Body::Change(c) => {
-                    pending.push(OwnedChange::from_proto(c).ok_or_else(bad)?);
+                    pending.push((lsn, OwnedChange::from_proto(c).ok_or_else(bad)?));
                 }
                 proto::record::Body::Commit(c) => {
-                    for change in pending.drain(..) {
+                    for (_, change) in pending.drain(..) {
                         apply(&change).map_err(|source| Error::Apply {
                             lsn,
                             source: Box::new(source),
                         })?;
                         out.applied += 1;
                     }
+                    applied_upto = lsn;
                     out.last_commit = Some(CommitPoint {
                         lsn,
                         offsets: c

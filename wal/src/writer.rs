@@ -54,6 +54,9 @@ struct Shared {
     batch_bytes: usize,
     linger: Duration,
     durability: CommitDurability,
+    /// Written into every batch header (see `batch`): fences this writer's batches once a
+    /// writer with a higher epoch took the log over.
+    epoch: u64,
     batches_written: AtomicU64,
     bytes_written: AtomicU64,
     sink_calls: AtomicU64,
@@ -138,6 +141,19 @@ impl Wal {
     /// Starts a writer that numbers records from `next_lsn` (1 for a new log; after recovery,
     /// one past the last LSN found) and writes batches to `sink` from a background thread.
     pub fn start(sink: impl WalSink, next_lsn: u64, settings: WalSettings) -> Wal {
+        Wal::start_with_epoch(sink, next_lsn, 0, settings)
+    }
+
+    /// Like [`Wal::start`], for a writer of `epoch`: every batch carries it, and replay ignores
+    /// a batch whose epoch is lower than one read before it. A writer that takes a log over
+    /// (after a snapshot archive claim, say) uses an epoch higher than any before, so the
+    /// batches an older instance still writes after the takeover never count.
+    pub fn start_with_epoch(
+        sink: impl WalSink,
+        next_lsn: u64,
+        epoch: u64,
+        settings: WalSettings,
+    ) -> Wal {
         let batch_bytes = settings.batch_bytes.max(HEADER_BYTES + 64);
         let buffers = (settings.ring_bytes / batch_bytes).max(2);
         let shared = Arc::new(Shared {
@@ -163,6 +179,7 @@ impl Wal {
             batch_bytes,
             linger: Duration::from_millis(settings.linger_ms),
             durability: settings.commit_durability,
+            epoch,
             batches_written: AtomicU64::new(0),
             bytes_written: AtomicU64::new(0),
             sink_calls: AtomicU64::new(0),
@@ -383,7 +400,7 @@ fn flush_loop(sh: &Shared, mut sink: impl WalSink) {
         }
         if !batches.is_empty() {
             for chunk in batches.iter_mut() {
-                batch::seal(&mut chunk.buf, chunk.first_lsn, chunk.count);
+                batch::seal(&mut chunk.buf, chunk.first_lsn, chunk.count, sh.epoch);
             }
             let framed: Vec<Batch<'_>> = batches
                 .iter()

@@ -103,7 +103,7 @@ fn framed(first_lsn: u64, count: u32, compressible: bool) -> Vec<u8> {
         }
     }
     let mut out = Vec::new();
-    batch::encode(first_lsn, count, &payload, &mut out);
+    batch::encode(first_lsn, count, 0, &payload, &mut out);
     out
 }
 

@@ -1,0 +1,151 @@
+//! Writer epochs in replay: a zombie's batches after a takeover never count, and a takeover
+//! that overlaps the old writer's uncommitted tail drops that tail. Uses an in-memory fake
+//! source (a Vec of framed batches), since the rule is the replay's own logic.
+
+use millpond_wal::batch;
+use millpond_wal::proto::{self, record::Body};
+use millpond_wal::{replay, Error, OwnedChange, StoredBatch, WalPosition, WalSource};
+use prost::Message;
+
+/// A log held in memory: each entry a framed batch.
+struct FakeLog(std::vec::IntoIter<Vec<u8>>, u64);
+
+impl WalSource for FakeLog {
+    fn next_batch(&mut self) -> Result<Option<StoredBatch>, Error> {
+        self.1 += 1;
+        Ok(self.0.next().map(|bytes| StoredBatch {
+            position: WalPosition::Local {
+                segment: 0,
+                offset: self.1,
+            },
+            bytes,
+        }))
+    }
+}
+
+enum R {
+    /// A put of this value to key "k".
+    Put(u8),
+    Commit(i64),
+    Rollback,
+}
+
+fn framed(first_lsn: u64, epoch: u64, records: &[R]) -> Vec<u8> {
+    let mut payload = Vec::new();
+    for r in records {
+        let body = match r {
+            R::Put(v) => Body::Change(proto::StateChange {
+                state: "s".into(),
+                kind: proto::StateKind::Value as i32,
+                key_group: 0,
+                key: b"k".to_vec(),
+                op: Some(proto::state_change::Op::Put(proto::Put {
+                    value: vec![*v],
+                    expires_at_ms: 0,
+                })),
+            }),
+            R::Commit(o) => Body::Commit(proto::CommitMarker {
+                offsets: vec![proto::SourceOffset {
+                    topic: "t".into(),
+                    partition: 0,
+                    next_offset: *o,
+                }],
+                committed_at_ms: 0,
+            }),
+            R::Rollback => Body::Rollback(proto::Rollback {
+                last_committed_lsn: 0,
+            }),
+        };
+        proto::Record { body: Some(body) }
+            .encode_length_delimited(&mut payload)
+            .unwrap();
+    }
+    let mut out = Vec::new();
+    batch::encode(first_lsn, records.len() as u32, epoch, &payload, &mut out);
+    out
+}
+
+/// Replays `log`; returns the values applied and the outcome.
+fn run(log: Vec<Vec<u8>>) -> Result<(Vec<u8>, millpond_wal::ReplayOutcome), Error> {
+    let mut applied = Vec::new();
+    let outcome = replay(&mut FakeLog(log.into_iter(), 0), 0, |c: &OwnedChange| {
+        let millpond_state::ChangeOp::Put { value, .. } = c.as_change().op else {
+            panic!("only puts here")
+        };
+        applied.push(value[0]);
+        Ok::<(), std::io::Error>(())
+    })?;
+    Ok((applied, outcome))
+}
+
+#[test]
+fn a_zombie_batch_after_a_takeover_is_ignored() {
+    let (applied, out) = run(vec![
+        framed(1, 1, &[R::Put(1), R::Commit(1)]),
+        // The new owner (epoch 2) continues at LSN 3.
+        framed(3, 2, &[R::Rollback, R::Put(2), R::Commit(2)]),
+        // The zombie, still at epoch 1, appends with LSNs that would fit.
+        framed(6, 1, &[R::Put(99), R::Commit(99)]),
+        framed(6, 2, &[R::Put(3), R::Commit(3)]),
+    ])
+    .unwrap();
+    assert_eq!(applied, vec![1, 2, 3]);
+    assert_eq!(out.fenced, 1);
+    assert_eq!(out.epoch, 2);
+    assert_eq!(out.last_commit.unwrap().offsets[0].next_offset, 3);
+    assert_eq!(out.next_lsn, 8);
+}
+
+#[test]
+fn a_takeover_drops_the_uncommitted_tail_it_did_not_read() {
+    let (applied, out) = run(vec![
+        framed(1, 1, &[R::Put(1), R::Commit(1)]),
+        // Written by the old owner after the new one read the log (uncommitted).
+        framed(3, 1, &[R::Put(98), R::Put(99)]),
+        // The new owner read up to LSN 2 and starts at 3.
+        framed(3, 2, &[R::Rollback, R::Put(2), R::Commit(2)]),
+    ])
+    .unwrap();
+    assert_eq!(applied, vec![1, 2]);
+    assert_eq!(out.uncommitted, 0);
+    assert_eq!(out.next_lsn, 6);
+}
+
+#[test]
+fn a_takeover_over_a_commit_it_did_not_read_is_reported() {
+    let err = run(vec![
+        framed(1, 1, &[R::Put(1), R::Commit(1)]),
+        framed(3, 1, &[R::Put(98), R::Commit(98)]),
+        framed(3, 2, &[R::Rollback, R::Put(2), R::Commit(2)]),
+    ])
+    .unwrap_err();
+    assert!(
+        matches!(err, Error::Corrupt { what, .. } if what.contains("conflicting writers")),
+        "{err}"
+    );
+}
+
+#[test]
+fn recovery_refuses_a_writer_older_than_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = millpond_wal::WalSettings::default();
+    let open = |epoch| {
+        let sink =
+            millpond_wal::LocalSegmentSink::open(dir.path(), Default::default()).unwrap();
+        let mut source = millpond_wal::LocalSegmentSource::open(dir.path(), 1).unwrap();
+        millpond_wal::recover(sink, &mut source, 0, epoch, settings.clone(), |_c| {
+            Ok::<(), std::io::Error>(())
+        })
+    };
+    let (wal, _) = open(Some(5)).unwrap();
+    wal.commit(&[]).unwrap();
+    wal.close().unwrap();
+    drop(wal);
+    let Err(err) = open(Some(4)) else {
+        panic!("a writer of epoch 4 recovered a log of epoch 5")
+    };
+    assert!(matches!(err, Error::Fenced { .. }), "{err}");
+    let (wal, out) = open(None).unwrap();
+    assert_eq!(out.epoch, 5);
+    wal.close().unwrap();
+}
