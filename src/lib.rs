@@ -1,18 +1,45 @@
 //! millpond: keyed state for stream jobs on Kafka, without Flink's state backends.
 //!
-//! This facade composes the parts. Today it re-exports the keyed state core
-//! ([`millpond_state`] as [`state`]), the write-ahead log ([`millpond_wal`] as [`wal`]) and
-//! snapshots ([`millpond_snapshot`] as [`snapshot`]); the builder that composes all three is
-//! not built yet. The `millpond` binary is the command-line tool (docs/cli.md).
+//! [`Millpond`] composes the parts into one instance per job instance: keyed state
+//! ([`state`]: Flink's five kinds, an LRU hot tier with TTL spilling to redb), whose every
+//! change goes to a write-ahead log ([`wal`]: local segment files, or Apache Pulsar with the
+//! feature `pulsar`), committed together with the Kafka offsets the state reflects, and
+//! snapshots of it in object storage ([`snapshot`]: a local directory, or S3). Opening an
+//! instance restores the latest snapshot, replays the WAL after it, and returns the offsets
+//! to resume the consumer from: exactly-once state after any crash. docs/guide.md maps
+//! Flink's concepts to these.
 //!
 //! ```
-//! use millpond::state::{Store, StringCodec, U64Codec, ValueStateDescriptor};
+//! use millpond::state::{StringCodec, U64Codec, ValueStateDescriptor};
+//! use millpond::wal::SourceOffset;
+//!
 //! let dir = tempfile::tempdir().unwrap();
-//! let store = Store::builder(dir.path()).open().unwrap();
-//! let counts = store.value_state(ValueStateDescriptor::new("counts", StringCodec, U64Codec)).unwrap();
+//! let opening = millpond::Millpond::builder(dir.path()).open().unwrap();
+//! let counts = opening
+//!     .store()
+//!     .value_state(ValueStateDescriptor::new("counts", StringCodec, U64Codec))
+//!     .unwrap();
+//! let job = opening.recover().unwrap();
 //! counts.update(&"a".to_string(), &1).unwrap();
+//! job.commit(&[SourceOffset { topic: "words".into(), partition: 0, next_offset: 1 }]).unwrap();
 //! assert_eq!(counts.get(&"a".to_string()).unwrap(), Some(1));
+//! job.close().unwrap();
 //! ```
+//!
+//! The `millpond` binary is the command-line tool for snapshots and WALs (docs/cli.md).
+
+#![warn(missing_docs)]
+
+mod error;
+mod instance;
+pub mod metrics;
+mod settings;
+mod snapshotter;
+mod wal_location;
+
+pub use error::{Error, Result};
+pub use instance::{Builder, Millpond, Recovering, Recovery};
+pub use settings::Settings;
 
 pub use millpond_snapshot as snapshot;
 pub use millpond_state as state;

@@ -1,0 +1,590 @@
+//! A millpond instance: the keyed state of one job instance, its WAL and its snapshots,
+//! opened by [`Builder`], recovered by [`Recovering::recover`], run as [`Millpond`].
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use crossbeam_channel::Sender;
+use parking_lot::Mutex;
+
+use crate::error::{io, Error, Result};
+use crate::metrics;
+use crate::settings::Settings;
+use crate::snapshot::{
+    Archive, Manifest, RestoreSettings, SnapshotBase, SnapshotReport, SnapshotWriter,
+};
+use crate::snapshotter::{Request, Shared, Snapshotter};
+use crate::state::{
+    BoxError, Change, ChangeSink, Clock, KeyGroupRange, Store, StoreStats, SystemClock,
+};
+use crate::wal::{recover, CommitTicket, SourceOffset, Wal, WalStats};
+use crate::wal_location::WalLocation;
+
+/// Builds a [`Millpond`] instance: a data directory, [`Settings`], and the components that
+/// are not plain data: where the WAL and the snapshots live, and the clock.
+///
+/// The embedded default needs only the data directory: the WAL in local segment files under
+/// `{data_dir}/wal`, snapshots in `file://{data_dir}/snapshots`. In production, give a Pulsar
+/// WAL ([`Builder::pulsar_wal`], feature `pulsar`) and an S3 archive
+/// ([`Builder::snapshots_url`] with `s3://bucket/prefix`).
+pub struct Builder {
+    dir: PathBuf,
+    settings: Settings,
+    clock: Arc<dyn Clock>,
+    archive: Option<Archive>,
+    archive_url: Option<String>,
+    #[cfg(feature = "pulsar")]
+    pulsar: Option<crate::wal::pulsar::PulsarSettings>,
+}
+
+impl std::fmt::Debug for Builder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Builder")
+            .field("dir", &self.dir)
+            .field("settings", &self.settings)
+            .field("archive_url", &self.archive_url)
+            .finish()
+    }
+}
+
+impl Builder {
+    pub(crate) fn new(dir: impl AsRef<Path>) -> Builder {
+        Builder {
+            dir: dir.as_ref().to_owned(),
+            settings: Settings::default(),
+            clock: Arc::new(SystemClock),
+            archive: None,
+            archive_url: None,
+            #[cfg(feature = "pulsar")]
+            pulsar: None,
+        }
+    }
+
+    /// Sets the settings (default: [`Settings::default`]).
+    pub fn settings(mut self, settings: Settings) -> Self {
+        self.settings = settings;
+        self
+    }
+
+    /// Sets the clock that TTL uses (default: the system clock).
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    /// Keeps snapshots at `url`: `file:///absolute/dir` or `s3://bucket/prefix` (S3 configured
+    /// from the `AWS_*` environment variables, see [`Archive::open`]). Default:
+    /// `file://{data_dir}/snapshots`.
+    pub fn snapshots_url(mut self, url: impl Into<String>) -> Self {
+        self.archive_url = Some(url.into());
+        self.archive = None;
+        self
+    }
+
+    /// Keeps snapshots in `archive`, for an object store configured in code
+    /// ([`Archive::from_store`]).
+    pub fn snapshots(mut self, archive: Archive) -> Self {
+        self.archive = Some(archive);
+        self.archive_url = None;
+        self
+    }
+
+    /// Keeps the WAL in Apache Pulsar: one non-partitioned topic per instance
+    /// (`settings.topic`, see [`wal_topic`](crate::wal::pulsar::wal_topic)), with TLS
+    /// (`pulsar+ssl://`, `tls_trust_cert_file`) and token authentication (`auth_token`) as
+    /// `settings` says. On open, the instance takes the topic over: an older instance still
+    /// connected is fenced by the broker. Default: local segment files in `{data_dir}/wal`.
+    #[cfg(feature = "pulsar")]
+    pub fn pulsar_wal(mut self, settings: crate::wal::pulsar::PulsarSettings) -> Self {
+        self.pulsar = Some(settings);
+        self
+    }
+
+    /// Opens the instance: locks the data directory, claims the snapshot archive (which fences
+    /// an older instance's snapshots), and opens the store over the latest snapshot, read in
+    /// place while its files download. Register the job's states on
+    /// [`Recovering::store`], then call [`Recovering::recover`] to replay the WAL.
+    pub fn open(self) -> Result<Recovering> {
+        let started = Instant::now();
+        let span = tracing::info_span!("millpond.open", dir = %self.dir.display());
+        let _enter = span.enter();
+        let dir = self.dir;
+        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+        let lock = DirLock::acquire(&dir.join("LOCK"))?;
+        let mut settings = self.settings;
+        if settings.snapshot.temp_dir.is_none() {
+            settings.snapshot.temp_dir = Some(dir.join("tmp"));
+        }
+        if let Some(tmp) = &settings.snapshot.temp_dir {
+            // Sort runs of a snapshot cut short by a crash.
+            let _ = std::fs::remove_dir_all(tmp);
+            std::fs::create_dir_all(tmp).map_err(io(tmp))?;
+        }
+        let archive = match (self.archive, self.archive_url) {
+            (Some(a), _) => a,
+            (None, Some(url)) => Archive::open(&url)?,
+            (None, None) => Archive::open(&format!(
+                "file://{}",
+                abs(&dir)?.join("snapshots").display()
+            ))?,
+        };
+        #[cfg(feature = "pulsar")]
+        let location = match self.pulsar {
+            Some(p) => WalLocation::Pulsar(p),
+            None => WalLocation::Local {
+                dir: dir.join("wal"),
+                settings: settings.segments.clone(),
+            },
+        };
+        #[cfg(not(feature = "pulsar"))]
+        let location = WalLocation::Local {
+            dir: dir.join("wal"),
+            settings: settings.segments.clone(),
+        };
+
+        let max_key_groups = settings.store.max_key_groups;
+        let writer =
+            SnapshotWriter::claim(archive.clone(), max_key_groups, settings.snapshot.clone())?;
+        let parent = writer.parent().clone();
+        if parent.max_key_groups != max_key_groups {
+            return Err(Error::Invalid {
+                reason: format!(
+                    "the snapshot archive {} was written with {} key groups, the settings say {}; \
+                     key groups cannot change (rescale by key-group range instead)",
+                    archive.url(),
+                    parent.max_key_groups,
+                    max_key_groups
+                ),
+            });
+        }
+        let owned = settings
+            .store
+            .key_groups
+            .unwrap_or_else(|| KeyGroupRange::all(max_key_groups));
+        let sink = Arc::new(LogOnceOpen::default());
+        let mut store = Store::builder(dir.join("state"))
+            .settings(settings.store.clone())
+            .clock(SharedClock(self.clock.clone()))
+            .change_sink_arc(sink.clone());
+        let base_dir = dir.join("base");
+        if parent.files.is_empty() {
+            let _ = std::fs::remove_dir_all(&base_dir);
+        } else {
+            remove_unreferenced(&base_dir, &parent);
+            let restore = RestoreSettings {
+                key_groups: Some(owned),
+                ..settings.restore.clone()
+            };
+            let base = SnapshotBase::open(&archive, &parent, &base_dir, &restore)?;
+            store = store.base(base, parent.states.clone());
+        }
+        let store = store.open()?;
+        tracing::info!(
+            epoch = writer.epoch(),
+            snapshot = parent.sequence,
+            snapshot_lsn = parent.lsn,
+            seconds = started.elapsed().as_secs_f64(),
+            "opened over the latest snapshot"
+        );
+        Ok(Recovering {
+            dir,
+            settings,
+            lock,
+            store,
+            sink,
+            writer,
+            location,
+            started,
+        })
+    }
+}
+
+/// An instance opened over its latest snapshot, before the WAL is replayed: register the job's
+/// states on [`Recovering::store`], then [`Recovering::recover`].
+pub struct Recovering {
+    dir: PathBuf,
+    settings: Settings,
+    lock: DirLock,
+    store: Store,
+    sink: Arc<LogOnceOpen>,
+    writer: SnapshotWriter,
+    location: WalLocation,
+    started: Instant,
+}
+
+impl std::fmt::Debug for Recovering {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Recovering")
+            .field("dir", &self.dir)
+            .field("snapshot", &self.writer.parent().sequence)
+            .finish()
+    }
+}
+
+impl Recovering {
+    /// The store, to register the job's states on before the WAL is replayed: every state
+    /// the WAL names since the last snapshot must be registered (a state of the snapshot
+    /// itself is known from it). Changing state before [`Recovering::recover`] fails.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The snapshot the store was opened over (a claim manifest with no files when there is
+    /// none yet).
+    pub fn snapshot(&self) -> &Manifest {
+        self.writer.parent()
+    }
+
+    /// Replays what the WAL committed after the snapshot, continues the WAL with this
+    /// instance's writer, and starts the background snapshots. The returned instance's
+    /// [`Millpond::resume_offsets`] are the source offsets to seek the consumer to.
+    pub fn recover(self) -> Result<Millpond> {
+        let span = tracing::info_span!("millpond.recover");
+        let _enter = span.enter();
+        let parent = self.writer.parent().clone();
+        let epoch = self.writer.epoch();
+        // The sink first: connecting it fences an older writer, so nothing it appends can land
+        // after the replay read the log (docs/wal.md, "Writer epochs").
+        let sink = self.location.sink()?;
+        let mut source = self.location.source(&parent)?;
+        let store = &self.store;
+        let (wal, outcome) = recover(
+            sink,
+            source.as_mut(),
+            parent.lsn,
+            Some(epoch),
+            self.settings.wal.clone(),
+            |change| store.apply(&change.as_change()),
+        )?;
+        drop(source);
+        store.replay_done();
+        let wal = Arc::new(wal);
+        let _ = self.sink.0.set(wal.clone());
+        let offsets = match &outcome.last_commit {
+            Some(point) => point.offsets.clone(),
+            None => parent.offsets.clone(),
+        };
+        let seconds = self.started.elapsed().as_secs_f64();
+        ::metrics::histogram!(metrics::RECOVERY_SECONDS).record(seconds);
+        tracing::info!(
+            replayed = outcome.applied,
+            discarded = outcome.uncommitted,
+            fenced_batches = outcome.fenced,
+            epoch,
+            seconds,
+            "recovered"
+        );
+        let shared = Arc::new(Shared {
+            failure: Mutex::new(None),
+            snapshot_lsn: AtomicU64::new(parent.lsn),
+            last_snapshot: Mutex::new(None),
+        });
+        let (requests, receiver) = crossbeam_channel::unbounded();
+        let thread = Snapshotter {
+            writer: self.writer,
+            store: self.store.clone(),
+            wal: wal.clone(),
+            location: self.location,
+            settings: self.settings.clone(),
+            shared: shared.clone(),
+        }
+        .spawn(receiver);
+        Ok(Millpond {
+            store: self.store,
+            wal,
+            positions: Mutex::new(
+                offsets
+                    .iter()
+                    .map(|o| ((o.topic.clone(), o.partition), o.next_offset))
+                    .collect(),
+            ),
+            resume: offsets,
+            recovery: Recovery {
+                snapshot_sequence: parent.sequence,
+                snapshot_lsn: parent.lsn,
+                replayed: outcome.applied,
+                discarded: outcome.uncommitted,
+                fenced_batches: outcome.fenced,
+                epoch,
+                seconds,
+            },
+            shared,
+            requests,
+            thread: Mutex::new(Some(thread)),
+            closed: AtomicBool::new(false),
+            _lock: self.lock,
+        })
+    }
+}
+
+/// What recovery did at open.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct Recovery {
+    /// The snapshot restored (0: none).
+    pub snapshot_sequence: u64,
+    /// The LSN the snapshot covers.
+    pub snapshot_lsn: u64,
+    /// Changes replayed from the WAL.
+    pub replayed: u64,
+    /// Changes after the WAL's last commit marker, discarded: their source records are read
+    /// again from the resume offsets.
+    pub discarded: u64,
+    /// WAL batches ignored as an older instance's, written after a newer one took over.
+    pub fenced_batches: u64,
+    /// This instance's writer epoch (higher than any instance before it).
+    pub epoch: u64,
+    /// Seconds from `open` to the end of the replay.
+    pub seconds: f64,
+}
+
+/// A running millpond instance: keyed state whose every change goes to the WAL, commits that
+/// make the changes and the source offsets durable together, and snapshots in the background.
+///
+/// ```
+/// use millpond::state::{StringCodec, U64Codec, ValueStateDescriptor};
+/// use millpond::wal::SourceOffset;
+///
+/// let dir = tempfile::tempdir().unwrap();
+/// let counts = || ValueStateDescriptor::new("counts", StringCodec, U64Codec);
+///
+/// // Open: restore the latest snapshot, register the states, replay the WAL.
+/// let opening = millpond::Millpond::builder(dir.path()).open().unwrap();
+/// let state = opening.store().value_state(counts()).unwrap();
+/// let job = opening.recover().unwrap();
+/// assert!(job.resume_offsets().is_empty());
+///
+/// // Process records, then commit the offsets the state now reflects.
+/// state.update(&"ada".to_string(), &3).unwrap();
+/// job.commit(&[SourceOffset { topic: "in".into(), partition: 0, next_offset: 1 }]).unwrap();
+/// job.snapshot_now().unwrap();
+/// job.close().unwrap();
+///
+/// // After a restart (or a crash), the state and the offsets are back.
+/// let opening = millpond::Millpond::builder(dir.path()).open().unwrap();
+/// let state = opening.store().value_state(counts()).unwrap();
+/// let job = opening.recover().unwrap();
+/// assert_eq!(job.resume_offset("in", 0), Some(1));
+/// assert_eq!(state.get(&"ada".to_string()).unwrap(), Some(3));
+/// ```
+pub struct Millpond {
+    store: Store,
+    wal: Arc<Wal>,
+    /// The next offset of every source partition, as last committed.
+    positions: Mutex<BTreeMap<(String, i32), i64>>,
+    resume: Vec<SourceOffset>,
+    recovery: Recovery,
+    shared: Arc<Shared>,
+    requests: Sender<Request>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    closed: AtomicBool,
+    _lock: DirLock,
+}
+
+impl std::fmt::Debug for Millpond {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Millpond")
+            .field("recovery", &self.recovery)
+            .finish()
+    }
+}
+
+impl Millpond {
+    /// A builder for the instance whose data directory is `dir`.
+    pub fn builder(dir: impl AsRef<Path>) -> Builder {
+        Builder::new(dir)
+    }
+
+    /// The keyed state. Every change goes to the WAL and counts once a later
+    /// [`Millpond::commit`] is durable.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The source offsets the state reflects: seek the consumer to them (each is the next
+    /// record to read). Empty for a new job.
+    pub fn resume_offsets(&self) -> &[SourceOffset] {
+        &self.resume
+    }
+
+    /// The resume offset of one source partition.
+    pub fn resume_offset(&self, topic: &str, partition: i32) -> Option<i64> {
+        self.resume
+            .iter()
+            .find(|o| o.topic == topic && o.partition == partition)
+            .map(|o| o.next_offset)
+    }
+
+    /// What recovery did when this instance opened.
+    pub fn recovery(&self) -> &Recovery {
+        &self.recovery
+    }
+
+    /// Commits: the state changes made so far and the source offsets they reflect become
+    /// durable together, in one WAL commit marker. `offsets` are the next offsets to read of
+    /// the partitions that advanced; partitions not named keep their last committed offset.
+    /// With the default [`CommitDurability::Wait`](crate::wal::CommitDurability) it returns
+    /// once durable; only then may the job tell the outside world (commit a Kafka transaction,
+    /// acknowledge a request).
+    ///
+    /// Fails with [`Error::Fenced`] once a newer instance took over.
+    pub fn commit(&self, offsets: &[SourceOffset]) -> Result<CommitTicket> {
+        if self.closed.load(Ordering::Relaxed) {
+            return Err(Error::Closed);
+        }
+        self.shared.check()?;
+        let started = Instant::now();
+        let all: Vec<SourceOffset> = {
+            let mut positions = self.positions.lock();
+            for o in offsets {
+                positions.insert((o.topic.clone(), o.partition), o.next_offset);
+            }
+            positions
+                .iter()
+                .map(|((topic, partition), next)| SourceOffset {
+                    topic: topic.clone(),
+                    partition: *partition,
+                    next_offset: *next,
+                })
+                .collect()
+        };
+        let ticket = self.wal.commit(&all).inspect_err(|e| {
+            if matches!(e, crate::wal::Error::Fenced { .. }) {
+                self.shared.fail(&Error::Fenced {
+                    reason: e.to_string(),
+                });
+            }
+        })?;
+        ::metrics::histogram!(metrics::COMMIT_SECONDS).record(started.elapsed().as_secs_f64());
+        Ok(ticket)
+    }
+
+    /// Writes a snapshot now, from what the WAL committed since the last one, and waits for
+    /// it. `None` if nothing was committed since. Background snapshots
+    /// ([`Settings::snapshot_interval`]) do the same on their own.
+    pub fn snapshot_now(&self) -> Result<Option<SnapshotReport>> {
+        let (reply, answer) = crossbeam_channel::bounded(1);
+        self.requests
+            .send(Request::Snapshot(reply))
+            .map_err(|_| Error::Closed)?;
+        answer.recv().map_err(|_| Error::Closed)?
+    }
+
+    /// The last snapshot this instance wrote.
+    pub fn last_snapshot(&self) -> Option<SnapshotReport> {
+        self.shared.last_snapshot.lock().clone()
+    }
+
+    /// The store's and the WAL's counters.
+    pub fn stats(&self) -> (StoreStats, WalStats) {
+        (self.store.stats(), self.wal.stats())
+    }
+
+    /// Closes gracefully: waits for a snapshot in progress, stops the background thread,
+    /// writes what the WAL holds, and closes the store. Changes after the last commit are not
+    /// committed by closing; they are discarded by the next recovery, like after a crash.
+    pub fn close(self) -> Result<()> {
+        self.shutdown()
+    }
+
+    fn shutdown(&self) -> Result<()> {
+        if self.closed.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        let _ = self.requests.send(Request::Stop);
+        if let Some(thread) = self.thread.lock().take() {
+            let _ = thread.join();
+        }
+        let wal = self.wal.close();
+        let store = self.store.close();
+        wal?;
+        store?;
+        Ok(())
+    }
+}
+
+impl Drop for Millpond {
+    fn drop(&mut self) {
+        let _ = self.shutdown();
+    }
+}
+
+/// The store is opened before the WAL is recovered (replay needs the store), so its change
+/// sink is connected to the WAL once recovery is done.
+#[derive(Default)]
+struct LogOnceOpen(OnceLock<Arc<Wal>>);
+
+impl ChangeSink for LogOnceOpen {
+    fn append(&self, change: &Change<'_>) -> std::result::Result<(), BoxError> {
+        match self.0.get() {
+            Some(wal) => Ok(wal.append_change(change).map(|_| ())?),
+            None => Err("the instance is not recovered yet: call Recovering::recover first".into()),
+        }
+    }
+}
+
+struct SharedClock(Arc<dyn Clock>);
+
+impl Clock for SharedClock {
+    fn now_ms(&self) -> u64 {
+        self.0.now_ms()
+    }
+}
+
+/// An exclusive lock on the data directory for the life of the instance: two processes never
+/// write one WAL or one store.
+struct DirLock(#[allow(dead_code)] File);
+
+impl DirLock {
+    fn acquire(path: &Path) -> Result<DirLock> {
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(io(path))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let holder = std::fs::read_to_string(path).unwrap_or_default();
+                return Err(Error::Locked {
+                    path: path.display().to_string(),
+                    holder: holder.trim().to_owned(),
+                });
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(io(path)(e)),
+        }
+        file.set_len(0).map_err(io(path))?;
+        let _ = writeln!(file, "pid {}", std::process::id());
+        Ok(DirLock(file))
+    }
+}
+
+fn abs(dir: &Path) -> Result<PathBuf> {
+    std::path::absolute(dir).map_err(io(dir))
+}
+
+/// Deletes local copies of snapshot files that `manifest` does not name (older snapshots').
+fn remove_unreferenced(dir: &Path, manifest: &Manifest) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let keep: std::collections::HashSet<&str> = manifest
+        .files
+        .iter()
+        .map(|f| f.path.rsplit('/').next().unwrap_or(&f.path))
+        .collect();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if !keep.contains(name.to_string_lossy().as_ref()) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}

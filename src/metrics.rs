@@ -1,0 +1,71 @@
+//! The metrics an instance reports through the [`metrics`](https://docs.rs/metrics) facade.
+//! Install any `metrics` recorder (Prometheus exporter, statsd, …) to collect them; without
+//! one they cost a few atomic loads. Every name is listed here, with its unit.
+
+use crate::state::StoreStats;
+use crate::wal::WalStats;
+
+/// Gauge, bytes: state held in memory (the hot tier and what waits to be spilled).
+pub const STATE_MEMORY_BYTES: &str = "millpond_state_memory_bytes";
+/// Gauge, entries: entries held in memory.
+pub const STATE_MEMORY_ENTRIES: &str = "millpond_state_memory_entries";
+/// Gauge, 0..=1: share of reads served from memory since the last refresh.
+pub const STATE_HIT_RATIO: &str = "millpond_state_hit_ratio";
+/// Counter: reads served from memory.
+pub const STATE_HITS: &str = "millpond_state_hits_total";
+/// Counter: reads that went below memory (redb or the restored snapshot).
+pub const STATE_MISSES: &str = "millpond_state_misses_total";
+/// Counter: entries written from memory to redb (spills).
+pub const STATE_SPILLS: &str = "millpond_state_spills_total";
+/// Counter: entries evicted from memory.
+pub const STATE_EVICTIONS: &str = "millpond_state_evictions_total";
+/// Gauge, records: WAL records appended but not yet durable.
+pub const WAL_LAG_RECORDS: &str = "millpond_wal_lag_records";
+/// Counter, bytes: framed bytes the WAL sink accepted.
+pub const WAL_BYTES: &str = "millpond_wal_bytes_total";
+/// Gauge, records: WAL records since the last snapshot (what a crash would replay).
+pub const SNAPSHOT_LAG_RECORDS: &str = "millpond_snapshot_lag_records";
+/// Histogram, seconds: [`Millpond::commit`](crate::Millpond::commit), until durable.
+pub const COMMIT_SECONDS: &str = "millpond_commit_seconds";
+/// Histogram, seconds: writing one snapshot, from start to the manifest's commit.
+pub const SNAPSHOT_SECONDS: &str = "millpond_snapshot_seconds";
+/// Counter, bytes: data file bytes uploaded by snapshots.
+pub const SNAPSHOT_BYTES: &str = "millpond_snapshot_bytes_total";
+/// Counter: snapshots that failed (the instance stops if one was fenced).
+pub const SNAPSHOT_FAILURES: &str = "millpond_snapshot_failures_total";
+/// Histogram, seconds: recovery at open (restore and WAL replay), until the first record can
+/// be served.
+pub const RECOVERY_SECONDS: &str = "millpond_recovery_seconds";
+
+/// Turns cumulative counters into metric increments between two refreshes.
+#[derive(Debug, Default)]
+pub(crate) struct Reporter {
+    last_store: StoreStats,
+    last_wal_bytes: u64,
+}
+
+impl Reporter {
+    pub(crate) fn report(&mut self, store: &StoreStats, wal: &WalStats, snapshot_lsn: u64) {
+        let before = &self.last_store;
+        let hits = store.hits.saturating_sub(before.hits);
+        let misses = store.misses.saturating_sub(before.misses);
+        metrics::gauge!(STATE_MEMORY_BYTES).set((store.hot_bytes + store.pending_bytes) as f64);
+        metrics::gauge!(STATE_MEMORY_ENTRIES)
+            .set((store.hot_entries + store.pending_entries) as f64);
+        if hits + misses > 0 {
+            metrics::gauge!(STATE_HIT_RATIO).set(hits as f64 / (hits + misses) as f64);
+        }
+        metrics::counter!(STATE_HITS).increment(hits);
+        metrics::counter!(STATE_MISSES).increment(misses);
+        metrics::counter!(STATE_SPILLS).increment(store.spills.saturating_sub(before.spills));
+        metrics::counter!(STATE_EVICTIONS)
+            .increment(store.evictions.saturating_sub(before.evictions));
+        metrics::gauge!(WAL_LAG_RECORDS).set(wal.next_lsn.saturating_sub(wal.durable_below) as f64);
+        metrics::counter!(WAL_BYTES)
+            .increment(wal.bytes_written.saturating_sub(self.last_wal_bytes));
+        metrics::gauge!(SNAPSHOT_LAG_RECORDS)
+            .set(wal.next_lsn.saturating_sub(snapshot_lsn + 1) as f64);
+        self.last_store = *store;
+        self.last_wal_bytes = wal.bytes_written;
+    }
+}
