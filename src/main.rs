@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! millpond snapshot list|inspect|verify|restore|dump|gc --store URL …
+//! millpond snapshot rescale --from URL[@ID][#A..B]… --to URL --key-groups A..B
 //! millpond wal inspect DIR
 //! ```
 //!
@@ -128,6 +129,9 @@ enum SnapshotCommand {
         #[arg(long, value_enum, default_value_t = Render::Auto)]
         value_as: Render,
     },
+    /// Builds, in an empty archive, the first snapshot of key groups A..B taken from one or
+    /// more instances' snapshots: the state of one instance of a rescaled job.
+    Rescale(cli::snapshot::RescaleArgs),
     /// Keeps the newest N snapshots; deletes older manifests and unreferenced data files.
     Gc {
         #[command(flatten)]
@@ -259,6 +263,7 @@ fn run(cli: Cli) -> cli::Result<()> {
                 },
                 &mut out,
             ),
+            SnapshotCommand::Rescale(args) => cli::snapshot::rescale(&args, &mut out),
             SnapshotCommand::Gc {
                 store,
                 retain,

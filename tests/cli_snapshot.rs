@@ -549,6 +549,132 @@ fn gc_keeps_the_latest() {
 }
 
 #[test]
+fn rescale_splits_and_merges_back() {
+    let f = fixture();
+    let url = |name: &str| format!("file://{}", f.dir.path().join(name).display());
+    let latest = Archive::open(&f.store_url()).unwrap();
+    // Split: the latest snapshot by default, or one named by id.
+    let from_id = format!("{}@{}", f.store_url(), f.latest.id);
+    let mut entries = 0;
+    for (from, to, range) in [
+        (f.store_url(), url("half-0"), "0..64"),
+        (from_id, url("half-1"), "64..128"),
+    ] {
+        let o = millpond(&[
+            "snapshot",
+            "rescale",
+            "--from",
+            &from,
+            "--to",
+            &to,
+            "--key-groups",
+            range,
+        ]);
+        assert_ok(&o);
+        let out = stdout(&o);
+        let m = Archive::open(&to).unwrap().latest().unwrap().unwrap();
+        assert!(out.contains(&format!("from {} snapshot {}", f.store_url(), f.latest.id)));
+        assert!(
+            out.contains(&format!(
+                "wrote snapshot {} to {to}: key groups {range}",
+                m.id
+            )),
+            "{out}"
+        );
+        assert!(
+            out.contains(&format!("{} entries", m.total_entries())),
+            "{out}"
+        );
+        assert_eq!((m.lsn, m.offsets.clone()), (0, f.latest.offsets.clone()));
+        entries += m.total_entries();
+    }
+    assert_eq!(entries, latest.latest().unwrap().unwrap().total_entries());
+
+    // Merge, each source with its instance's range; a plain path for the new archive.
+    let merged = f.dir.path().join("merged");
+    let merged_s = merged.to_str().unwrap();
+    let (a, b) = (
+        format!("{}#0..64", url("half-0")),
+        format!("{}@latest#64..128", url("half-1")),
+    );
+    let rescale = |to: &str| {
+        millpond(&[
+            "snapshot",
+            "rescale",
+            "--from",
+            &a,
+            "--from",
+            &b,
+            "--to",
+            to,
+            "--key-groups",
+            "0..128",
+        ])
+    };
+    let o = rescale(merged_s);
+    assert_ok(&o);
+    assert!(stdout(&o).contains("key groups 64..128"), "{}", stdout(&o));
+    let o = millpond(&[
+        "snapshot",
+        "dump",
+        "latest",
+        "--state",
+        "counts",
+        "--value-as",
+        "u64",
+        "--store",
+        merged_s,
+    ]);
+    assert_ok(&o);
+    let got: BTreeMap<String, u64> = json_lines(&o)
+        .iter()
+        .map(|l| {
+            (
+                l["key"].as_str().unwrap().to_owned(),
+                l["value"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(got, f.counts);
+
+    // Not into an archive that holds snapshots; not from overlapping sources.
+    assert_error(&rescale(merged_s), "not empty");
+    let o = millpond(&[
+        "snapshot",
+        "rescale",
+        "--from",
+        &url("half-0"),
+        "--from",
+        &url("half-0"),
+        "--to",
+        &url("again"),
+        "--key-groups",
+        "0..128",
+    ]);
+    assert_error(&o, "both hold key groups");
+    let o = millpond(&[
+        "snapshot",
+        "rescale",
+        "--from",
+        &url("half-0"),
+        "--to",
+        &url("again"),
+        "--key-groups",
+        "0..999",
+    ]);
+    assert_error(&o, "0..128");
+    let o = millpond(&[
+        "snapshot",
+        "rescale",
+        "--to",
+        &url("again"),
+        "--key-groups",
+        "0..1",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+}
+
+#[test]
 fn wal_inspect_shows_batches_and_the_last_commit() {
     let f = fixture();
     let wal = f.wal_dir();

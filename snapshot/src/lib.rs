@@ -11,6 +11,8 @@
 //! - [`SnapshotBase`]: a restored snapshot as a store's base tier
 //!   (`millpond_state::StoreBuilder::base`): reads served from the files in place, fetched
 //!   in the background.
+//! - [`rescale`]: the first snapshot of a new archive holding one key-group range of one or
+//!   more instances' snapshots, for a job whose parallelism changes (split or merge).
 //! - [`Manifest`] and data files ([`DataFileWriter`], [`DataFile`]): the formats, byte by
 //!   byte in docs/snapshot.md.
 //!
@@ -61,6 +63,7 @@ mod error;
 mod fetch;
 pub mod manifest;
 pub mod read_at;
+mod rescale;
 mod restore;
 mod writer;
 
@@ -71,5 +74,6 @@ pub use data_file::{DataFile, DataFileInfo, DataFileSettings, DataFileWriter};
 pub use error::{Error, Result};
 pub use manifest::{FileRef, Manifest, ManifestKind};
 pub use read_at::{InMemory, LocalFile, ReadAt};
+pub use rescale::{rescale, RescaleReport, RescaleSource};
 pub use restore::{RestoreSettings, SnapshotBase};
 pub use writer::{SnapshotBuilder, SnapshotReport, SnapshotSettings, SnapshotWriter};

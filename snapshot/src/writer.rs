@@ -425,18 +425,7 @@ impl SnapshotBuilder {
             states,
             files,
         };
-        // The outcome of a failed create is unknown; committing the same manifest again
-        // resolves it (it finds itself there, or the sequence still free).
-        let mut attempt = 0;
-        loop {
-            match archive.commit(&manifest) {
-                Err(Error::ObjectStore { .. }) if attempt < 3 => {
-                    attempt += 1;
-                    std::thread::sleep(std::time::Duration::from_millis(100 << attempt));
-                }
-                other => break other?,
-            }
-        }
+        commit_retrying(archive, &manifest)?;
         Ok(SnapshotReport {
             manifest,
             changes: self.changes,
@@ -445,6 +434,22 @@ impl SnapshotBuilder {
             runs,
             seconds: self.started.elapsed().as_secs_f64(),
         })
+    }
+}
+
+/// Commits `manifest` (`Archive::commit`), creating it again after an object-store failure
+/// (up to 3 times): the outcome of a failed create is unknown, and committing the same
+/// manifest again resolves it (it finds itself there, or the sequence still free).
+pub(crate) fn commit_retrying(archive: &Archive, manifest: &Manifest) -> Result<()> {
+    let mut attempt = 0;
+    loop {
+        match archive.commit(manifest) {
+            Err(Error::ObjectStore { .. }) if attempt < 3 => {
+                attempt += 1;
+                std::thread::sleep(std::time::Duration::from_millis(100 << attempt));
+            }
+            other => return other,
+        }
     }
 }
 
@@ -557,17 +562,17 @@ impl<'a> ParentEntries<'a> {
 
 /// Cuts the output into data files at key-group boundaries: once a file reaches the target
 /// size, and always before a reused file's range (so that ranges never overlap).
-struct FileSplitter<'a> {
-    archive: &'a Archive,
-    id: &'a str,
-    sequence: u64,
-    settings: &'a SnapshotSettings,
-    reused_starts: Vec<u16>,
-    current: Option<OpenFile<'a>>,
-    written: Vec<FileRef>,
+pub(crate) struct FileSplitter<'a> {
+    pub(crate) archive: &'a Archive,
+    pub(crate) id: &'a str,
+    pub(crate) sequence: u64,
+    pub(crate) settings: &'a SnapshotSettings,
+    pub(crate) reused_starts: Vec<u16>,
+    pub(crate) current: Option<OpenFile<'a>>,
+    pub(crate) written: Vec<FileRef>,
 }
 
-struct OpenFile<'a> {
+pub(crate) struct OpenFile<'a> {
     writer: DataFileWriter<crate::archive::Upload<'a>>,
     path: String,
     last_kg: u16,
@@ -576,7 +581,7 @@ struct OpenFile<'a> {
 }
 
 impl<'a> FileSplitter<'a> {
-    fn add(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
+    pub(crate) fn add(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
         let (kg, _, _) = split_composite_key(key).ok_or_else(|| Error::Invalid {
             reason: "internal: a key shorter than its prefix".into(),
         })?;
@@ -609,7 +614,7 @@ impl<'a> FileSplitter<'a> {
         Ok(())
     }
 
-    fn close(&mut self) -> Result<()> {
+    pub(crate) fn close(&mut self) -> Result<()> {
         let Some(f) = self.current.take() else {
             return Ok(());
         };
@@ -630,7 +635,7 @@ impl<'a> FileSplitter<'a> {
         Ok(())
     }
 
-    fn finish(mut self) -> Result<Vec<FileRef>> {
+    pub(crate) fn finish(mut self) -> Result<Vec<FileRef>> {
         self.close()?;
         Ok(self.written)
     }

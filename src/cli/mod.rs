@@ -123,14 +123,7 @@ fn io_error(e: std::io::Error) -> CliError {
 /// relative or absolute, is taken as a local directory.
 pub fn open_archive(url: &str) -> Result<Archive> {
     let url = url.trim();
-    let local = match url.strip_prefix("file://") {
-        Some(path) => Some(std::path::PathBuf::from(path)),
-        None if !url.contains("://") && !url.is_empty() => {
-            Some(std::path::absolute(url).map_err(|e| CliError::new(format!("'{url}': {e}")))?)
-        }
-        None => None,
-    };
-    let url = match local {
+    let url = match local_dir(url)? {
         Some(path) => {
             if !path.is_absolute() {
                 return Err(CliError::new(format!(
@@ -148,6 +141,29 @@ pub fn open_archive(url: &str) -> Result<Archive> {
         None => url.to_owned(),
     };
     Ok(Archive::open(&url)?)
+}
+
+/// The directory of a local archive URL (`file:///dir` or a plain path, made absolute);
+/// `None` for another scheme.
+fn local_dir(url: &str) -> Result<Option<std::path::PathBuf>> {
+    Ok(match url.strip_prefix("file://") {
+        Some(path) => Some(std::path::PathBuf::from(path)),
+        None if !url.contains("://") && !url.is_empty() => {
+            Some(std::path::absolute(url).map_err(|e| CliError::new(format!("'{url}': {e}")))?)
+        }
+        None => None,
+    })
+}
+
+/// Opens the archive at `url` that a command writes a new snapshot into: like
+/// [`open_archive`], but a missing local directory is created.
+pub fn open_new_archive(url: &str) -> Result<Archive> {
+    let url = url.trim();
+    if let Some(dir) = local_dir(url)?.filter(|d| d.is_absolute()) {
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| CliError::new(format!("creating {}: {e}", dir.display())))?;
+    }
+    open_archive(url)
 }
 
 /// Parses `A..B` (end exclusive) into a key-group range; for clap.

@@ -1,10 +1,12 @@
-//! `millpond snapshot …`: list, inspect, verify, restore, dump and collect garbage.
+//! `millpond snapshot …`: list, inspect, verify, restore, dump, rescale and collect garbage.
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use millpond_snapshot::{Archive, Manifest, ManifestKind, RestoreSettings, SnapshotBase};
+use millpond_snapshot::{
+    Archive, Manifest, ManifestKind, RescaleSource, RestoreSettings, SnapshotBase, SnapshotSettings,
+};
 use millpond_state::{
     decode_entry, split_composite_key, EntryView, KeyGroupRange, StateSchema, TtlConfig,
     TtlUpdateType, TtlVisibility,
@@ -13,7 +15,7 @@ use millpond_wal::{SourceOffset, WalPosition};
 use serde_json::{json, Value};
 
 use super::render::{render, rfc3339_ms, size, Render, Table};
-use super::{check_key_groups, progress, CliError, Out, Result};
+use super::{check_key_groups, parse_key_groups, progress, CliError, Out, Result};
 
 /// Name of the manifest `restore` writes next to the files.
 pub const RESTORED_MANIFEST: &str = "manifest.mpm";
@@ -586,6 +588,147 @@ pub fn dump(archive: &Archive, args: &DumpArgs, out: &mut Out) -> Result<()> {
         schema.name, schema.kind, m.id
     );
     Ok(())
+}
+
+/// One source of `rescale`: `URL[@SNAPSHOT_ID][#A..B]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RescaleFrom {
+    /// The instance's archive.
+    pub url: String,
+    /// Snapshot id, sequence or `latest` (the default).
+    pub id: String,
+    /// The key groups the instance owned; `None`: whatever its files hold.
+    pub key_groups: Option<KeyGroupRange>,
+}
+
+/// Whether `s` is a snapshot id (`<20 digits>-<16 hex digits>`), a sequence or `latest`.
+fn is_snapshot_id(s: &str) -> bool {
+    let digits = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
+    match s.split_once('-') {
+        None => s == "latest" || digits(s),
+        Some((seq, random)) => {
+            seq.len() == 20
+                && digits(seq)
+                && random.len() == 16
+                && random.bytes().all(|b| b.is_ascii_hexdigit())
+        }
+    }
+}
+
+/// Parses `URL[@SNAPSHOT_ID][#A..B]`; for clap. An `@…` or `#…` suffix that is not a
+/// snapshot id or a range is part of the URL.
+pub fn parse_rescale_from(s: &str) -> std::result::Result<RescaleFrom, String> {
+    let mut rest = s.trim();
+    let mut key_groups = None;
+    if let Some((head, range)) = rest.rsplit_once('#') {
+        if range.contains("..") {
+            key_groups = Some(parse_key_groups(range)?);
+            rest = head;
+        }
+    }
+    let mut id = "latest";
+    if let Some((head, tail)) = rest.rsplit_once('@') {
+        if is_snapshot_id(tail) {
+            id = tail;
+            rest = head;
+        }
+    }
+    if rest.is_empty() {
+        return Err(format!(
+            "expected URL[@SNAPSHOT_ID][#A..B], e.g. s3://bucket/job-0@latest#0..64, not '{s}'"
+        ));
+    }
+    Ok(RescaleFrom {
+        url: rest.to_owned(),
+        id: id.to_owned(),
+        key_groups,
+    })
+}
+
+/// The arguments of `snapshot rescale`.
+#[derive(Debug, clap::Args)]
+pub struct RescaleArgs {
+    /// A source snapshot, URL[@SNAPSHOT_ID][#A..B]: an instance's archive, its snapshot (id,
+    /// sequence or `latest`, the default) and the key groups the instance owned (end
+    /// exclusive; default: whatever its files hold). Repeat for a merge.
+    #[arg(
+        long = "from",
+        value_name = "URL[@ID][#A..B]",
+        required = true,
+        value_parser = parse_rescale_from
+    )]
+    pub from: Vec<RescaleFrom>,
+    /// The new archive: file:///dir or a plain path (created if missing), or
+    /// s3://bucket/prefix. It must hold no manifest.
+    #[arg(long, value_name = "URL")]
+    pub to: String,
+    /// The key groups of the new snapshot, A..B (end exclusive), e.g. 0..64.
+    #[arg(long, value_name = "A..B", value_parser = super::parse_key_groups)]
+    pub key_groups: KeyGroupRange,
+}
+
+/// `snapshot rescale`: the first snapshot of the empty archive `--to`, holding key groups
+/// `--key-groups` of the `--from` snapshots.
+pub fn rescale(args: &RescaleArgs, out: &mut Out) -> Result<()> {
+    let RescaleArgs {
+        from,
+        to,
+        key_groups,
+    } = args;
+    let key_groups = *key_groups;
+    let mut opened = Vec::with_capacity(from.len());
+    for f in from {
+        let archive = super::open_archive(&f.url)?;
+        let m = find(&archive, &f.id)?;
+        check_key_groups(f.key_groups, m.max_key_groups)
+            .map_err(|e| e.context(format!("--from {}", f.url)))?;
+        opened.push((archive, m, f.key_groups));
+    }
+    let dest = super::open_new_archive(to)?;
+    let sources: Vec<RescaleSource<'_>> = opened
+        .iter()
+        .map(|(archive, m, range)| RescaleSource {
+            key_groups: *range,
+            ..RescaleSource::new(archive, m)
+        })
+        .collect();
+    let report =
+        millpond_snapshot::rescale(&sources, &dest, key_groups, &SnapshotSettings::default())?;
+    for (archive, m, range) in &opened {
+        outln!(
+            out,
+            "from {} snapshot {} ({})",
+            archive.url(),
+            m.id,
+            range.map_or_else(
+                || "the key groups its files hold".to_owned(),
+                |r| format!("key groups {}..{}", r.start, r.end)
+            )
+        )?;
+    }
+    let m = &report.manifest;
+    outln!(
+        out,
+        "wrote snapshot {} to {}: key groups {}..{}, {} files ({} written, {} copied), {} \
+         entries, {} ({} bytes)",
+        m.id,
+        dest.url(),
+        key_groups.start,
+        key_groups.end,
+        m.files.len(),
+        report.files_written,
+        report.files_copied,
+        report.entries,
+        size(report.bytes),
+        report.bytes
+    )?;
+    outln!(
+        out,
+        "{} states, {} offsets ({}); LSN 0: the instance starts a new WAL",
+        m.states.len(),
+        m.offsets.len(),
+        offsets_summary(&m.offsets)
+    )
 }
 
 /// `snapshot gc`.
