@@ -146,7 +146,10 @@ pub fn decode(buf: &[u8], location: impl Fn() -> String) -> Result<Decoded<'_>> 
     if buf.len() < end {
         return Ok(Decoded::Incomplete);
     }
-    let crc = crc32c::crc32c_append(crc32c::crc32c(&buf[..CHECKED_BYTES]), &buf[HEADER_BYTES..end]);
+    let crc = crc32c::crc32c_append(
+        crc32c::crc32c(&buf[..CHECKED_BYTES]),
+        &buf[HEADER_BYTES..end],
+    );
     if crc != u32_at(CHECKED_BYTES) {
         return Err(corrupt(location, "WAL batch checksum"));
     }

@@ -130,8 +130,7 @@ fn recovery_refuses_a_writer_older_than_the_log() {
     let dir = tempfile::tempdir().unwrap();
     let settings = millpond_wal::WalSettings::default();
     let open = |epoch| {
-        let sink =
-            millpond_wal::LocalSegmentSink::open(dir.path(), Default::default()).unwrap();
+        let sink = millpond_wal::LocalSegmentSink::open(dir.path(), Default::default()).unwrap();
         let mut source = millpond_wal::LocalSegmentSource::open(dir.path(), 1).unwrap();
         millpond_wal::recover(sink, &mut source, 0, epoch, settings.clone(), |_c| {
             Ok::<(), std::io::Error>(())
