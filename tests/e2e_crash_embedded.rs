@@ -6,8 +6,11 @@
 mod common;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use common::{GeneratedInput, CHILD_ENV};
+use object_store::local::LocalFileSystem;
+use object_store::ObjectStore;
 
 const PARTITIONS: usize = 4;
 const RECORDS: usize = 400_000;
@@ -26,15 +29,21 @@ fn child() {
     };
     let mut input = input();
     let builder = millpond::Millpond::builder(&dir).settings(common::job_settings());
-    common::run_job(builder, &dir, &mut input);
+    common::run_job(builder, &dir, &mut input, None);
 }
 
 #[test]
 fn killed_at_random_moments_the_state_is_exactly_once() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("job");
-    let report = common::kill_loop("child", &dir, 20, 150..1200, || {
-        common::snapshot_in_progress(&dir)
+    let archive_dir = dir.join("snapshots");
+    std::fs::create_dir_all(&archive_dir).unwrap();
+    let archive =
+        millpond::snapshot::Archive::open(&format!("file://{}", archive_dir.display())).unwrap();
+    let listing: Arc<dyn ObjectStore> =
+        Arc::new(LocalFileSystem::new_with_prefix(&archive_dir).unwrap());
+    let report = common::kill_loop("child", &dir, &[], 20, 150..1200, || {
+        common::unfinished_snapshot(&dir, &listing, "", &archive)
     });
     eprintln!("{report:?}");
     assert!(report.kills >= 20);
@@ -50,9 +59,6 @@ fn killed_at_random_moments_the_state_is_exactly_once() {
         "generated",
     );
     // The archive the kills left behind is sound.
-    let archive =
-        millpond::snapshot::Archive::open(&format!("file://{}", dir.join("snapshots").display()))
-            .unwrap();
     let latest = archive.latest().unwrap().expect("snapshots were written");
     archive
         .verify(&latest, |_| {})

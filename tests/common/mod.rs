@@ -11,18 +11,21 @@
 
 #![allow(dead_code)] // each test binary uses its own part of this module
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use millpond::snapshot::Archive;
 use millpond::state::{
     ListState, ListStateDescriptor, ReducingState, ReducingStateDescriptor, Store, StoreSettings,
     StringCodec, U64Codec, ValueState, ValueStateDescriptor,
 };
 use millpond::wal::{SegmentSettings, SourceOffset};
 use millpond::{Millpond, Settings};
+use object_store::ObjectStore;
 use rand::Rng;
+use std::sync::Arc;
 
 /// Set in a child process: the data directory of the job it runs.
 pub const CHILD_ENV: &str = "MILLPOND_E2E_CHILD";
@@ -102,7 +105,16 @@ pub fn job_settings() -> Settings {
 /// Runs the job to the end of `input` (or until killed): recover, seek, process, commit every
 /// few records. Returns the number of records processed. Exits the process with
 /// [`EXIT_VIOLATION`] on a duplicate or a gap, after writing it to `{dir}/violations`.
-pub fn run_job(builder: millpond::Builder, dir: &Path, input: &mut dyn Input) -> u64 {
+///
+/// `rate`: at most this many records per second (so that a small input lasts long enough to
+/// be killed many times).
+pub fn run_job(
+    builder: millpond::Builder,
+    dir: &Path,
+    input: &mut dyn Input,
+    rate: Option<u64>,
+) -> u64 {
+    let started = Instant::now();
     let opening = builder.open().expect("open");
     let states = States::register(opening.store());
     let job = opening.recover().expect("recover");
@@ -132,6 +144,12 @@ pub fn run_job(builder: millpond::Builder, dir: &Path, input: &mut dyn Input) ->
         states.sum.add(&r.key, r.seq).unwrap();
         pending.insert(r.partition, r.offset + 1);
         processed += 1;
+        if let Some(rate) = rate {
+            let due = Duration::from_secs_f64(processed as f64 / rate as f64);
+            if let Some(ahead) = due.checked_sub(started.elapsed()) {
+                std::thread::sleep(ahead);
+            }
+        }
         commit_in -= 1;
         if commit_in == 0 {
             commit(&job, &topic, &mut pending);
@@ -156,10 +174,11 @@ fn commit(job: &Millpond, topic: &str, pending: &mut BTreeMap<i32, i64>) {
 }
 
 /// The command that runs this test binary's `child` test as a child job on `dir`.
-pub fn child_command(test_name: &str, dir: &Path) -> Command {
+pub fn child_command(test_name: &str, dir: &Path, envs: &[(&str, String)]) -> Command {
     let mut cmd = Command::new(std::env::current_exe().unwrap());
     cmd.args([test_name, "--exact", "--nocapture", "--test-threads=1"])
         .env(CHILD_ENV, dir)
+        .envs(envs.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
@@ -179,19 +198,24 @@ pub struct KillReport {
 /// Starts the child job on `dir` again and again, killing it with SIGKILL at a random moment
 /// (`kill_after` ms after its start) until it was killed `min_kills` times, then lets it run to
 /// the end. Panics on a violation or an unexpected exit.
+///
+/// `unfinished_snapshot` lists what a snapshot in progress leaves behind (data files no
+/// manifest names, sort runs): a kill that leaves a new one behind landed during a snapshot.
 pub fn kill_loop(
     test_name: &str,
     dir: &Path,
+    envs: &[(&str, String)],
     min_kills: u32,
     kill_after: std::ops::Range<u64>,
-    snapshot_evidence: impl Fn() -> bool,
+    unfinished_snapshot: impl Fn() -> BTreeSet<String>,
 ) -> KillReport {
     let mut report = KillReport::default();
     let mut rng = rand::rng();
     let started = Instant::now();
     loop {
         report.runs += 1;
-        let mut child = child_command(test_name, dir).spawn().unwrap();
+        let before = unfinished_snapshot();
+        let mut child = child_command(test_name, dir, envs).spawn().unwrap();
         if report.kills < min_kills {
             let deadline =
                 Instant::now() + Duration::from_millis(rng.random_range(kill_after.clone()));
@@ -200,7 +224,7 @@ pub fn kill_loop(
                 child.kill().unwrap();
                 let _ = child.wait();
                 report.kills += 1;
-                if snapshot_evidence() {
+                if unfinished_snapshot().difference(&before).next().is_some() {
                     report.during_snapshot += 1;
                 }
                 continue;
@@ -362,45 +386,55 @@ impl Input for GeneratedInput {
     }
 }
 
-/// Whether a snapshot was cut short: sort runs left in `{dir}/tmp`, or data files in the local
-/// archive `{dir}/snapshots` that no manifest names.
-pub fn snapshot_in_progress(dir: &Path) -> bool {
-    let tmp_busy = std::fs::read_dir(dir.join("tmp"))
-        .map(|mut d| d.next().is_some())
-        .unwrap_or(false);
-    tmp_busy || orphan_data_files(&dir.join("snapshots"))
-}
-
-fn orphan_data_files(archive_dir: &Path) -> bool {
-    let Ok(archive) =
-        millpond::snapshot::Archive::open(&format!("file://{}", archive_dir.display()))
-    else {
-        return false;
-    };
-    let named: std::collections::HashSet<String> = archive
+/// What unfinished snapshots left in an archive and a data directory: data files that no
+/// manifest names (listed through `store`, the archive's object store at `prefix`), and sort
+/// runs in `{dir}/tmp`.
+pub fn unfinished_snapshot(
+    dir: &Path,
+    store: &Arc<dyn ObjectStore>,
+    prefix: &str,
+    archive: &Archive,
+) -> BTreeSet<String> {
+    let named: BTreeSet<String> = archive
         .manifests()
         .unwrap_or_default()
         .into_iter()
         .flat_map(|m| m.files.into_iter().map(|f| f.path))
         .collect();
-    let mut files = Vec::new();
-    collect_files(&archive_dir.join("data"), &mut files);
-    files.iter().any(|f| {
-        let rel = f.strip_prefix(archive_dir).unwrap().display().to_string();
-        !named.contains(&rel)
-    })
+    let data = object_store::path::Path::from(format!("{prefix}/data").trim_start_matches('/'));
+    let listed: Vec<String> = block_on(async {
+        use futures::TryStreamExt;
+        store
+            .list(Some(&data))
+            .map_ok(|m| m.location.to_string())
+            .try_collect()
+            .await
+            .unwrap_or_default()
+    });
+    let mut out: BTreeSet<String> = listed
+        .into_iter()
+        .map(|p| {
+            p.strip_prefix(prefix.trim_matches('/'))
+                .map(|r| r.trim_start_matches('/').to_owned())
+                .unwrap_or(p)
+        })
+        .filter(|p| !named.contains(p))
+        .collect();
+    if let Ok(entries) = std::fs::read_dir(dir.join("tmp")) {
+        out.extend(
+            entries
+                .flatten()
+                .map(|e| format!("tmp/{}", e.file_name().to_string_lossy())),
+        );
+    }
+    out
 }
 
-fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            collect_files(&p, out);
-        } else {
-            out.push(p);
-        }
-    }
+/// Runs a future to completion on a small runtime of its own (the tests' object store calls).
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
 }

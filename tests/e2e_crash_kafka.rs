@@ -1,0 +1,260 @@
+//! Exactly-once in production form: Kafka in, state in millpond, the WAL in Apache Pulsar,
+//! snapshots in S3, all real and on loopback (`eval "$(scripts/services up)"`). A producer
+//! writes records with per-key sequence numbers into a 4-partition topic; the job (a child
+//! process) is killed with SIGKILL at random moments, at least 20 times, and restarted each
+//! time. At the end every key holds exactly the records produced, each applied once.
+//!
+//! Without `KAFKA_BROKERS`, `PULSAR_URL` and `S3_ENDPOINT` the test fails: it never passes
+//! without its services.
+
+#![cfg(feature = "pulsar")]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{Input, Record, CHILD_ENV};
+use millpond::snapshot::Archive;
+use millpond::wal::pulsar::{wal_topic, PulsarSettings};
+use millpond::wal::SourceOffset;
+use object_store::aws::AmazonS3Builder;
+use object_store::ObjectStore;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+
+const PARTITIONS: i32 = 4;
+const RECORDS: usize = 300_000;
+const KEYS: usize = 3_000;
+/// Records per second the child processes at most: the input lasts long enough for 20 kills.
+const RATE: u64 = 8_000;
+
+fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: start the services with `eval \"$(scripts/services up)\"`")
+    })
+}
+
+/// The S3 archive of a run, and its object store for listing what a snapshot left behind.
+fn archive(prefix: &str) -> (Archive, Arc<dyn ObjectStore>) {
+    env("S3_ENDPOINT");
+    let bucket = env("S3_BUCKET");
+    let store: Arc<dyn ObjectStore> = Arc::new(
+        AmazonS3Builder::from_env()
+            .with_bucket_name(&bucket)
+            .build()
+            .unwrap(),
+    );
+    let url = format!("s3://{bucket}/{prefix}");
+    (
+        Archive::from_store(store.clone(), prefix, &url).unwrap(),
+        store,
+    )
+}
+
+fn builder(dir: &std::path::Path, run: &str) -> millpond::Builder {
+    let (archive, _) = archive(&format!("e2e/{run}"));
+    millpond::Millpond::builder(dir)
+        .settings(common::job_settings())
+        .pulsar_wal(PulsarSettings::for_topic(
+            env("PULSAR_URL"),
+            wal_topic("public", "default", run, "0"),
+        ))
+        .snapshots(archive)
+}
+
+struct KafkaInput {
+    consumer: BaseConsumer,
+    topic: String,
+    ends: BTreeMap<i32, i64>,
+    positions: BTreeMap<i32, i64>,
+}
+
+impl KafkaInput {
+    fn new(topic: &str) -> KafkaInput {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", env("KAFKA_BROKERS"))
+            .set("group.id", "millpond-e2e")
+            // Positions come from millpond, never from Kafka's group offsets.
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .create()
+            .unwrap();
+        let ends = (0..PARTITIONS)
+            .map(|p| {
+                let (_, high) = consumer
+                    .fetch_watermarks(topic, p, Duration::from_secs(10))
+                    .unwrap();
+                (p, high)
+            })
+            .collect();
+        KafkaInput {
+            consumer,
+            topic: topic.to_owned(),
+            ends,
+            positions: BTreeMap::new(),
+        }
+    }
+}
+
+impl Input for KafkaInput {
+    fn seek(&mut self, offsets: &[SourceOffset]) {
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..PARTITIONS {
+            let next = offsets
+                .iter()
+                .find(|o| o.topic == self.topic && o.partition == p)
+                .map_or(0, |o| o.next_offset);
+            self.positions.insert(p, next);
+            tpl.add_partition_offset(&self.topic, p, Offset::Offset(next))
+                .unwrap();
+        }
+        self.consumer.assign(&tpl).unwrap();
+    }
+
+    fn poll(&mut self) -> Option<Record> {
+        let mut empty_polls = 0;
+        loop {
+            if self.positions.iter().all(|(p, at)| *at >= self.ends[p]) {
+                return None;
+            }
+            match self.consumer.poll(Duration::from_secs(1)) {
+                Some(Ok(m)) => {
+                    let key = String::from_utf8(m.key().unwrap().to_vec()).unwrap();
+                    let seq: u64 = std::str::from_utf8(m.payload().unwrap())
+                        .unwrap()
+                        .parse()
+                        .unwrap();
+                    self.positions.insert(m.partition(), m.offset() + 1);
+                    return Some(Record {
+                        partition: m.partition(),
+                        offset: m.offset(),
+                        key,
+                        seq,
+                    });
+                }
+                Some(Err(e)) => panic!("consuming: {e}"),
+                None => {
+                    empty_polls += 1;
+                    assert!(empty_polls < 60, "no record for a minute before the end");
+                }
+            }
+        }
+    }
+
+    fn topic(&self) -> &str {
+        &self.topic
+    }
+}
+
+/// Creates the topic and produces the input: key `k` always to partition `k % 4`, its
+/// records numbered from 1. Returns each key's count and each partition's end offset.
+fn produce(topic: &str) -> (BTreeMap<String, u64>, BTreeMap<i32, i64>) {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", env("KAFKA_BROKERS"));
+    let admin: AdminClient<DefaultClientContext> = config.create().unwrap();
+    let created = common::block_on(admin.create_topics(
+        &[NewTopic::new(topic, PARTITIONS, TopicReplication::Fixed(1))],
+        &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+    ))
+    .unwrap();
+    for r in created {
+        r.unwrap();
+    }
+    let producer: BaseProducer = config
+        .clone()
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .create()
+        .unwrap();
+    let mut seqs = vec![0u64; KEYS];
+    let mut ends = BTreeMap::new();
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for _ in 0..RECORDS {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let k = (x % KEYS as u64) as usize;
+        seqs[k] += 1;
+        let key = format!("key-{k}");
+        let payload = seqs[k].to_string();
+        let partition = (k % PARTITIONS as usize) as i32;
+        *ends.entry(partition).or_insert(0i64) += 1;
+        let mut record = BaseRecord::to(topic)
+            .key(&key)
+            .payload(&payload)
+            .partition(partition);
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((_, r)) => {
+                    // The local queue is full: let deliveries drain.
+                    producer.poll(Duration::from_millis(10));
+                    record = r;
+                }
+            }
+        }
+        producer.poll(Duration::ZERO);
+    }
+    producer.flush(Duration::from_secs(60)).unwrap();
+    let expected = seqs
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| **n > 0)
+        .map(|(k, n)| (format!("key-{k}"), *n))
+        .collect();
+    (expected, ends)
+}
+
+/// The job, when this binary runs as a child; a no-op test otherwise.
+#[test]
+fn child() {
+    let Some(dir) = std::env::var_os(CHILD_ENV).map(PathBuf::from) else {
+        return;
+    };
+    let run = env("MILLPOND_E2E_RUN");
+    let mut input = KafkaInput::new(&run);
+    common::run_job(builder(&dir, &run), &dir, &mut input, Some(RATE));
+}
+
+#[test]
+fn killed_at_random_moments_kafka_pulsar_s3_state_is_exactly_once() {
+    let run = format!(
+        "crash-{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis()
+    );
+    let (expected, ends) = produce(&run);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("job");
+    let prefix = format!("e2e/{run}");
+    let (listing_archive, store) = archive(&prefix);
+    let report = common::kill_loop(
+        "child",
+        &dir,
+        &[("MILLPOND_E2E_RUN", run.clone())],
+        20,
+        1500..4000,
+        || common::unfinished_snapshot(&dir, &store, &prefix, &listing_archive),
+    );
+    eprintln!("{report:?}");
+    assert!(report.kills >= 20);
+    // Restored on another machine: a fresh data directory, everything from Pulsar and S3.
+    let elsewhere = tmp.path().join("elsewhere");
+    common::check_exactly_once(builder(&elsewhere, &run), &expected, &ends, &run);
+    let latest = listing_archive
+        .latest()
+        .unwrap()
+        .expect("snapshots were written");
+    listing_archive
+        .verify(&latest, |_| {})
+        .expect("the latest snapshot verifies");
+}
