@@ -137,9 +137,11 @@ pub struct PulsarSettings {
     pub retention_subscription: Option<String>,
     /// Take the topic over from a producer that still holds it: the sink's first producer is
     /// created with Pulsar's `ExclusiveWithFencing` access mode, so the broker fences the
-    /// previous owner (its sends fail from then on) instead of refusing this sink. Producers
-    /// the sink re-creates after a failure use `Exclusive`, so a sink that was itself taken
-    /// over cannot take the topic back. Use it with a fencing token that orders owners (the
+    /// previous owner (its sends fail from then on) instead of refusing this sink. It is then
+    /// closed at once and replaced by an `Exclusive` producer, as is every producer the sink
+    /// re-creates later: pulsar-rs re-creates a disconnected producer with its original access
+    /// mode, so a fencing producer kept open would take the topic back from a newer owner
+    /// after a network blip. Use it with a fencing token that orders owners (the
     /// writer epoch, see `Wal::start_with_epoch`). Default `false`: `connect` fails with
     /// [`Error::Fenced`] while another producer is connected.
     pub take_over: bool,
@@ -623,6 +625,18 @@ impl SinkInner {
         if self.producer.is_some() {
             return Ok(());
         }
+        self.create_producer().await?;
+        if self.settings.take_over && self.producers_created == 1 {
+            // The fencing producer has taken the topic. pulsar-rs would re-create it with the
+            // same access mode after any disconnection, and so take the topic back from a
+            // newer owner one day: hand over to an `Exclusive` producer at once.
+            self.discard_producer().await;
+            self.create_producer().await?;
+        }
+        Ok(())
+    }
+
+    async fn create_producer(&mut self) -> std::result::Result<(), Failure> {
         let limit = self.settings.guard_timeout();
         if self.client.is_none() {
             let client = match tokio::time::timeout(limit, build_client(&self.settings)).await {
@@ -1176,6 +1190,7 @@ mod tests {
             settings: PulsarSettings::default(),
             client: None,
             producer: None,
+            producers_created: 0,
             fenced: None,
             appended: VecDeque::new(),
             truncate_to: None,

@@ -39,8 +39,35 @@ struct State {
     /// A commit is waiting: flush without lingering.
     urgent: bool,
     truncate_below: Option<u64>,
-    failed: Option<String>,
+    failed: Option<Failure>,
     closed: bool,
+}
+
+/// Why the flusher stopped: every later call reports it.
+enum Failure {
+    /// The sink was taken over by a newer writer: stop this instance.
+    Fenced(String),
+    Other(String),
+}
+
+impl Failure {
+    fn from(e: &Error) -> Failure {
+        match e {
+            Error::Fenced { reason } => Failure::Fenced(reason.clone()),
+            e => Failure::Other(e.to_string()),
+        }
+    }
+
+    fn to_error(&self) -> Error {
+        match self {
+            Failure::Fenced(reason) => Error::Fenced {
+                reason: reason.clone(),
+            },
+            Failure::Other(reason) => Error::Failed {
+                reason: reason.clone(),
+            },
+        }
+    }
 }
 
 struct Shared {
@@ -105,6 +132,15 @@ pub struct CommitTicket {
     shared: Arc<Shared>,
 }
 
+impl std::fmt::Debug for CommitTicket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CommitTicket")
+            .field("lsn", &self.lsn)
+            .field("durable", &self.is_durable())
+            .finish()
+    }
+}
+
 impl CommitTicket {
     /// The commit marker's LSN.
     pub fn lsn(&self) -> u64 {
@@ -124,10 +160,8 @@ impl CommitTicket {
             if st.durable_below > self.lsn {
                 return st.last_position.clone().ok_or(Error::Closed);
             }
-            if let Some(reason) = &st.failed {
-                return Err(Error::Failed {
-                    reason: reason.clone(),
-                });
+            if let Some(failure) = &st.failed {
+                return Err(failure.to_error());
             }
             if st.closed && st.current.is_none() && st.full.is_empty() {
                 return Err(Error::Closed);
@@ -200,10 +234,8 @@ impl Wal {
         let sh = &*self.shared;
         let mut st = sh.state.lock();
         loop {
-            if let Some(reason) = &st.failed {
-                return Err(Error::Failed {
-                    reason: reason.clone(),
-                });
+            if let Some(failure) = &st.failed {
+                return Err(failure.to_error());
             }
             if st.closed {
                 return Err(Error::Closed);
@@ -336,9 +368,7 @@ impl Wal {
         }
         let st = self.shared.state.lock();
         match &st.failed {
-            Some(reason) => Err(Error::Failed {
-                reason: reason.clone(),
-            }),
+            Some(failure) => Err(failure.to_error()),
             None => Ok(()),
         }
     }
@@ -432,7 +462,7 @@ fn flush_loop(sh: &Shared, mut sink: impl WalSink) {
                 }
                 Err(e) => {
                     // Nothing after a failed batch may become durable out of order: stop.
-                    st.failed = Some(e.to_string());
+                    st.failed = Some(Failure::from(&e));
                     sh.space.notify_all();
                     sh.durable.notify_all();
                     return;
@@ -442,7 +472,7 @@ fn flush_loop(sh: &Shared, mut sink: impl WalSink) {
         if let Some(lsn) = truncate {
             if let Err(e) = sink.truncate_below(lsn) {
                 let mut st = sh.state.lock();
-                st.failed = Some(e.to_string());
+                st.failed = Some(Failure::from(&e));
                 sh.space.notify_all();
                 sh.durable.notify_all();
                 return;
