@@ -82,6 +82,8 @@ impl From<millpond_snapshot::Error> for Error {
             millpond_snapshot::Error::Fenced { .. } => Error::Fenced {
                 reason: e.to_string(),
             },
+            // Settings that do not fit the archive (its key groups, say).
+            millpond_snapshot::Error::Invalid { reason } => Error::Invalid { reason },
             e => Error::Snapshot(e),
         }
     }

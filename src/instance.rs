@@ -152,17 +152,6 @@ impl Builder {
         let writer =
             SnapshotWriter::claim(archive.clone(), max_key_groups, settings.snapshot.clone())?;
         let parent = writer.parent().clone();
-        if parent.max_key_groups != max_key_groups {
-            return Err(Error::Invalid {
-                reason: format!(
-                    "the snapshot archive {} was written with {} key groups, the settings say {}; \
-                     key groups cannot change (rescale by key-group range instead)",
-                    archive.url(),
-                    parent.max_key_groups,
-                    max_key_groups
-                ),
-            });
-        }
         let owned = settings
             .store
             .key_groups
@@ -306,7 +295,7 @@ impl Recovering {
             ),
             resume: offsets,
             recovery: Recovery {
-                snapshot_sequence: parent.sequence,
+                claim_sequence: parent.sequence,
                 snapshot_lsn: parent.lsn,
                 replayed: outcome.applied,
                 discarded: outcome.uncommitted,
@@ -327,9 +316,10 @@ impl Recovering {
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct Recovery {
-    /// The snapshot restored (0: none).
-    pub snapshot_sequence: u64,
-    /// The LSN the snapshot covers.
+    /// The sequence of this instance's claim manifest in the archive: it holds the state of
+    /// the latest snapshot (which is what was restored) under this instance's epoch.
+    pub claim_sequence: u64,
+    /// The LSN the restored snapshot covers (0: no snapshot yet, the whole WAL was replayed).
     pub snapshot_lsn: u64,
     /// Changes replayed from the WAL.
     pub replayed: u64,
