@@ -162,6 +162,7 @@ impl Builder {
             .clock(SharedClock(self.clock.clone()))
             .change_sink_arc(sink.clone());
         let base_dir = dir.join("base");
+        let mut base = None;
         if parent.files.is_empty() {
             let _ = std::fs::remove_dir_all(&base_dir);
         } else {
@@ -170,8 +171,9 @@ impl Builder {
                 key_groups: Some(owned),
                 ..settings.restore.clone()
             };
-            let base = SnapshotBase::open(&archive, &parent, &base_dir, &restore)?;
-            store = store.base(base, parent.states.clone());
+            let opened = SnapshotBase::open(&archive, &parent, &base_dir, &restore)?;
+            store = store.base(opened.clone(), parent.states.clone());
+            base = Some(opened);
         }
         let store = store.open()?;
         tracing::info!(
@@ -183,6 +185,7 @@ impl Builder {
         );
         Ok(Recovering {
             dir,
+            base,
             settings,
             lock,
             store,
@@ -198,6 +201,8 @@ impl Builder {
 /// states on [`Recovering::store`], then [`Recovering::recover`].
 pub struct Recovering {
     dir: PathBuf,
+    /// The restored snapshot, read in place while its files download.
+    base: Option<Arc<SnapshotBase>>,
     settings: Settings,
     lock: DirLock,
     store: Store,
@@ -282,6 +287,7 @@ impl Recovering {
             location: self.location,
             settings: self.settings.clone(),
             shared: shared.clone(),
+            base: self.base,
         }
         .spawn(receiver);
         Ok(Millpond {

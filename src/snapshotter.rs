@@ -12,7 +12,7 @@ use parking_lot::Mutex;
 use crate::error::{Error, Result};
 use crate::metrics::{self, Reporter};
 use crate::settings::Settings;
-use crate::snapshot::{SnapshotReport, SnapshotWriter};
+use crate::snapshot::{SnapshotBase, SnapshotReport, SnapshotWriter};
 use crate::state::Store;
 use crate::wal::Wal;
 use crate::wal_location::WalLocation;
@@ -75,6 +75,9 @@ pub(crate) struct Snapshotter {
     pub(crate) location: WalLocation,
     pub(crate) settings: Settings,
     pub(crate) shared: Arc<Shared>,
+    /// The snapshot this instance restored, until its files are all local: its files may not
+    /// be collected before, since reads go to the archive until then.
+    pub(crate) base: Option<Arc<SnapshotBase>>,
 }
 
 impl Snapshotter {
@@ -175,6 +178,13 @@ impl Snapshotter {
         // The batch holding the snapshot's commit marker stays: the next recovery starts
         // reading there.
         self.wal.truncate_below(lsn);
+        // (Without downloads, reads go to the archive for good: GC must then keep the
+        // restored snapshot's files, which it does only while they stay within `retain`.)
+        if self.settings.restore.download && self.base.as_ref().is_some_and(|b| !b.is_local()) {
+            tracing::info!("old snapshots kept until the restored one is downloaded");
+            return Ok(Some(report));
+        }
+        self.base = None;
         if let Err(e) = self.writer.archive().gc(
             self.settings.snapshot_retain,
             self.settings.snapshot_gc_grace,
