@@ -169,6 +169,9 @@ impl Builder {
             remove_unreferenced(&base_dir, &parent);
             let restore = RestoreSettings {
                 key_groups: Some(owned),
+                // A running instance outlives the snapshot it restored (GC), so its files
+                // must become local.
+                download: true,
                 ..settings.restore.clone()
             };
             let opened = SnapshotBase::open(&archive, &parent, &base_dir, &restore)?;

@@ -32,8 +32,9 @@ pub struct Settings {
     /// Default: [`SnapshotSettings::default`], with the temporary directory under the data
     /// directory when unset.
     pub snapshot: SnapshotSettings,
-    /// Restoring: block cache, parallel downloads. Its `key_groups` is ignored; the store's
-    /// `key_groups` decides. Default: [`RestoreSettings::default`].
+    /// Restoring: block cache, parallel downloads. Its `key_groups` is ignored (the store's
+    /// `key_groups` decides) and `download` is always on (the restored files must be local
+    /// before garbage collection may delete them). Default: [`RestoreSettings::default`].
     pub restore: RestoreSettings,
     /// How often a snapshot is written in the background; `None` for only on request
     /// ([`Millpond::snapshot_now`](crate::Millpond::snapshot_now)). A snapshot holds what the

@@ -178,11 +178,7 @@ impl Snapshotter {
         // The batch holding the snapshot's commit marker stays: the next recovery starts
         // reading there.
         self.wal.truncate_below(lsn);
-        // Without downloads (`RestoreSettings::download` off) the restored files are read from
-        // the archive for good and GC runs as usual: a file leaves the archive once no kept
-        // snapshot names it, so such an instance must not outlive `snapshot_retain` snapshots
-        // of files it does not rewrite. The default downloads.
-        if self.settings.restore.download && self.base.as_ref().is_some_and(|b| !b.is_local()) {
+        if self.base.as_ref().is_some_and(|b| !b.is_local()) {
             tracing::info!("old snapshots kept until the restored one is downloaded");
             return Ok(Some(report));
         }
