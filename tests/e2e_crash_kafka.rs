@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Input, Record, CHILD_ENV};
+use common::{GeneratedInput, Input, Record, CHILD_ENV};
 use millpond::snapshot::Archive;
 use millpond::wal::pulsar::{wal_topic, PulsarSettings};
 use millpond::wal::SourceOffset;
@@ -153,8 +153,9 @@ impl Input for KafkaInput {
     }
 }
 
-/// Creates the topic and produces the input: key `k` always to partition `k % 4`, its
-/// records numbered from 1. Returns each key's count and each partition's end offset.
+/// Creates the topic and produces the input: the same records as the embedded test's
+/// generated input (key `k` always in partition `k % 4`, its records numbered from 1). Returns
+/// each key's count and each partition's end offset.
 fn produce(topic: &str) -> (BTreeMap<String, u64>, BTreeMap<i32, i64>) {
     let mut config = ClientConfig::new();
     config.set("bootstrap.servers", env("KAFKA_BROKERS"));
@@ -173,43 +174,27 @@ fn produce(topic: &str) -> (BTreeMap<String, u64>, BTreeMap<i32, i64>) {
         .set("linger.ms", "5")
         .create()
         .unwrap();
-    let mut seqs = vec![0u64; KEYS];
-    let mut ends = BTreeMap::new();
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    for _ in 0..RECORDS {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        let k = (x % KEYS as u64) as usize;
-        seqs[k] += 1;
-        let key = format!("key-{k}");
-        let payload = seqs[k].to_string();
-        let partition = (k % PARTITIONS as usize) as i32;
-        *ends.entry(partition).or_insert(0i64) += 1;
+    let mut input = GeneratedInput::new(PARTITIONS as usize, RECORDS, KEYS);
+    while let Some(r) = input.poll() {
+        let payload = r.seq.to_string();
         let mut record = BaseRecord::to(topic)
-            .key(&key)
+            .key(&r.key)
             .payload(&payload)
-            .partition(partition);
+            .partition(r.partition);
         loop {
             match producer.send(record) {
                 Ok(()) => break,
-                Err((_, r)) => {
+                Err((_, back)) => {
                     // The local queue is full: let deliveries drain.
                     producer.poll(Duration::from_millis(10));
-                    record = r;
+                    record = back;
                 }
             }
         }
         producer.poll(Duration::ZERO);
     }
     producer.flush(Duration::from_secs(60)).unwrap();
-    let expected = seqs
-        .iter()
-        .enumerate()
-        .filter(|(_, n)| **n > 0)
-        .map(|(k, n)| (format!("key-{k}"), *n))
-        .collect();
-    (expected, ends)
+    (input.expected(), input.ends())
 }
 
 /// The job, when this binary runs as a child; a no-op test otherwise.
