@@ -119,12 +119,11 @@ impl Builder {
         let lock = DirLock::acquire(&dir.join("LOCK"))?;
         let mut settings = self.settings;
         if settings.snapshot.temp_dir.is_none() {
-            settings.snapshot.temp_dir = Some(dir.join("tmp"));
-        }
-        if let Some(tmp) = &settings.snapshot.temp_dir {
-            // Sort runs of a snapshot cut short by a crash.
-            let _ = std::fs::remove_dir_all(tmp);
-            std::fs::create_dir_all(tmp).map_err(io(tmp))?;
+            // Ours alone: sort runs of a snapshot cut short by a crash can go.
+            let tmp = dir.join("tmp");
+            let _ = std::fs::remove_dir_all(&tmp);
+            std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+            settings.snapshot.temp_dir = Some(tmp);
         }
         let archive = match (self.archive, self.archive_url) {
             (Some(a), _) => a,
@@ -134,19 +133,12 @@ impl Builder {
                 abs(&dir)?.join("snapshots").display()
             ))?,
         };
-        #[cfg(feature = "pulsar")]
-        let location = match self.pulsar {
-            Some(p) => WalLocation::Pulsar(p),
-            None => WalLocation::Local {
-                dir: dir.join("wal"),
-                settings: settings.segments.clone(),
-            },
-        };
-        #[cfg(not(feature = "pulsar"))]
         let location = WalLocation::Local {
             dir: dir.join("wal"),
             settings: settings.segments.clone(),
         };
+        #[cfg(feature = "pulsar")]
+        let location = self.pulsar.map_or(location, WalLocation::Pulsar);
 
         let max_key_groups = settings.store.max_key_groups;
         let writer =
