@@ -3,7 +3,10 @@
 //! `cargo run --release -p millpond-bench -- state --keys 1000000 --value-bytes 100 --seconds 10`
 //! `cargo run --release -p millpond-bench -- wal --sink local --record-bytes 100 --seconds 10`
 //! `cargo run --release -p millpond-bench -- recovery --state-bytes 1G --value-bytes 100 --store file`
+//! `cargo run --release -p millpond-bench -- e2e --records 10000000 --keys 1000000` (after
+//! `eval "$(scripts/services up kafka pulsar s3)"`)
 
+mod e2e;
 mod recovery;
 mod state;
 mod util;
@@ -40,10 +43,18 @@ enum Command {
     /// The restore half of `recovery`, run by it in a child process.
     #[command(hide = true)]
     RecoveryRestore(recovery::RestoreArgs),
+    /// End to end: a job reading Kafka into keyed state, its WAL in Pulsar (or local) and
+    /// snapshots in S3 (or a directory): records/s, commit latency, RSS, and the time to the
+    /// first record after a SIGKILL, with every key's count checked (exactly once).
+    E2e(e2e::E2eArgs),
+    /// One job process of `e2e`, run by it as a child.
+    #[command(hide = true)]
+    E2eJob(e2e::JobArgs),
 }
 
 fn main() {
-    // Process start, as near as main gets: `recovery-restore` times its restore from here.
+    // Process start, as near as main gets: `recovery-restore` times its restore from here,
+    // `e2e-job` its first record after a restart.
     let started = Instant::now();
     let cli = Cli::parse();
     let result = match cli.command {
@@ -51,6 +62,8 @@ fn main() {
         Command::Wal(args) => wal::run(args),
         Command::Recovery(args) => recovery::run(args),
         Command::RecoveryRestore(args) => recovery::run_restore(args, started),
+        Command::E2e(args) => e2e::run(args),
+        Command::E2eJob(args) => e2e::run_job(args, started),
     };
     match result {
         Ok(line) => println!("{line}"),
