@@ -14,7 +14,7 @@ use crate::metrics::{self, Reporter};
 use crate::settings::Settings;
 use crate::snapshot::{SnapshotBase, SnapshotReport, SnapshotWriter};
 use crate::state::Store;
-use crate::wal::Wal;
+use crate::wal::{UpTo, Wal};
 use crate::wal_location::WalLocation;
 
 pub(crate) enum Request {
@@ -162,10 +162,13 @@ impl Snapshotter {
     }
 
     fn write_snapshot(&mut self) -> Result<Option<SnapshotReport>> {
-        let mut source = self.location.source(self.writer.parent())?;
+        // What is durable now, and no further: the writer may append faster than a snapshot
+        // reads (Pulsar's source would otherwise follow the log's end for ever).
+        let last_lsn = self.wal.durable_below().saturating_sub(1);
+        let mut source = UpTo::new(self.location.source(self.writer.parent())?, last_lsn);
         let report = self
             .writer
-            .snapshot_from_wal(source.as_mut(), &self.store.schemas())?;
+            .snapshot_from_wal(&mut source, &self.store.schemas())?;
         drop(source);
         let Some(report) = report else {
             return Ok(None);

@@ -48,5 +48,5 @@ pub use recover::recover;
 pub use replay::{replay, CommitPoint, ReplayOutcome};
 pub use segment::{LocalSegmentSink, LocalSegmentSource};
 pub use settings::{CommitDurability, SegmentSettings, WalSettings};
-pub use sink::{Batch, StoredBatch, WalPosition, WalSink, WalSource};
+pub use sink::{Batch, StoredBatch, UpTo, WalPosition, WalSink, WalSource};
 pub use writer::{CommitTicket, Wal, WalStats};
