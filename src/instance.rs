@@ -23,7 +23,7 @@ use crate::snapshotter::{Request, Shared, Snapshotter};
 use crate::state::{
     BoxError, Change, ChangeSink, Clock, KeyGroupRange, Store, StoreStats, SystemClock,
 };
-use crate::wal::{recover, CommitTicket, SourceOffset, Wal, WalStats};
+use crate::wal::{recover, CommitTicket, OwnedChange, SourceOffset, Wal, WalStats};
 use crate::wal_location::WalLocation;
 
 /// Builds a [`Millpond`] instance: a data directory, [`Settings`], and the components that
@@ -242,17 +242,19 @@ impl Recovering {
         // after the replay read the log (docs/wal.md, "Writer epochs").
         let sink = self.location.sink()?;
         let mut source = self.location.source(&parent)?;
-        let store = &self.store;
-        let (wal, outcome) = recover(
-            sink,
-            source.as_mut(),
-            parent.lsn,
-            Some(epoch),
-            self.settings.wal.clone(),
-            |change| store.apply(&change.as_change()),
-        )?;
+        let (wal, outcome) =
+            replay_in_parallel(&self.store, self.settings.replay_threads, |apply| {
+                recover(
+                    sink,
+                    source.as_mut(),
+                    parent.lsn,
+                    Some(epoch),
+                    self.settings.wal.clone(),
+                    apply,
+                )
+            })?;
         drop(source);
-        store.replay_done();
+        self.store.replay_done();
         let wal = Arc::new(wal);
         let _ = self.sink.0.set(wal.clone());
         let offsets = match &outcome.last_commit {
@@ -504,6 +506,75 @@ impl Drop for Millpond {
     fn drop(&mut self) {
         let _ = self.shutdown();
     }
+}
+
+/// Runs `replay`, applying the changes it hands to `apply` on `threads` threads: a change goes
+/// to the thread of its key group, so the changes of one key are applied in log order, and
+/// the changes of different keys are independent. Returns once every change is applied.
+fn replay_in_parallel<T>(
+    store: &Store,
+    threads: usize,
+    replay: impl FnOnce(
+        &mut dyn FnMut(&OwnedChange) -> std::result::Result<(), millpond_state::Error>,
+    ) -> std::result::Result<T, crate::wal::Error>,
+) -> Result<T> {
+    const CHUNK: usize = 512;
+    if threads <= 1 {
+        return Ok(replay(&mut |change| store.apply(&change.as_change()))?);
+    }
+    std::thread::scope(|scope| {
+        let mut senders = Vec::with_capacity(threads);
+        let mut workers = Vec::with_capacity(threads);
+        for i in 0..threads {
+            let (tx, rx) = crossbeam_channel::bounded::<Vec<OwnedChange>>(16);
+            senders.push(tx);
+            workers.push(
+                std::thread::Builder::new()
+                    .name(format!("millpond-replay-{i}"))
+                    .spawn_scoped(scope, move || -> Result<()> {
+                        for chunk in rx {
+                            for change in &chunk {
+                                store.apply(&change.as_change())?;
+                            }
+                        }
+                        Ok(())
+                    })
+                    .expect("spawning a replay thread"),
+            );
+        }
+        let mut chunks: Vec<Vec<OwnedChange>> = vec![Vec::with_capacity(CHUNK); threads];
+        // A worker that stopped on an error drops its receiver: sending fails, and its error
+        // is reported after the join below.
+        let send = |i: usize, chunk: Vec<OwnedChange>| {
+            let _ = senders[i].send(chunk);
+        };
+        let result = replay(&mut |change: &OwnedChange| {
+            let i = change.key_group as usize % threads;
+            chunks[i].push(change.clone());
+            if chunks[i].len() == CHUNK {
+                let full = std::mem::replace(&mut chunks[i], Vec::with_capacity(CHUNK));
+                send(i, full);
+            }
+            Ok(())
+        });
+        for (i, chunk) in chunks.into_iter().enumerate() {
+            if !chunk.is_empty() {
+                send(i, chunk);
+            }
+        }
+        drop(senders);
+        let mut first_error = None;
+        for w in workers {
+            if let Err(e) = w.join().expect("a replay thread panicked") {
+                first_error.get_or_insert(e);
+            }
+        }
+        let value = result?;
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(value),
+        }
+    })
 }
 
 /// The store is opened before the WAL is recovered (replay needs the store), so its change

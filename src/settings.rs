@@ -47,6 +47,11 @@ pub struct Settings {
     /// A data file not named by any kept snapshot is deleted only once it is this old (it may
     /// belong to a snapshot another writer is still uploading). Default: 10 minutes.
     pub snapshot_gc_grace: Duration,
+    /// Threads that apply the WAL's changes to the store during recovery (the log is read and
+    /// decoded on one more). The changes of a key group go to one thread, so each key's stay
+    /// in order. Default: the machine's parallelism, at most 8; 1 applies them on the reading
+    /// thread.
+    pub replay_threads: usize,
     /// How often the metrics gauges (state size, hit rate, WAL lag) are refreshed.
     /// Default: 1 s.
     pub metrics_interval: Duration,
@@ -64,6 +69,9 @@ impl Default for Settings {
             snapshot_retain: 3,
             snapshot_gc_grace: Duration::from_secs(600),
             metrics_interval: Duration::from_secs(1),
+            replay_threads: std::thread::available_parallelism()
+                .map_or(1, |n| n.get())
+                .min(8),
         }
     }
 }
