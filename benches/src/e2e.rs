@@ -145,6 +145,10 @@ pub struct E2eArgs {
     /// The WAL tail a restart replays is what the job wrote since the last snapshot.
     #[arg(long, default_value_t = 10.0)]
     snapshot_interval_s: f64,
+    /// Threads that apply the WAL's changes at recovery (0: the facade's default, the
+    /// machine's parallelism).
+    #[arg(long, default_value_t = 0)]
+    replay_threads: usize,
     /// A commit after this many records.
     #[arg(long, default_value_t = 10_000)]
     commit_every: u64,
@@ -207,6 +211,8 @@ pub struct JobArgs {
     memory_budget: u64,
     #[arg(long)]
     snapshot_interval_s: f64,
+    #[arg(long)]
+    replay_threads: usize,
     #[arg(long)]
     commit_every: u64,
     #[arg(long)]
@@ -653,6 +659,10 @@ pub fn run_job(args: JobArgs, started: Instant) -> Result<String, String> {
         },
         snapshot_interval: (args.snapshot_interval_s > 0.0)
             .then(|| Duration::from_secs_f64(args.snapshot_interval_s)),
+        replay_threads: match args.replay_threads {
+            0 => Settings::default().replay_threads,
+            n => n,
+        },
         ..Settings::default()
     };
     let mut builder = Millpond::builder(&args.dir)
@@ -925,6 +935,7 @@ impl Setup<'_> {
             .args(["--snapshots-url", &instance.snapshots_url])
             .args(["--memory-budget", &a.memory_budget.to_string()])
             .args(["--snapshot-interval-s", &a.snapshot_interval_s.to_string()])
+            .args(["--replay-threads", &a.replay_threads.to_string()])
             .args(["--commit-every", &a.commit_every.to_string()])
             .args(["--commit-ms", &a.commit_ms.to_string()])
             .args([
@@ -1277,6 +1288,7 @@ fn measure(
             "partitions": args.partitions,
             "memory_budget_bytes": args.memory_budget,
             "snapshot_interval_s": args.snapshot_interval_s,
+            "replay_threads": args.replay_threads,
             "commit_every": args.commit_every,
             "commit_ms": args.commit_ms,
             "commit_durability": format!("{:?}", args.commit_durability).to_lowercase(),
