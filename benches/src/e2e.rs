@@ -56,7 +56,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use serde_json::{json, Map, Value};
 
-use crate::util::{histogram, parse_bytes, peak_rss_bytes, rss_bytes, Rng};
+use crate::util::{fill_text, histogram, parse_bytes, peak_rss_bytes, rss_bytes, Rng};
 
 /// What to run when a service is missing.
 const SERVICES_HINT: &str =
@@ -282,48 +282,12 @@ fn host_port(url: &str) -> &str {
 
 // ------------------------------------------------------------------------------- records
 
-const WORDS: [&[u8]; 24] = [
-    b"user",
-    b"click",
-    b"view",
-    b"session",
-    b"page",
-    b"home",
-    b"cart",
-    b"checkout",
-    b"search",
-    b"mobile",
-    b"desktop",
-    b"true",
-    b"false",
-    b"event",
-    b"ts",
-    b"id",
-    b"country",
-    b"price",
-    b"item",
-    b"category",
-    b"referrer",
-    b"campaign",
-    b"ok",
-    b"type",
-];
-
 /// The value of record `seq`: its number, then words and numbers, `len` bytes.
 fn record_value(seq: u64, len: usize, out: &mut Vec<u8>) {
     out.clear();
     let _ = write!(out, "{{\"seq\":{seq},");
     let mut rng = Rng::new(seq.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
-    while out.len() < len {
-        let r = rng.next_u64();
-        if r.is_multiple_of(4) {
-            let _ = write!(out, "{}", (r >> 32) % 100_000);
-        } else {
-            out.extend_from_slice(WORDS[(r >> 8) as usize % WORDS.len()]);
-        }
-        out.push(if r & 0x10000 == 0 { b',' } else { b':' });
-    }
-    out.truncate(len);
+    fill_text(&mut rng, len, out);
 }
 
 /// The keys of the records, one after the other: uniform, or Zipf-distributed ranks.

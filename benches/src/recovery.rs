@@ -36,7 +36,7 @@ use millpond_wal::{
 };
 use serde_json::{json, Value};
 
-use crate::util::{histogram, parse_bytes, percentiles, rss_bytes, Rng};
+use crate::util::{fill_text, histogram, parse_bytes, percentiles, rss_bytes, Rng};
 
 /// Bytes a key adds to a value in the logical state size: 8 of key, 4 of key-group and
 /// state-id prefix.
@@ -132,42 +132,6 @@ struct Keys {
     value_bytes: usize,
 }
 
-const WORDS: [&[u8]; 32] = [
-    b"user",
-    b"click",
-    b"view",
-    b"session",
-    b"page",
-    b"home",
-    b"cart",
-    b"checkout",
-    b"search",
-    b"mobile",
-    b"desktop",
-    b"true",
-    b"false",
-    b"null",
-    b"event",
-    b"ts",
-    b"id",
-    b"country",
-    b"de",
-    b"us",
-    b"fr",
-    b"price",
-    b"item",
-    b"category",
-    b"referrer",
-    b"campaign",
-    b"email",
-    b"open",
-    b"ok",
-    b"error",
-    b"type",
-    b"value",
-];
-const SEPARATORS: [u8; 4] = [b' ', b',', b':', b'"'];
-
 impl Keys {
     fn new(n: u64, dirty: u64, value_bytes: usize) -> Keys {
         let dirty = dirty.clamp(1, n);
@@ -193,22 +157,7 @@ impl Keys {
         out.clear();
         out.extend_from_slice(&version.to_le_bytes());
         let mut rng = Rng::new((k + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
-        let mut digits = [0u8; 5];
-        while out.len() < self.value_bytes {
-            let r = rng.next_u64();
-            if r.is_multiple_of(5) {
-                let mut x = (r >> 32) % 100_000;
-                for d in digits.iter_mut().rev() {
-                    *d = b'0' + (x % 10) as u8;
-                    x /= 10;
-                }
-                out.extend_from_slice(&digits);
-            } else {
-                out.extend_from_slice(WORDS[(r >> 8) as usize % WORDS.len()]);
-            }
-            out.push(SEPARATORS[(r >> 16) as usize % SEPARATORS.len()]);
-        }
-        out.truncate(self.value_bytes);
+        fill_text(&mut rng, self.value_bytes, out);
     }
 }
 

@@ -79,6 +79,65 @@ impl Rng {
     }
 }
 
+/// Words of the text-like values the benchmarks store (compressible like JSON events, not
+/// like zeros). The Flink peer harness (benches/flink) generates the same bytes.
+const WORDS: [&[u8]; 32] = [
+    b"user",
+    b"click",
+    b"view",
+    b"session",
+    b"page",
+    b"home",
+    b"cart",
+    b"checkout",
+    b"search",
+    b"mobile",
+    b"desktop",
+    b"true",
+    b"false",
+    b"null",
+    b"event",
+    b"ts",
+    b"id",
+    b"country",
+    b"de",
+    b"us",
+    b"fr",
+    b"price",
+    b"item",
+    b"category",
+    b"referrer",
+    b"campaign",
+    b"email",
+    b"open",
+    b"ok",
+    b"error",
+    b"type",
+    b"value",
+];
+const SEPARATORS: [u8; 4] = [b' ', b',', b':', b'"'];
+
+/// Appends words, five-digit numbers and separators drawn from `rng` to `out` until it holds
+/// `len` bytes (cut to exactly `len`).
+pub fn fill_text(rng: &mut Rng, len: usize, out: &mut Vec<u8>) {
+    let mut digits = [0u8; 5];
+    while out.len() < len {
+        let r = rng.next_u64();
+        if r.is_multiple_of(5) {
+            let mut x = (r >> 32) % 100_000;
+            for d in digits.iter_mut().rev() {
+                *d = b'0' + (x % 10) as u8;
+                x /= 10;
+            }
+            out.extend_from_slice(&digits);
+        } else {
+            out.extend_from_slice(WORDS[(r >> 8) as usize % WORDS.len()]);
+        }
+        out.push(SEPARATORS[(r >> 16) as usize % SEPARATORS.len()]);
+    }
+    out.truncate(len);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
