@@ -13,15 +13,11 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::{GeneratedInput, Input, Record, CHILD_ENV};
-use millpond::snapshot::Archive;
 use millpond::wal::pulsar::{wal_topic, PulsarSettings};
 use millpond::wal::SourceOffset;
-use object_store::aws::AmazonS3Builder;
-use object_store::ObjectStore;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -34,35 +30,12 @@ const KEYS: usize = 3_000;
 /// Records per second the child processes at most: the input lasts long enough for 20 kills.
 const RATE: u64 = 8_000;
 
-fn env(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| {
-        panic!("{name} is not set: start the services with `eval \"$(scripts/services up)\"`")
-    })
-}
-
-/// The S3 archive of a run, and its object store for listing what a snapshot left behind.
-fn archive(prefix: &str) -> (Archive, Arc<dyn ObjectStore>) {
-    env("S3_ENDPOINT");
-    let bucket = env("S3_BUCKET");
-    let store: Arc<dyn ObjectStore> = Arc::new(
-        AmazonS3Builder::from_env()
-            .with_bucket_name(&bucket)
-            .build()
-            .unwrap(),
-    );
-    let url = format!("s3://{bucket}/{prefix}");
-    (
-        Archive::from_store(store.clone(), prefix, &url).unwrap(),
-        store,
-    )
-}
-
 fn builder(dir: &std::path::Path, run: &str) -> millpond::Builder {
-    let (archive, _) = archive(&format!("e2e/{run}"));
+    let (archive, _) = common::s3_archive(&format!("e2e/{run}"));
     millpond::Millpond::builder(dir)
         .settings(common::job_settings())
         .pulsar_wal(PulsarSettings::for_topic(
-            env("PULSAR_URL"),
+            common::env("PULSAR_URL"),
             wal_topic("public", "default", run, "0"),
         ))
         .snapshots(archive)
@@ -78,7 +51,7 @@ struct KafkaInput {
 impl KafkaInput {
     fn new(topic: &str) -> KafkaInput {
         let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", env("KAFKA_BROKERS"))
+            .set("bootstrap.servers", common::env("KAFKA_BROKERS"))
             .set("group.id", "millpond-e2e")
             // Positions come from millpond, never from Kafka's group offsets.
             .set("enable.auto.commit", "false")
@@ -158,7 +131,7 @@ impl Input for KafkaInput {
 /// each key's count and each partition's end offset.
 fn produce(topic: &str) -> (BTreeMap<String, u64>, BTreeMap<i32, i64>) {
     let mut config = ClientConfig::new();
-    config.set("bootstrap.servers", env("KAFKA_BROKERS"));
+    config.set("bootstrap.servers", common::env("KAFKA_BROKERS"));
     let admin: AdminClient<DefaultClientContext> = config.create().unwrap();
     let created = common::block_on(admin.create_topics(
         &[NewTopic::new(topic, PARTITIONS, TopicReplication::Fixed(1))],
@@ -203,7 +176,7 @@ fn child() {
     let Some(dir) = std::env::var_os(CHILD_ENV).map(PathBuf::from) else {
         return;
     };
-    let run = env("MILLPOND_E2E_RUN");
+    let run = common::env("MILLPOND_E2E_RUN");
     let mut input = KafkaInput::new(&run);
     common::run_job(builder(&dir, &run), &dir, &mut input, Some(RATE));
 }
@@ -221,7 +194,7 @@ fn killed_at_random_moments_kafka_pulsar_s3_state_is_exactly_once() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("job");
     let prefix = format!("e2e/{run}");
-    let (listing_archive, store) = archive(&prefix);
+    let (listing_archive, store) = common::s3_archive(&prefix);
     let report = common::kill_loop(
         "child",
         &dir,

@@ -7,20 +7,14 @@
 
 #![cfg(feature = "pulsar")]
 
+mod common;
+
 use std::sync::Arc;
 
-use millpond::snapshot::Archive;
 use millpond::state::{StringCodec, U64Codec, ValueState, ValueStateDescriptor};
 use millpond::wal::pulsar::{wal_topic, PulsarSettings, PulsarSink};
 use millpond::wal::{SourceOffset, Wal, WalSettings};
 use millpond::{Error, Millpond};
-use object_store::aws::AmazonS3Builder;
-
-fn env(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| {
-        panic!("{name} is not set: start the services with `eval \"$(scripts/services up)\"`")
-    })
-}
 
 struct Setup {
     pulsar: PulsarSettings,
@@ -38,7 +32,7 @@ impl Setup {
         );
         Setup {
             pulsar: PulsarSettings::for_topic(
-                env("PULSAR_URL"),
+                common::env("PULSAR_URL"),
                 wal_topic("public", "default", &run, "0"),
             ),
             prefix: format!("e2e/{run}"),
@@ -46,14 +40,7 @@ impl Setup {
     }
 
     fn builder(&self, dir: &std::path::Path) -> millpond::Builder {
-        env("S3_ENDPOINT");
-        let bucket = env("S3_BUCKET");
-        let store = AmazonS3Builder::from_env()
-            .with_bucket_name(&bucket)
-            .build()
-            .unwrap();
-        let url = format!("s3://{bucket}/{}", self.prefix);
-        let archive = Archive::from_store(Arc::new(store), &self.prefix, &url).unwrap();
+        let (archive, _) = common::s3_archive(&self.prefix);
         Millpond::builder(dir)
             .settings(millpond::Settings {
                 snapshot_interval: None,

@@ -23,6 +23,7 @@ use millpond::state::{
 };
 use millpond::wal::{SegmentSettings, SourceOffset};
 use millpond::{Millpond, Settings};
+use object_store::aws::AmazonS3Builder;
 use object_store::ObjectStore;
 use rand::Rng;
 use std::sync::Arc;
@@ -437,4 +438,29 @@ pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
         .build()
         .unwrap()
         .block_on(f)
+}
+
+/// A variable `scripts/services up` exports; a test without it fails, never passes.
+pub fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: start the services with `eval \"$(scripts/services up)\"`")
+    })
+}
+
+/// The S3 archive at `prefix` of the test bucket (from `scripts/services`), and its object
+/// store, for listing what a snapshot left behind.
+pub fn s3_archive(prefix: &str) -> (Archive, Arc<dyn ObjectStore>) {
+    env("S3_ENDPOINT");
+    let bucket = env("S3_BUCKET");
+    let store: Arc<dyn ObjectStore> = Arc::new(
+        AmazonS3Builder::from_env()
+            .with_bucket_name(&bucket)
+            .build()
+            .unwrap(),
+    );
+    let url = format!("s3://{bucket}/{prefix}");
+    (
+        Archive::from_store(store.clone(), prefix, &url).unwrap(),
+        store,
+    )
 }
