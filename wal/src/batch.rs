@@ -89,6 +89,13 @@ pub fn seal(buf: &mut [u8], first_lsn: u64, count: u32, epoch: u64) {
     buf[CHECKED_BYTES..HEADER_BYTES].copy_from_slice(&crc.to_le_bytes());
 }
 
+/// The first LSN a framed batch's header declares, unverified (`None` if `buf` is shorter
+/// than a header): enough to decide whether to read a batch at all; [`decode`] verifies it.
+pub fn peek_first_lsn(buf: &[u8]) -> Option<u64> {
+    let bytes: [u8; 8] = buf.get(16..24)?.try_into().ok()?;
+    Some(u64::from_le_bytes(bytes))
+}
+
 /// What [`decode`] finds at the start of a buffer.
 #[derive(Debug)]
 pub enum Decoded<'a> {

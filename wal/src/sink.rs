@@ -118,8 +118,8 @@ impl<S: WalSource> WalSource for UpTo<S> {
             return Ok(None);
         };
         // Only the first LSN is looked at here; replay verifies the whole batch.
-        match batch.bytes.get(16..24) {
-            Some(b) if u64::from_le_bytes(b.try_into().expect("8 bytes")) > self.last_lsn => {
+        match crate::batch::peek_first_lsn(&batch.bytes) {
+            Some(first) if first > self.last_lsn => {
                 self.done = true;
                 Ok(None)
             }
@@ -167,7 +167,7 @@ mod tests {
             let mut src = UpTo::new(Batches(log.clone().into_iter()), last_lsn);
             let mut v = Vec::new();
             while let Some(b) = src.next_batch().unwrap() {
-                v.push(u64::from_le_bytes(b.bytes[16..24].try_into().unwrap()));
+                v.push(crate::batch::peek_first_lsn(&b.bytes).unwrap());
             }
             v
         };
