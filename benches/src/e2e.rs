@@ -56,7 +56,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use serde_json::{json, Map, Value};
 
-use crate::util::{fill_text, histogram, parse_bytes, peak_rss_bytes, rss_bytes, Rng};
+use crate::util::{fill_text, histogram, loadavg_1m, parse_bytes, peak_rss_bytes, rss_bytes, Rng};
 
 /// What to run when a service is missing.
 const SERVICES_HINT: &str =
@@ -247,15 +247,6 @@ fn round3(x: f64) -> f64 {
 /// Nanoseconds as milliseconds, to the microsecond.
 fn ms(ns: u64) -> f64 {
     (ns as f64 / 1e3).round() / 1000.0
-}
-
-fn loadavg_1m() -> Option<f64> {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
 }
 
 fn env(name: &str) -> Result<String, String> {

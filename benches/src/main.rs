@@ -6,7 +6,10 @@
 //! `cargo run --release -p millpond-bench -- e2e --records 10000000 --keys 1000000` (after
 //! `eval "$(scripts/services up kafka pulsar s3)"`)
 
+mod compare;
 mod e2e;
+mod peer;
+mod plot;
 mod recovery;
 mod state;
 mod util;
@@ -50,6 +53,19 @@ enum Command {
     /// One job process of `e2e`, run by it as a child.
     #[command(hide = true)]
     E2eJob(e2e::JobArgs),
+    /// The Flink peer harness's workload (benches/flink) on a millpond instance, with the
+    /// harness's JSON fields: load, updates, gets, a snapshot while updates run, MapState,
+    /// then a restore in a fresh process.
+    Peer(peer::PeerArgs),
+    /// millpond and Flink's state backends (through benches/flink) on identical workloads:
+    /// the case study's table with ratios, and plots.
+    Compare(compare::CompareArgs),
+    /// The workload half of `peer`, run by it in a child process.
+    #[command(hide = true)]
+    PeerRun(peer::PeerArgs),
+    /// The restore half of `peer`, run by it in a child process.
+    #[command(hide = true)]
+    PeerRestore(peer::PeerArgs),
 }
 
 fn main() {
@@ -64,6 +80,10 @@ fn main() {
         Command::RecoveryRestore(args) => recovery::run_restore(args, started),
         Command::E2e(args) => e2e::run(args),
         Command::E2eJob(args) => e2e::run_job(args, started),
+        Command::Peer(args) => peer::run(args),
+        Command::Compare(args) => compare::run(args),
+        Command::PeerRun(args) => peer::run_job(args),
+        Command::PeerRestore(args) => peer::run_restore(args, started),
     };
     match result {
         Ok(line) => println!("{line}"),

@@ -36,7 +36,10 @@ use millpond_wal::{
 };
 use serde_json::{json, Value};
 
-use crate::util::{fill_text, histogram, parse_bytes, percentiles, rss_bytes, Rng};
+use crate::util::{
+    dir_bytes, drop_caches, histogram, loadavg_1m, parse_bytes, percentiles, rss_bytes, text_value,
+    Rng,
+};
 
 /// Bytes a key adds to a value in the logical state size: 8 of key, 4 of key-group and
 /// state-id prefix.
@@ -154,10 +157,7 @@ impl Keys {
 
     /// The value of key `k` at `version` (its number of updates after the load).
     fn value(&self, k: u64, version: u64, out: &mut Vec<u8>) {
-        out.clear();
-        out.extend_from_slice(&version.to_le_bytes());
-        let mut rng = Rng::new((k + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
-        fill_text(&mut rng, self.value_bytes, out);
+        text_value(k, version, self.value_bytes, out);
     }
 }
 
@@ -286,23 +286,6 @@ fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
 
-/// Writes `3` to drop_caches after a sync: clean page cache for the next timed read. False if
-/// not allowed (not root, or a read-only /proc/sys).
-fn drop_caches() -> bool {
-    let _ = Command::new("sync").status();
-    std::fs::write("/proc/sys/vm/drop_caches", "3").is_ok()
-}
-
-/// The 1-minute load average: other work on the machine shows in every figure.
-fn loadavg_1m() -> Option<f64> {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
-}
-
 /// Bytes free on the filesystem of `path` (`df`), if it can tell.
 fn free_bytes(path: &Path) -> Option<u64> {
     let out = Command::new("df")
@@ -316,20 +299,6 @@ fn free_bytes(path: &Path) -> Option<u64> {
         .trim()
         .parse()
         .ok()
-}
-
-fn dir_bytes(dir: &Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return 0;
-    };
-    entries
-        .filter_map(|e| e.ok())
-        .map(|e| match e.metadata() {
-            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
-            Ok(m) => m.len(),
-            Err(_) => 0,
-        })
-        .sum()
 }
 
 /// The S3 store of the archive's bucket, configured like `Archive::open` does.

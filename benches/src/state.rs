@@ -13,11 +13,9 @@ use millpond_state::{
 use millpond_wal::{
     CommitDurability, LocalSegmentSink, SegmentSettings, SourceOffset, Wal, WalSettings,
 };
-use rand::SeedableRng;
-use rand_distr::{Distribution, Zipf};
 use serde_json::json;
 
-use crate::util::{histogram, parse_bytes, peak_rss_bytes, percentiles, rss_bytes, Rng};
+use crate::util::{histogram, key_sequence, parse_bytes, peak_rss_bytes, percentiles, rss_bytes};
 
 #[derive(Args, Debug)]
 pub struct StateArgs {
@@ -57,24 +55,8 @@ pub struct StateArgs {
 
 /// Key indices each thread cycles through: drawn once, shared by millpond and the baseline.
 fn key_sequences(args: &StateArgs) -> Vec<Arc<Vec<u32>>> {
-    const LEN: usize = 1 << 20;
     (0..args.threads)
-        .map(|t| {
-            let mut seq = Vec::with_capacity(LEN);
-            if args.zipf > 0.0 {
-                let zipf = Zipf::new(args.keys as f64, args.zipf).expect("valid zipf parameters");
-                let mut rng = rand::rngs::StdRng::seed_from_u64(42 + t as u64);
-                // Zipf ranks 1..=n; scatter ranks over the key space so hot keys are not adjacent.
-                seq.extend((0..LEN).map(|_| {
-                    let rank = zipf.sample(&mut rng) as u64 - 1;
-                    (rank.wrapping_mul(0x9e37_79b9_7f4a_7c15) % args.keys) as u32
-                }));
-            } else {
-                let mut rng = Rng::new(0x5eed + t as u64);
-                seq.extend((0..LEN).map(|_| rng.below(args.keys) as u32));
-            }
-            Arc::new(seq)
-        })
+        .map(|t| Arc::new(key_sequence(args.keys, args.zipf, t)))
         .collect()
 }
 

@@ -56,6 +56,90 @@ pub fn percentiles(h: &Histogram<u64>) -> Option<(u64, u64, u64)> {
     })
 }
 
+/// Writes `3` to drop_caches after a sync: clean page cache for the next timed read. False if
+/// not allowed (not root, or a read-only /proc/sys).
+pub fn drop_caches() -> bool {
+    let _ = std::process::Command::new("sync").status();
+    std::fs::write("/proc/sys/vm/drop_caches", "3").is_ok()
+}
+
+/// The 1-minute load average: other work on the machine shows in every figure.
+pub fn loadavg_1m() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Bytes of the files under `dir`, recursively (0 if it does not exist).
+pub fn dir_bytes(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .filter_map(|e| e.ok())
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// The text-like value of key `k` at `version`: an 8-byte little-endian version counter, then
+/// text determined by the key, `len` bytes in all. The Flink peer harness's `Measure.value`
+/// makes the same bytes for version 0.
+pub fn text_value(k: u64, version: u64, len: usize, out: &mut Vec<u8>) {
+    out.clear();
+    out.extend_from_slice(&version.to_le_bytes());
+    let mut rng = Rng::new((k + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    fill_text(&mut rng, len, out);
+}
+
+/// The key indices a benchmark thread cycles through (2^20 of them): uniform from the
+/// xorshift64* generator seeded `0x5eed + thread`, or Zipf ranks scattered over the key space
+/// so that hot keys are not adjacent. The Flink peer harness draws the same uniform sequence
+/// for thread 0.
+pub fn key_sequence(keys: u64, zipf: f64, thread: usize) -> Vec<u32> {
+    const LEN: usize = 1 << 20;
+    if zipf > 0.0 {
+        let zipf = rand_distr::Zipf::new(keys as f64, zipf).expect("valid zipf parameters");
+        let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(42 + thread as u64);
+        (0..LEN)
+            .map(|_| {
+                let rank = rand_distr::Distribution::sample(&zipf, &mut rng) as u64 - 1;
+                (rank.wrapping_mul(0x9e37_79b9_7f4a_7c15) % keys) as u32
+            })
+            .collect()
+    } else {
+        let mut rng = Rng::new(0x5eed + thread as u64);
+        (0..LEN).map(|_| rng.below(keys) as u32).collect()
+    }
+}
+
+/// Percentiles at which latency distributions are reported (`*_latency_percentiles`) and
+/// plotted; 0 is the minimum and 100 the maximum. The Flink peer harness uses the same.
+pub const PLOTTED_PERCENTILES: [f64; 14] = [
+    0.0, 10.0, 25.0, 50.0, 75.0, 90.0, 95.0, 99.0, 99.5, 99.9, 99.95, 99.99, 99.999, 100.0,
+];
+
+/// `[[percentile, ns], ...]` at [`PLOTTED_PERCENTILES`], for the JSON line.
+pub fn latency_percentiles(h: &Histogram<u64>) -> serde_json::Value {
+    PLOTTED_PERCENTILES
+        .iter()
+        .map(|&p| {
+            let ns = match p {
+                0.0 => h.min(),
+                100.0 => h.max(),
+                p => h.value_at_percentile(p),
+            };
+            serde_json::json!([p, ns])
+        })
+        .collect()
+}
+
 /// A small fast PRNG (xorshift64*), so that key choice costs next to nothing.
 pub struct Rng(u64);
 
