@@ -194,7 +194,12 @@ fn run_one(args: &CompareArgs, w: &Workload, backend: &str) -> Result<Value, Str
         .stderr(Stdio::inherit())
         .output()
         .map_err(|e| format!("{backend}: {e}"))?;
-    json_line(backend, output)
+    let v = json_line(backend, output)?;
+    // Every key was loaded: a miss is a wrong answer, not a figure.
+    match num(&v, "get_misses") {
+        Some(m) if m > 0.0 => Err(format!("{backend}: {m} gets found no value")),
+        _ => Ok(v),
+    }
 }
 
 /// A row of the table: a field read on each side, how to show it, which way is better.
@@ -596,7 +601,7 @@ pub fn run(args: CompareArgs) -> Result<String, String> {
          ratio = millpond / peer, ✓ = millpond ahead\n\n",
         w.keys,
         args.value_bytes,
-        Unit::Megabytes.show(w.memory_budget as f64),
+        crate::util::show_bytes_binary(w.memory_budget),
         w.seconds,
         args.zipf,
         args.runs

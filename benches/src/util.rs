@@ -40,6 +40,17 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
     Ok((n * mult as f64) as u64)
 }
 
+/// `1 GiB`, `512 MiB`, `1.5 GiB`: sizes given in powers of 1024, shown as given.
+pub fn show_bytes_binary(b: u64) -> String {
+    let (v, unit) = if b >= 1 << 30 {
+        (b as f64 / (1u64 << 30) as f64, "GiB")
+    } else {
+        (b as f64 / (1u64 << 20) as f64, "MiB")
+    };
+    let s = format!("{v:.2}");
+    format!("{} {unit}", s.trim_end_matches('0').trim_end_matches('.'))
+}
+
 /// A latency histogram in nanoseconds, 1 ns to 60 s, 3 significant digits.
 pub fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid histogram bounds")
@@ -231,5 +242,8 @@ mod tests {
         assert_eq!(parse_bytes("110M").unwrap(), 110 << 20);
         assert_eq!(parse_bytes("1.5K").unwrap(), 1536);
         assert!(parse_bytes("x").is_err());
+        assert_eq!(show_bytes_binary(1 << 30), "1 GiB");
+        assert_eq!(show_bytes_binary(1536 << 20), "1.5 GiB");
+        assert_eq!(show_bytes_binary(108 << 20), "108 MiB");
     }
 }

@@ -186,34 +186,30 @@ final class FlinkState {
         return access;
     }
 
-    /** Timings of one checkpoint. */
-    record Checkpoint(KeyedStateHandle handle, double syncSeconds, double totalSeconds) {}
-
     /**
-     * Takes checkpoint id as a task does: the synchronous part in snapshot() (on the task
-     * thread, the record processing pauses), then the asynchronous part (run() here, on a
-     * background thread in a job), then the notification that the checkpoint completed, which
-     * incremental RocksDB needs to base the next checkpoint on this one.
+     * The synchronous part of checkpoint id, as a task runs it on its own thread (record
+     * processing pauses meanwhile): resolving the checkpoint's storage location, then
+     * snapshot(): for RocksDB and ForSt a memtable flush and a native checkpoint (hard links),
+     * for the heap backend a copy-on-write view of every key group. The returned future is the
+     * asynchronous part (upload or serialization), which a task runs on its async-operations
+     * thread pool while it goes on processing records.
      */
-    static Checkpoint checkpoint(
+    static RunnableFuture<SnapshotResult<KeyedStateHandle>> snapshotSync(
             CheckpointableKeyedStateBackend<Long> backend, FsCheckpointStorageAccess storage, long id)
             throws Exception {
         CheckpointStorageLocation location = storage.initializeLocationForCheckpoint(id);
-        long t0 = System.nanoTime();
-        RunnableFuture<SnapshotResult<KeyedStateHandle>> future =
-                backend.snapshot(
-                        id,
-                        System.currentTimeMillis(),
-                        location,
-                        CheckpointOptions.forCheckpointWithDefaultLocation());
-        long t1 = System.nanoTime();
-        future.run();
-        SnapshotResult<KeyedStateHandle> result = future.get();
-        long t2 = System.nanoTime();
+        return backend.snapshot(
+                id, System.currentTimeMillis(), location, CheckpointOptions.forCheckpointWithDefaultLocation());
+    }
+
+    /**
+     * What the task does when the JobManager reports checkpoint id complete: incremental
+     * RocksDB and ForSt base the next checkpoint on it.
+     */
+    static void notifyComplete(CheckpointableKeyedStateBackend<Long> backend, long id) throws Exception {
         if (backend instanceof org.apache.flink.api.common.state.CheckpointListener listener) {
             listener.notifyCheckpointComplete(id);
         }
-        return new Checkpoint(result.getJobManagerOwnedSnapshot(), (t1 - t0) / 1e9, (t2 - t0) / 1e9);
     }
 
     static void deleteRecursively(Path dir) {

@@ -19,7 +19,8 @@ import java.util.List;
  * runs the plain-HashMap baseline itself, and prints one merged JSON line:
  *
  * <ol>
- *   <li>{@code state-run} (child JVM 1): load, update, get, checkpoint, MapState phases;
+ *   <li>{@code state-run} (child JVM 1): load, update, get, timeline (updates with a checkpoint
+ *       taken during them), MapState phases;
  *   <li>{@code restore-run} (child JVM 2, fresh, page cache dropped if allowed): restore from
  *       that checkpoint, first get, full pass over all keys.
  * </ol>

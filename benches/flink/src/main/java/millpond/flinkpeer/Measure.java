@@ -3,6 +3,7 @@ package millpond.flinkpeer;
 import org.HdrHistogram.Histogram;
 import org.apache.commons.math3.distribution.ZipfDistribution;
 import org.apache.commons.math3.random.Well19937c;
+import org.apache.flink.shaded.jackson2.com.fasterxml.jackson.databind.node.ArrayNode;
 
 import java.io.IOException;
 import java.nio.file.Files;
@@ -39,6 +40,24 @@ final class Measure {
     /** A latency histogram in nanoseconds, 1 ns to 60 s, 3 significant digits. */
     static Histogram histogram() {
         return new Histogram(1, 60_000_000_000L, 3);
+    }
+
+    /** The percentiles of a latency distribution in the JSON (millpond's side reports the same). */
+    static final double[] PERCENTILES = {
+        0, 10, 25, 50, 75, 90, 95, 99, 99.5, 99.9, 99.95, 99.99, 99.999, 100
+    };
+
+    /**
+     * h as a JSON array of [percentile, ns] pairs at {@link #PERCENTILES}; 0 is the histogram's
+     * minimum and 100 its maximum.
+     */
+    static ArrayNode percentiles(Histogram h) {
+        ArrayNode out = Main.JSON.createArrayNode();
+        for (double p : PERCENTILES) {
+            long ns = p == 0 ? h.getMinValue() : p == 100 ? h.getMaxValue() : h.getValueAtPercentile(p);
+            out.addArray().add(p).add(ns);
+        }
+        return out;
     }
 
     /** xorshift64*, bit for bit the generator of millpond-bench's util::Rng. */

@@ -119,6 +119,7 @@ final class RestoreRun {
         out.put("restored_gets_checked", checked);
         out.put("restored_get_p50_ns", h.getValueAtPercentile(50));
         out.put("restored_get_p99_ns", h.getValueAtPercentile(99));
+        out.set("restored_get_latency_percentiles", Measure.percentiles(h));
         out.put("restore_rss_bytes", rss);
         out.put("restore_peak_rss_bytes", peak);
         out.set("restore_metrics", Main.JSON.valueToTree(FlinkState.RESTORE_METRICS));

@@ -9,6 +9,7 @@ import org.apache.flink.runtime.state.StateBackend;
 import org.apache.flink.runtime.state.VoidNamespace;
 import org.apache.flink.runtime.state.VoidNamespaceSerializer;
 import org.apache.flink.runtime.state.filesystem.FsCheckpointStorageAccess;
+import org.apache.flink.shaded.jackson2.com.fasterxml.jackson.databind.node.ArrayNode;
 import org.apache.flink.shaded.jackson2.com.fasterxml.jackson.databind.node.ObjectNode;
 import org.apache.flink.util.InstantiationUtil;
 
@@ -18,13 +19,14 @@ import java.util.List;
 
 /**
  * Child JVM 1: the state workload of millpond-bench's `state` on one Flink keyed state backend,
- * then a checkpoint of it and the MapState phases.
+ * then a checkpoint of it taken while updates run, and the MapState phases.
  *
  * <p>Phases, in millpond-bench's order: load every key once (blind writes, in key order), the
  * read-modify-write phase, then gets timed one by one; RSS is read after the gets, where
- * millpond-bench reads it. Then one checkpoint to a local directory, whose handle is written to
- * the work directory for the restore child, then the MapState phases (after the checkpoint, so
- * that the checkpoint holds the value state only, as millpond's snapshot would).
+ * millpond-bench reads it. Then the timeline phase ({@link CheckpointTimeline}): read-modify-write
+ * again, with one checkpoint to a local directory taken during it, whose handle is written to the
+ * work directory for the restore child; then the MapState phases (after the checkpoint, so that
+ * the checkpoint holds the value state only, as millpond's snapshot would).
  */
 final class StateRun {
     private StateRun() {}
@@ -72,7 +74,7 @@ final class StateRun {
         System.err.printf("flink-peer: loaded in %.1f s; RSS %d MB%n", loadSeconds, loadRss >> 20);
 
         // 2. Read-modify-write (millpond's update_with: read, bump the counter, write back).
-        double updateOps = Measure.timed(a.seconds, seq, k -> {
+        Measure.KeyOp readModifyWrite = k -> {
             backend.setCurrentKey(k);
             byte[] v = state.value();
             if (v == null) {
@@ -80,7 +82,8 @@ final class StateRun {
             }
             Measure.bump(v);
             state.update(v);
-        });
+        };
+        double updateOps = Measure.timed(a.seconds, seq, readModifyWrite);
         System.err.printf("flink-peer: update %.0f ops/s%n", updateOps);
 
         // 3. Gets, each timed (setCurrentKey included: a task sets the key for every record).
@@ -96,16 +99,22 @@ final class StateRun {
         System.err.printf("flink-peer: get %.0f ops/s, p99 %d ns; RSS %d MB%n",
                 getOps, gets.getValueAtPercentile(99), rss >> 20);
 
-        // 4. One checkpoint (id 1) to the local checkpoint directory.
-        FlinkState.Checkpoint cp = FlinkState.checkpoint(backend, storage, 1);
+        // 4. Timeline: read-modify-write again for S seconds, with checkpoint 1 taken S/4 into it
+        // as a task takes it (sync part on this thread, async part beside it), throughput in
+        // 100 ms buckets.
+        System.err.printf("flink-peer: timeline: read-modify-write with checkpoint 1 at %.2f s%n",
+                a.seconds / 4);
+        CheckpointTimeline.Result tl = CheckpointTimeline.run(a.seconds, seq, readModifyWrite, backend, storage, 1);
         long snapshotBytes = Measure.dirBytes(checkpoints);
         long snapshotFiles = Measure.dirFiles(checkpoints);
         // The handle is what the JobManager keeps in the checkpoint's _metadata; the restore
         // child reads it back, as a restarted task gets it from the JobManager.
-        byte[] handle = InstantiationUtil.serializeObject(cp.handle());
+        byte[] handle = InstantiationUtil.serializeObject(tl.handle());
         Files.write(work.resolve("handle.ser"), handle);
-        System.err.printf("flink-peer: checkpoint %d bytes in %d files, %.2f s (sync part %.3f s)%n",
-                snapshotBytes, snapshotFiles, cp.totalSeconds(), cp.syncSeconds());
+        System.err.printf("flink-peer: checkpoint %d bytes in %d files, %.2f s (sync part %.3f s);"
+                        + " update %.0f ops/s during it, %.0f outside%n",
+                snapshotBytes, snapshotFiles, tl.snapshotSeconds(), tl.syncSeconds(),
+                tl.opsPerSecDuringSnapshot(), tl.opsPerSecOutsideSnapshot());
 
         ObjectNode mapOut = Main.JSON.createObjectNode();
         // 5. MapState: puts of fresh B-byte values under random user keys 0..M-1 of random keys,
@@ -132,6 +141,7 @@ final class StateRun {
             mapOut.put("map_get_ns_p50", mapGets.getValueAtPercentile(50));
             mapOut.put("map_get_ns_p99", mapGets.getValueAtPercentile(99));
             mapOut.put("map_get_ns_p999", mapGets.getValueAtPercentile(99.9));
+            mapOut.set("map_get_latency_percentiles", Measure.percentiles(mapGets));
             mapOut.put("map_get_hit_ratio", Measure.round3((double) hits[0] / mapGets.getTotalCount()));
             System.err.printf("flink-peer: map put %.0f ops/s, get %.0f ops/s%n", putOps, mapGetOps);
         }
@@ -168,6 +178,7 @@ final class StateRun {
         out.put("get_ns_p99", gets.getValueAtPercentile(99));
         out.put("get_ns_p999", gets.getValueAtPercentile(99.9));
         out.put("get_ns_max", gets.getMaxValue());
+        out.set("get_latency_percentiles", Measure.percentiles(gets));
         out.put("rss_bytes", rss);
         out.put("peak_rss_bytes", peak);
         out.put("rss_bytes_at_end", rssAtEnd);
@@ -176,13 +187,24 @@ final class StateRun {
         out.put("snapshot_kind", a.backend.equals("hashmap")
                 ? "full (heap backend: every key group serialized, async copy-on-write)"
                 : "incremental (native checkpoint; first one uploads every SST file)");
-        out.put("snapshot_seconds", Measure.round3(cp.totalSeconds()));
-        out.put("snapshot_sync_seconds", Measure.round3(cp.syncSeconds()));
+        out.put("snapshot_seconds", Measure.round3(tl.snapshotSeconds()));
+        out.put("snapshot_sync_seconds", Measure.round3(tl.syncSeconds()));
         out.put("snapshot_bytes", snapshotBytes);
         out.put("snapshot_files", snapshotFiles);
         out.put("snapshot_handle_bytes", handle.length);
-        out.put("snapshot_mb_per_sec", Math.round(snapshotBytes / cp.totalSeconds() / 1e5) / 10.0);
+        out.put("snapshot_mb_per_sec", Math.round(snapshotBytes / tl.snapshotSeconds() / 1e5) / 10.0);
         out.put("snapshot_compression", Measure.round3((double) snapshotBytes / (a.keys * (8 + vb))));
+        out.put("timeline_bucket_ms", CheckpointTimeline.BUCKET_NANOS / 1_000_000);
+        ArrayNode timelineOps = out.putArray("timeline_ops");
+        for (long n : tl.bucketOps()) {
+            timelineOps.add(n);
+        }
+        out.put("timeline_seconds", Measure.round3(tl.phaseNanos() / 1e9));
+        out.put("timeline_snapshot_start_s", Measure.round3(tl.snapshotStart() / 1e9));
+        out.put("timeline_snapshot_sync_end_s", Measure.round3(tl.syncEnd() / 1e9));
+        out.put("timeline_snapshot_end_s", Measure.round3(tl.snapshotEnd() / 1e9));
+        out.put("update_ops_per_sec_during_snapshot", Math.round(tl.opsPerSecDuringSnapshot()));
+        out.put("update_ops_per_sec_outside_snapshot", Math.round(tl.opsPerSecOutsideSnapshot()));
         out.setAll(mapOut);
         return out;
     }
