@@ -15,7 +15,7 @@ use clap::{Args, ValueEnum};
 use serde_json::{json, Value};
 
 use crate::plot::{self, Series, Timeline};
-use crate::util::{loadavg_1m, parse_bytes, PLOTTED_PERCENTILES};
+use crate::util::{free_bytes, loadavg_1m, parse_bytes, PLOTTED_PERCENTILES};
 
 /// The Flink backends the harness knows, in the table's order.
 const FLINK_BACKENDS: [&str; 3] = ["hashmap", "rocksdb", "forst"];
@@ -26,7 +26,7 @@ pub enum Scale {
     Small,
     /// The case study's 10 GB: 93M keys of 100 B, 1 GiB budget (a tenth of the state), 10 s
     /// phases. The heap backend cannot hold it (it needs ~2.5× the state as heap) and is
-    /// skipped; needs ~70 GB of free disk and an hour or more.
+    /// skipped; needs ~55 GB of free disk (checked first) and an hour or more.
     #[value(name = "10g")]
     TenG,
 }
@@ -451,7 +451,12 @@ fn targets(results: &[(String, Vec<Value>)]) -> Vec<(String, Option<bool>, Strin
     t
 }
 
-fn plots(out: &Path, results: &[(String, Vec<Value>)]) -> Result<Vec<PathBuf>, String> {
+/// The plots; `workload` (keys, budget) goes into every title.
+fn plots(
+    out: &Path,
+    workload: &str,
+    results: &[(String, Vec<Value>)],
+) -> Result<Vec<PathBuf>, String> {
     let first = |runs: &[Value]| runs.first().cloned().unwrap_or(Value::Null);
     let percentile_series = |field: &str| -> Vec<Series> {
         results
@@ -474,7 +479,7 @@ fn plots(out: &Path, results: &[(String, Vec<Value>)]) -> Result<Vec<PathBuf>, S
     for (file, title, field) in [
         (
             "get-latency.svg",
-            "Value state get latency (all state in memory)",
+            "Value state get latency",
             "get_latency_percentiles",
         ),
         (
@@ -491,7 +496,7 @@ fn plots(out: &Path, results: &[(String, Vec<Value>)]) -> Result<Vec<PathBuf>, S
         let series = percentile_series(field);
         if !series.is_empty() {
             let path = out.join(file);
-            plot::latency_percentiles(&path, title, &series)?;
+            plot::latency_percentiles(&path, &format!("{title}, {workload}"), &series)?;
             written.push(path);
         }
     }
@@ -520,7 +525,7 @@ fn plots(out: &Path, results: &[(String, Vec<Value>)]) -> Result<Vec<PathBuf>, S
         let path = out.join("throughput-during-snapshot.svg");
         plot::throughput_timeline(
             &path,
-            "Read-modify-write throughput, a snapshot requested a quarter in",
+            &format!("Updates/s, a snapshot requested a quarter in, {workload}"),
             &timelines,
             true, // log scale: RocksDB's ~100k/s next to millions
         )?;
@@ -571,6 +576,21 @@ pub fn run(args: CompareArgs) -> Result<String, String> {
             load.unwrap_or(0.0)
         );
     }
+    // The largest run needs the most disk: millpond's WAL, store and archive at once.
+    let state_bytes = w.keys * (args.value_bytes as u64 + 8);
+    let needed = (state_bytes as f64 * crate::recovery::DISK_PER_STATE_BYTE) as u64;
+    let work_dir = args.dir.clone().unwrap_or_else(std::env::temp_dir);
+    if let Some(free) = free_bytes(&work_dir) {
+        if free < needed {
+            return Err(format!(
+                "{} has {} GB free; this workload needs about {} GB (--dir elsewhere, or fewer \
+                 --keys)",
+                work_dir.display(),
+                free / 1_000_000_000,
+                needed.div_ceil(1_000_000_000)
+            ));
+        }
+    }
     if w.backends.iter().any(|b| b != "millpond") {
         jar(&args)?; // built once, before anything is timed
     }
@@ -594,7 +614,12 @@ pub fn run(args: CompareArgs) -> Result<String, String> {
         }
     }
     std::fs::write(args.out.join("results.jsonl"), &raw).map_err(err)?;
-    let written = plots(&args.out, &results)?;
+    let workload = format!(
+        "{}M keys, {} budget",
+        w.keys as f64 / 1e6,
+        crate::util::show_bytes_binary(w.memory_budget)
+    );
+    let written = plots(&args.out, &workload, &results)?;
 
     let mut report = format!(
         "{} keys × {} B values (text), {} budget, {} s phases, zipf {}, {} run(s) each, medians; \
@@ -609,12 +634,11 @@ pub fn run(args: CompareArgs) -> Result<String, String> {
     report += &table(&results);
     report += "\nTargets:\n\n";
     for (name, met, figure) in targets(&results) {
-        let mark = match met {
-            Some(true) => "met",
-            Some(false) => "MISSED",
-            None => "not measured",
+        report += &match met {
+            Some(true) => format!("- {name}: {figure} — met\n"),
+            Some(false) => format!("- {name}: {figure} — MISSED\n"),
+            None => format!("- {name}: not measured\n"),
         };
-        report += &format!("- {name}: {figure} — {mark}\n");
     }
     report += &format!(
         "\nmachine: {}\nload average (1 min) at start {:?}, at end {:?}; {:.0} s in all\n",

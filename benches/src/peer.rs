@@ -432,6 +432,7 @@ pub fn run_job(args: PeerArgs) -> Result<String, String> {
     })?;
     let timeline_seconds = start.elapsed().as_secs_f64();
     committer.finish()?;
+    let (snapshot_rss, snapshot_peak) = (rss_bytes(), peak_rss_bytes());
     let snap_start = snapshot_started.expect("set with the thread").as_secs_f64();
     let snap_end = done_at.load(Ordering::Acquire) as f64 / 1e9;
     let (during, outside) = split_rate(&buckets, snap_start, snap_end, timeline_seconds);
@@ -543,6 +544,8 @@ pub fn run_job(args: PeerArgs) -> Result<String, String> {
         "snapshot_mb_per_sec": (snapshot_bytes as f64 / snapshot_seconds / 1e5).round() / 10.0,
         "snapshot_compression": round3(snapshot_bytes as f64 / state_bytes as f64),
         "snapshot_changes": report.changes,
+        "rss_bytes_after_snapshot": snapshot_rss,
+        "peak_rss_bytes_after_snapshot": snapshot_peak,
         "timeline_bucket_ms": BUCKET_MS,
         "timeline_ops": buckets,
         "timeline_seconds": round3(timeline_seconds),

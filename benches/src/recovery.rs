@@ -37,8 +37,8 @@ use millpond_wal::{
 use serde_json::{json, Value};
 
 use crate::util::{
-    dir_bytes, drop_caches, histogram, loadavg_1m, parse_bytes, percentiles, rss_bytes, text_value,
-    Rng,
+    dir_bytes, drop_caches, free_bytes, histogram, loadavg_1m, parse_bytes, percentiles, rss_bytes,
+    text_value, Rng,
 };
 
 /// Bytes a key adds to a value in the logical state size: 8 of key, 4 of key-group and
@@ -48,7 +48,7 @@ const KEY_OVERHEAD_BYTES: u64 = 12;
 const COMMIT_EVERY: u64 = 100_000;
 /// Peak disk use per logical byte of state, measured at 1 GB: WAL 1.5, live store's cold tier
 /// 1.6, sort runs about 1.3 and the archive 0.65 while the snapshot is written.
-const DISK_PER_STATE_BYTE: f64 = 5.5;
+pub const DISK_PER_STATE_BYTE: f64 = 5.5;
 /// Data files downloaded at once by the S3 baseline: the restore's default.
 const PARALLEL_DOWNLOADS: usize = 4;
 
@@ -284,21 +284,6 @@ fn ms(ns: Option<u64>) -> Option<f64> {
 
 fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
-}
-
-/// Bytes free on the filesystem of `path` (`df`), if it can tell.
-fn free_bytes(path: &Path) -> Option<u64> {
-    let out = Command::new("df")
-        .args(["-B1", "--output=avail"])
-        .arg(path)
-        .output()
-        .ok()?;
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .nth(1)?
-        .trim()
-        .parse()
-        .ok()
 }
 
 /// The S3 store of the archive's bucket, configured like `Archive::open` does.

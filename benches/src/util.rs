@@ -84,6 +84,21 @@ pub fn loadavg_1m() -> Option<f64> {
         .ok()
 }
 
+/// Bytes free on the filesystem of `path` (`df`), if it can tell.
+pub fn free_bytes(path: &std::path::Path) -> Option<u64> {
+    let out = std::process::Command::new("df")
+        .args(["-B1", "--output=avail"])
+        .arg(path)
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .nth(1)?
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// Bytes of the files under `dir`, recursively (0 if it does not exist).
 pub fn dir_bytes(dir: &std::path::Path) -> u64 {
     let Ok(entries) = std::fs::read_dir(dir) else {
