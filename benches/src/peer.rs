@@ -79,6 +79,12 @@ pub struct PeerArgs {
     /// Updates between commits of the source offset.
     #[arg(long, default_value_t = 10_000)]
     pub commit_every: u64,
+    /// The snapshot writer's sort buffer (default: the facade's, 64 MiB).
+    #[arg(long, value_parser = parse_bytes)]
+    pub sort_buffer: Option<u64>,
+    /// Bytes per local WAL segment (default: the facade's, 64 MiB).
+    #[arg(long, value_parser = parse_bytes)]
+    pub segment_bytes: Option<u64>,
     /// Where the work directory is made (default: the system's temporary directory); removed
     /// at the end unless --keep.
     #[arg(long)]
@@ -104,6 +110,12 @@ impl PeerArgs {
             format!("--commit-every={}", self.commit_every),
             format!("--work={}", work.display()),
         ];
+        if let Some(b) = self.sort_buffer {
+            v.push(format!("--sort-buffer={b}"));
+        }
+        if let Some(b) = self.segment_bytes {
+            v.push(format!("--segment-bytes={b}"));
+        }
         v.push(
             match self.values {
                 Values::Text => "--values=text",
@@ -140,7 +152,20 @@ fn round3(x: f64) -> f64 {
 }
 
 fn settings(args: &PeerArgs) -> Settings {
+    let defaults = Settings::default();
     Settings {
+        snapshot: millpond::snapshot::SnapshotSettings {
+            sort_buffer_bytes: args
+                .sort_buffer
+                .map_or(defaults.snapshot.sort_buffer_bytes, |b| b as usize),
+            ..defaults.snapshot.clone()
+        },
+        segments: millpond::wal::SegmentSettings {
+            segment_bytes: args
+                .segment_bytes
+                .unwrap_or(defaults.segments.segment_bytes),
+            ..defaults.segments.clone()
+        },
         store: StoreSettings {
             memory_budget_bytes: args.memory_budget as usize,
             ..StoreSettings::default()
@@ -151,7 +176,7 @@ fn settings(args: &PeerArgs) -> Settings {
         },
         // Only the snapshot the timeline phase asks for, as the harness takes one checkpoint.
         snapshot_interval: None,
-        ..Settings::default()
+        ..defaults
     }
 }
 

@@ -249,9 +249,8 @@ impl SnapshotBuilder {
         let entry = match self.buffer.get_mut(&self.key[..]) {
             Some(e) => e,
             None => {
-                // The map slot (key and changes inline) and the key's heap bytes.
-                self.buffer_bytes +=
-                    std::mem::size_of::<(Vec<u8>, KeyChanges)>() + 8 + self.key.len().max(16);
+                // The key's heap bytes; the map's slots are counted by its capacity below.
+                self.buffer_bytes += 8 + self.key.len().max(16);
                 self.buffer.entry(self.key.clone()).or_default()
             }
         };
@@ -259,10 +258,17 @@ impl SnapshotBuilder {
         entry.push(schema, &change.op)?;
         self.buffer_bytes = self.buffer_bytes + entry.mem_size() - before;
         self.changes += 1;
-        if self.buffer_bytes >= self.sort_buffer_bytes {
+        if self.buffer_bytes + self.slot_bytes() >= self.sort_buffer_bytes {
             self.spill()?;
         }
         Ok(())
+    }
+
+    /// Memory of the map's slots: its whole capacity, empty slots too (up to half of them
+    /// after it grows), and as much again for the vector [`Self::take_sorted`] moves them to.
+    fn slot_bytes(&self) -> usize {
+        let slot = std::mem::size_of::<(Vec<u8>, KeyChanges)>();
+        self.buffer.capacity() * 8 / 7 * (slot + 1) + self.buffer.len() * slot
     }
 
     /// The buffer, sorted by key.

@@ -112,17 +112,17 @@ fn corrupt(location: impl FnOnce() -> String, what: &'static str) -> Error {
     }
 }
 
-/// Reads one batch from the start of `buf`, verifying framing, LSN arithmetic and checksum.
-///
-/// A buffer that ends before the batch does is `Incomplete`; anything else that is not a valid
-/// batch is [`Error::Corrupt`], with `location` for the message.
-pub fn decode(buf: &[u8], location: impl Fn() -> String) -> Result<Decoded<'_>> {
+/// The header at the start of `buf`, checked (magic, version, lengths, LSNs) but not its
+/// checksum, which covers the payload too: `None` if `buf` is shorter than a header and could
+/// be the start of one. Lets a reader learn a batch's framed length before reading the rest;
+/// [`decode`] verifies the whole batch.
+pub fn header(buf: &[u8], location: impl Fn() -> String) -> Result<Option<BatchHeader>> {
     if buf.len() < HEADER_BYTES {
         // A torn header may be any prefix of a valid one.
         if !MAGIC.starts_with(&buf[..buf.len().min(4)]) {
             return Err(corrupt(location, "WAL batch magic"));
         }
-        return Ok(Decoded::Incomplete);
+        return Ok(None);
     }
     let u32_at = |i: usize| u32::from_le_bytes([buf[i], buf[i + 1], buf[i + 2], buf[i + 3]]);
     let u64_at = |i: usize| {
@@ -149,6 +149,25 @@ pub fn decode(buf: &[u8], location: impl Fn() -> String) -> Result<Decoded<'_>> 
     {
         return Err(corrupt(location, "WAL batch header"));
     }
+    Ok(Some(header))
+}
+
+/// The payload length a header declares, unverified (`None` if `buf` is shorter than a
+/// header): where a damaged batch claims to end.
+pub fn peek_payload_len(buf: &[u8]) -> Option<usize> {
+    let bytes: [u8; 4] = buf.get(8..12)?.try_into().ok()?;
+    Some(u32::from_le_bytes(bytes) as usize)
+}
+
+/// Reads one batch from the start of `buf`, verifying framing, LSN arithmetic and checksum.
+///
+/// A buffer that ends before the batch does is `Incomplete`; anything else that is not a valid
+/// batch is [`Error::Corrupt`], with `location` for the message.
+pub fn decode(buf: &[u8], location: impl Fn() -> String) -> Result<Decoded<'_>> {
+    let Some(header) = header(buf, &location)? else {
+        return Ok(Decoded::Incomplete);
+    };
+    let u32_at = |i: usize| u32::from_le_bytes([buf[i], buf[i + 1], buf[i + 2], buf[i + 3]]);
     let end = header.framed_len();
     if buf.len() < end {
         return Ok(Decoded::Incomplete);

@@ -86,11 +86,10 @@ fn scan(path: &Path, bytes: &[u8]) -> Result<Scan> {
 
 /// Whether a (damaged) batch at the start of `rest` claims to extend to the end of the file.
 fn declared_end_reaches_eof(rest: &[u8]) -> bool {
-    if rest.len() < batch::HEADER_BYTES {
-        return true;
+    match batch::peek_payload_len(rest) {
+        Some(payload) => batch::HEADER_BYTES + payload >= rest.len(),
+        None => true,
     }
-    let payload = u32::from_le_bytes([rest[8], rest[9], rest[10], rest[11]]) as usize;
-    batch::HEADER_BYTES + payload >= rest.len()
 }
 
 /// The local segment sink.
@@ -203,11 +202,22 @@ impl WalSink for LocalSegmentSink {
     }
 }
 
-/// Reads batches back from local segments, in order.
+/// Reads batches back from local segments, in order, a batch at a time: memory stays at one
+/// batch (plus a read buffer) however large the segments are.
 pub struct LocalSegmentSource {
     segments: Vec<(u64, PathBuf)>,
     index: usize,
-    current: Option<(u64, Vec<u8>, usize, usize)>,
+    current: Option<OpenSegment>,
+}
+
+/// The segment being read: its length when it was opened (a writer may still be appending;
+/// what it adds later is not read), and where the next batch starts.
+struct OpenSegment {
+    first_lsn: u64,
+    path: PathBuf,
+    reader: std::io::BufReader<File>,
+    len: u64,
+    offset: u64,
 }
 
 impl LocalSegmentSource {
@@ -225,53 +235,184 @@ impl LocalSegmentSource {
             current: None,
         })
     }
+
+    /// The damaged or incomplete batch at `seg.offset` ends the segment if it is a torn tail
+    /// (see [`scan`]); anything else is corruption. A torn tail is an error too unless this
+    /// is the newest segment: only that one can have been cut short by a crash.
+    fn end_of_segment(&self, seg: &mut OpenSegment, damage: Option<Error>) -> Result<()> {
+        let mut rest = Vec::new();
+        seg.reader
+            .seek(SeekFrom::Start(seg.offset))
+            .and_then(|_| {
+                (&mut seg.reader)
+                    .take(seg.len - seg.offset)
+                    .read_to_end(&mut rest)
+            })
+            .map_err(Error::io(&seg.path))?;
+        let torn = rest.iter().all(|b| *b == 0) || declared_end_reaches_eof(&rest);
+        match damage {
+            Some(e) if !torn => Err(e),
+            _ if self.index + 1 < self.segments.len() => Err(Error::Corrupt {
+                what: "WAL segment (cut short before a later segment)",
+                location: format!("{} at byte {}", seg.path.display(), seg.offset),
+            }),
+            _ => Ok(()),
+        }
+    }
 }
 
 impl WalSource for LocalSegmentSource {
     fn next_batch(&mut self) -> Result<Option<StoredBatch>> {
         loop {
-            if self.current.is_none() {
-                let Some((first, path)) = self.segments.get(self.index) else {
-                    return Ok(None);
-                };
-                let mut bytes = Vec::new();
-                File::open(path)
-                    .and_then(|mut f| f.read_to_end(&mut bytes))
-                    .map_err(Error::io(path))?;
-                let last = self.index + 1 == self.segments.len();
-                let s = scan(path, &bytes)?;
-                if s.torn && !last {
-                    // Only the newest segment can have been cut short by a crash.
-                    return Err(Error::Corrupt {
-                        what: "WAL segment (cut short before a later segment)",
-                        location: format!("{} at byte {}", path.display(), s.valid_len),
-                    });
+            let mut seg = match self.current.take() {
+                Some(seg) => seg,
+                None => {
+                    let Some((first, path)) = self.segments.get(self.index) else {
+                        return Ok(None);
+                    };
+                    let file = File::open(path).map_err(Error::io(path))?;
+                    let len = file.metadata().map_err(Error::io(path))?.len();
+                    OpenSegment {
+                        first_lsn: *first,
+                        path: path.clone(),
+                        reader: std::io::BufReader::with_capacity(1 << 20, file),
+                        len,
+                        offset: 0,
+                    }
                 }
-                let valid = s.valid_len as usize;
-                self.current = Some((*first, bytes, 0, valid));
-            }
-            let (segment, bytes, off, valid) = self.current.as_mut().expect("set above");
-            if *off >= *valid {
-                self.current = None;
+            };
+            if seg.offset >= seg.len {
                 self.index += 1;
                 continue;
             }
-            let start = *off;
-            let Decoded::Batch(h, _) = batch::decode(&bytes[start..*valid], String::new)? else {
-                // scan() verified every batch below `valid`; this cannot happen.
-                return Err(Error::Corrupt {
-                    what: "WAL segment",
-                    location: format!("segment {segment} at byte {start}"),
-                });
-            };
-            *off += h.framed_len();
-            return Ok(Some(StoredBatch {
-                position: WalPosition::Local {
-                    segment: *segment,
-                    offset: start as u64,
-                },
-                bytes: bytes[start..*off].to_vec(),
-            }));
+            match self.read_batch(&mut seg) {
+                Ok(Some(bytes)) => {
+                    let position = WalPosition::Local {
+                        segment: seg.first_lsn,
+                        offset: seg.offset,
+                    };
+                    seg.offset += bytes.len() as u64;
+                    self.current = Some(seg);
+                    return Ok(Some(StoredBatch { position, bytes }));
+                }
+                Ok(None) => self.end_of_segment(&mut seg, None)?,
+                Err(e) => self.end_of_segment(&mut seg, Some(e))?,
+            }
+            // A torn tail of the newest segment: the log ends here.
+            self.index += 1;
         }
+    }
+}
+
+impl LocalSegmentSource {
+    /// The whole, verified batch at `seg.offset`, or `None` if the segment ends inside it.
+    fn read_batch(&self, seg: &mut OpenSegment) -> Result<Option<Vec<u8>>> {
+        let remaining = seg.len - seg.offset;
+        let location = || format!("{} at byte {}", seg.path.display(), seg.offset);
+        let mut buf = vec![0u8; batch::HEADER_BYTES.min(remaining as usize)];
+        seg.reader
+            .read_exact(&mut buf)
+            .map_err(Error::io(&seg.path))?;
+        let Some(header) = batch::header(&buf, location)? else {
+            return Ok(None);
+        };
+        let framed = header.framed_len();
+        if framed as u64 > remaining {
+            return Ok(None);
+        }
+        buf.resize(framed, 0);
+        seg.reader
+            .read_exact(&mut buf[batch::HEADER_BYTES..])
+            .map_err(Error::io(&seg.path))?;
+        match batch::decode(&buf, location)? {
+            Decoded::Batch(..) => Ok(Some(buf)),
+            Decoded::Incomplete => Ok(None),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Writes `batches` batches of one 100-byte record each as raw segment files of
+    /// `per_segment` batches, returning the framed bytes of each.
+    fn write_segments(dir: &Path, batches: u64, per_segment: u64) -> Vec<Vec<u8>> {
+        let mut framed = Vec::new();
+        for lsn in 1..=batches {
+            let mut record = Vec::new();
+            // A record is length-prefixed in the payload; any bytes do for the framing.
+            record.extend_from_slice(&100u32.to_le_bytes());
+            record.extend_from_slice(&[lsn as u8; 100]);
+            let mut out = Vec::new();
+            batch::encode(lsn, 1, 0, &record, &mut out);
+            framed.push(out);
+        }
+        for (i, chunk) in framed.chunks(per_segment as usize).enumerate() {
+            let first = 1 + i as u64 * per_segment;
+            std::fs::write(dir.join(segment_name(first)), chunk.concat()).unwrap();
+        }
+        framed
+    }
+
+    fn read_all(dir: &Path) -> Result<Vec<Vec<u8>>> {
+        let mut source = LocalSegmentSource::open(dir, 1)?;
+        let mut out = Vec::new();
+        while let Some(b) = source.next_batch()? {
+            out.push(b.bytes);
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn batches_come_back_in_order_across_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        let framed = write_segments(dir.path(), 10, 4);
+        assert_eq!(read_all(dir.path()).unwrap(), framed);
+    }
+
+    #[test]
+    fn a_torn_tail_ends_the_newest_segment_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let framed = write_segments(dir.path(), 10, 4);
+        let newest = dir.path().join(segment_name(9));
+        let len = std::fs::metadata(&newest).unwrap().len();
+        // Cut inside the last batch: its header survives, its payload does not.
+        OpenOptions::new()
+            .write(true)
+            .open(&newest)
+            .unwrap()
+            .set_len(len - 30)
+            .unwrap();
+        assert_eq!(read_all(dir.path()).unwrap(), framed[..9]);
+
+        // The same cut in an older segment is corruption: a later segment exists.
+        let older = dir.path().join(segment_name(5));
+        let len = std::fs::metadata(&older).unwrap().len();
+        OpenOptions::new()
+            .write(true)
+            .open(&older)
+            .unwrap()
+            .set_len(len - 30)
+            .unwrap();
+        let err = read_all(dir.path()).unwrap_err();
+        assert!(matches!(err, Error::Corrupt { .. }), "{err}");
+    }
+
+    #[test]
+    fn zeros_after_the_last_batch_are_a_torn_tail_and_a_flip_before_the_end_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let framed = write_segments(dir.path(), 4, 4);
+        let path = dir.path().join(segment_name(1));
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes.extend_from_slice(&[0u8; 4096]);
+        std::fs::write(&path, &bytes).unwrap();
+        assert_eq!(read_all(dir.path()).unwrap(), framed);
+
+        // A flipped payload byte in the second batch, with valid batches after it.
+        bytes[framed[0].len() + batch::HEADER_BYTES + 10] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        let err = read_all(dir.path()).unwrap_err();
+        assert!(matches!(err, Error::Corrupt { .. }), "{err}");
     }
 }
