@@ -364,6 +364,13 @@ mod tests {
         Ok(out)
     }
 
+    /// Shortens the file at `path` by `bytes`, as a crash mid-write would.
+    fn cut_end(path: &Path, bytes: u64) {
+        let len = std::fs::metadata(path).unwrap().len();
+        let file = OpenOptions::new().write(true).open(path).unwrap();
+        file.set_len(len - bytes).unwrap();
+    }
+
     #[test]
     fn batches_come_back_in_order_across_segments() {
         let dir = tempfile::tempdir().unwrap();
@@ -375,26 +382,12 @@ mod tests {
     fn a_torn_tail_ends_the_newest_segment_only() {
         let dir = tempfile::tempdir().unwrap();
         let framed = write_segments(dir.path(), 10, 4);
-        let newest = dir.path().join(segment_name(9));
-        let len = std::fs::metadata(&newest).unwrap().len();
         // Cut inside the last batch: its header survives, its payload does not.
-        OpenOptions::new()
-            .write(true)
-            .open(&newest)
-            .unwrap()
-            .set_len(len - 30)
-            .unwrap();
+        cut_end(&dir.path().join(segment_name(9)), 30);
         assert_eq!(read_all(dir.path()).unwrap(), framed[..9]);
 
         // The same cut in an older segment is corruption: a later segment exists.
-        let older = dir.path().join(segment_name(5));
-        let len = std::fs::metadata(&older).unwrap().len();
-        OpenOptions::new()
-            .write(true)
-            .open(&older)
-            .unwrap()
-            .set_len(len - 30)
-            .unwrap();
+        cut_end(&dir.path().join(segment_name(5)), 30);
         let err = read_all(dir.path()).unwrap_err();
         assert!(matches!(err, Error::Corrupt { .. }), "{err}");
     }
