@@ -68,7 +68,7 @@ fn scan(path: &Path, bytes: &[u8]) -> Result<Scan> {
                 })
             }
             Err(e) => {
-                if bytes[off..].iter().all(|b| *b == 0) || declared_end_reaches_eof(&bytes[off..]) {
+                if is_torn_tail(&bytes[off..]) {
                     return Ok(Scan {
                         valid_len: off as u64,
                         torn: true,
@@ -82,6 +82,12 @@ fn scan(path: &Path, bytes: &[u8]) -> Result<Scan> {
         valid_len: off as u64,
         torn: false,
     })
+}
+
+/// Whether a damaged batch at the start of `rest`, the rest of a segment, is a torn tail:
+/// nothing valid could follow it, because only zeros do or it claims to reach the end.
+fn is_torn_tail(rest: &[u8]) -> bool {
+    rest.iter().all(|b| *b == 0) || declared_end_reaches_eof(rest)
 }
 
 /// Whether a (damaged) batch at the start of `rest` claims to extend to the end of the file.
@@ -249,7 +255,7 @@ impl LocalSegmentSource {
                     .read_to_end(&mut rest)
             })
             .map_err(Error::io(&seg.path))?;
-        let torn = rest.iter().all(|b| *b == 0) || declared_end_reaches_eof(&rest);
+        let torn = is_torn_tail(&rest);
         match damage {
             Some(e) if !torn => Err(e),
             _ if self.index + 1 < self.segments.len() => Err(Error::Corrupt {
