@@ -15,7 +15,7 @@ use clap::{Args, ValueEnum};
 use serde_json::{json, Value};
 
 use crate::plot::{self, Series, Timeline};
-use crate::util::{free_bytes, loadavg_1m, parse_bytes, PLOTTED_PERCENTILES};
+use crate::util::{child_json, free_bytes, loadavg_1m, parse_bytes, PLOTTED_PERCENTILES};
 
 /// The Flink backends the harness knows, in the table's order.
 const FLINK_BACKENDS: [&str; 3] = ["hashmap", "rocksdb", "forst"];
@@ -150,23 +150,6 @@ fn jar(args: &CompareArgs) -> Result<PathBuf, String> {
     Ok(jar)
 }
 
-/// The last JSON line of a child's stdout.
-fn json_line(what: &str, output: std::process::Output) -> Result<Value, String> {
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let line = stdout
-        .lines()
-        .rfind(|l| l.starts_with('{'))
-        .ok_or_else(|| format!("{what} printed no JSON line ({})", output.status))?;
-    let v: Value = serde_json::from_str(line).map_err(|e| format!("{what}: {e}: {line}"))?;
-    if let Some(e) = v.get("error") {
-        return Err(format!("{what}: {e}"));
-    }
-    if !output.status.success() {
-        return Err(format!("{what} failed ({})", output.status));
-    }
-    Ok(v)
-}
-
 fn run_one(args: &CompareArgs, w: &Workload, backend: &str) -> Result<Value, String> {
     let mut cmd = if backend == "millpond" {
         let mut c = Command::new(std::env::current_exe().map_err(err)?);
@@ -194,7 +177,7 @@ fn run_one(args: &CompareArgs, w: &Workload, backend: &str) -> Result<Value, Str
         .stderr(Stdio::inherit())
         .output()
         .map_err(|e| format!("{backend}: {e}"))?;
-    let v = json_line(backend, output)?;
+    let v = Value::Object(child_json(backend, &output)?);
     // Every key was loaded: a miss is a wrong answer, not a figure.
     match num(&v, "get_misses") {
         Some(m) if m > 0.0 => Err(format!("{backend}: {m} gets found no value")),

@@ -56,7 +56,10 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use serde_json::{json, Map, Value};
 
-use crate::util::{fill_text, histogram, loadavg_1m, parse_bytes, peak_rss_bytes, rss_bytes, Rng};
+use crate::util::{
+    child_json, fill_text, histogram, loadavg_1m, parse_bytes, peak_rss_bytes, rss_bytes,
+    s3_delete_prefix, Rng,
+};
 
 /// What to run when a service is missing.
 const SERVICES_HINT: &str =
@@ -911,18 +914,6 @@ impl Setup<'_> {
     }
 }
 
-fn parse_child(out: &[u8], what: &str) -> Result<Map<String, Value>, String> {
-    let stdout = String::from_utf8_lossy(out);
-    let line = stdout
-        .lines()
-        .rfind(|l| l.starts_with('{'))
-        .ok_or_else(|| format!("the {what} process printed no result"))?;
-    match serde_json::from_str(line).map_err(err)? {
-        Value::Object(m) => Ok(m),
-        _ => Err(format!("the {what} process printed no JSON object")),
-    }
-}
-
 /// The uninterrupted run: a fresh instance, the whole topic.
 fn run_through(setup: &Setup<'_>, instance: &Instance) -> Result<Map<String, Value>, String> {
     let out = setup
@@ -932,10 +923,7 @@ fn run_through(setup: &Setup<'_>, instance: &Instance) -> Result<Map<String, Val
         .stdout(Stdio::piped())
         .output()
         .map_err(err)?;
-    if !out.status.success() {
-        return Err(format!("the job process failed: {}", out.status));
-    }
-    parse_child(&out.stdout, "job")
+    child_json("job", &out)
 }
 
 /// What the kill phase did.
@@ -1001,10 +989,7 @@ fn kill_and_restart(
         .output()
         .map_err(err)?;
     let wall = t.elapsed().as_secs_f64();
-    if !out.status.success() {
-        return Err(format!("the restarted job failed: {}", out.status));
-    }
-    let mut m = parse_child(&out.stdout, "restarted job")?;
+    let mut m = child_json("restarted job", &out)?;
     m.insert("killed_at_records".into(), json!(position));
     m.insert("killed_state_entries".into(), json!(entries));
     m.insert("restart_wall_seconds".into(), json!(round3(wall)));
@@ -1035,30 +1020,6 @@ fn delete_pulsar_topic(admin_url: &str, topic: &str) -> Result<(), String> {
     } else {
         Err(status.to_string())
     }
-}
-
-/// Deletes every object under `prefix` of `bucket`.
-fn s3_delete_prefix(bucket: &str, prefix: &str) -> Result<usize, String> {
-    use futures::TryStreamExt;
-    use object_store::{ObjectStore, ObjectStoreExt};
-    let mut builder = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
-    if std::env::var_os("AWS_DEFAULT_REGION").is_none() && std::env::var_os("AWS_REGION").is_none()
-    {
-        builder = builder.with_region("us-east-1");
-    }
-    let store = builder.build().map_err(err)?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(err)?;
-    rt.block_on(async {
-        let p = object_store::path::Path::from(prefix);
-        let metas: Vec<_> = store.list(Some(&p)).try_collect().await.map_err(err)?;
-        for m in &metas {
-            store.delete(&m.location).await.map_err(err)?;
-        }
-        Ok(metas.len())
-    })
 }
 
 pub fn run(args: E2eArgs) -> Result<String, String> {

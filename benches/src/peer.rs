@@ -36,8 +36,8 @@ use millpond::{Millpond, Recovering, Settings};
 use serde_json::{json, Map, Value};
 
 use crate::util::{
-    dir_bytes, drop_caches, histogram, key_sequence, latency_percentiles, loadavg_1m, parse_bytes,
-    peak_rss_bytes, rss_bytes, text_value, Rng,
+    child_json, dir_bytes, drop_caches, histogram, key_sequence, latency_percentiles, loadavg_1m,
+    parse_bytes, peak_rss_bytes, rss_bytes, text_value, Rng,
 };
 
 /// Random gets checked after the restore's full pass (the harness checks as many).
@@ -262,15 +262,7 @@ fn child(command: &str, args: &PeerArgs, work: &Path) -> Result<Map<String, Valu
         .stderr(Stdio::inherit())
         .output()
         .map_err(err)?;
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let last = stdout.lines().rfind(|l| l.starts_with('{'));
-    match (output.status.success(), last) {
-        (true, Some(line)) => match serde_json::from_str(line) {
-            Ok(Value::Object(map)) => Ok(map),
-            _ => Err(format!("{command} printed no JSON object: {line}")),
-        },
-        _ => Err(format!("{command} failed ({})", output.status)),
-    }
+    child_json(command, &output)
 }
 
 /// Commits a made-up source offset every `every` updates, without waiting for durability.

@@ -440,35 +440,34 @@ fn percentile_label(x: f64) -> String {
 
 /// Nanoseconds in the largest unit that keeps the number at 1 or more: "250 ns", "1.5 µs".
 fn fmt_ns(ns: f64) -> String {
-    // A hair under the threshold still counts, for ticks computed as 10^k · m.
-    let (scale, unit) = [(1e9, "s"), (1e6, "ms"), (1e3, "µs")]
-        .into_iter()
-        .find(|&(s, _)| ns >= s * (1.0 - 1e-9))
-        .unwrap_or((1.0, "ns"));
-    format!("{} {unit}", fmt_trim(ns / scale, 2))
+    fmt_scaled(ns, &[(1e9, " s"), (1e6, " ms"), (1e3, " µs"), (1.0, " ns")])
 }
 
 /// A rate with a k or M suffix: "0", "500", "100k", "1.5M".
 fn fmt_rate(r: f64) -> String {
-    let (scale, suffix) = [(1e9, "G"), (1e6, "M"), (1e3, "k")]
-        .into_iter()
-        .find(|&(s, _)| r >= s * (1.0 - 1e-9))
+    fmt_scaled(r, &[(1e9, "G"), (1e6, "M"), (1e3, "k"), (1.0, "")])
+}
+
+/// `v` in the first of `units` (largest first, the last one's scale 1) that keeps it at 1 or
+/// more, with at most two decimals.
+fn fmt_scaled(v: f64, units: &[(f64, &str)]) -> String {
+    // A hair under the threshold still counts, for ticks computed as 10^k · m.
+    let (scale, unit) = units
+        .iter()
+        .find(|&&(s, _)| v >= s * (1.0 - 1e-9))
+        .or(units.last())
+        .copied()
         .unwrap_or((1.0, ""));
-    format!("{}{suffix}", fmt_trim(r / scale, 2))
+    format!("{}{unit}", fmt_trim(v / scale, 2))
 }
 
 /// `v` with at most `decimals` decimals and no trailing zeros.
 fn fmt_trim(v: f64, decimals: usize) -> String {
-    let s = format!("{v:.decimals$}");
-    let s = if s.contains('.') {
-        s.trim_end_matches('0').trim_end_matches('.')
-    } else {
-        &s
-    };
+    let s = crate::util::trim_decimals(&format!("{v:.decimals$}")).to_string();
     if s == "-0" {
         "0".into()
     } else {
-        s.into()
+        s
     }
 }
 

@@ -37,8 +37,8 @@ use millpond_wal::{
 use serde_json::{json, Value};
 
 use crate::util::{
-    dir_bytes, drop_caches, free_bytes, histogram, loadavg_1m, parse_bytes, percentiles, rss_bytes,
-    text_value, Rng,
+    child_json, dir_bytes, drop_caches, free_bytes, histogram, loadavg_1m, parse_bytes,
+    percentiles, rss_bytes, s3_delete_prefix, s3_store, text_value, Rng,
 };
 
 /// Bytes a key adds to a value in the logical state size: 8 of key, 4 of key-group and
@@ -286,16 +286,6 @@ fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
 
-/// The S3 store of the archive's bucket, configured like `Archive::open` does.
-fn s3_store(bucket: &str) -> Result<Arc<dyn object_store::ObjectStore>, String> {
-    let mut builder = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
-    if std::env::var_os("AWS_DEFAULT_REGION").is_none() && std::env::var_os("AWS_REGION").is_none()
-    {
-        builder = builder.with_region("us-east-1");
-    }
-    Ok(Arc::new(builder.build().map_err(err)?))
-}
-
 fn runtime() -> Result<tokio::runtime::Runtime, String> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(PARALLEL_DOWNLOADS)
@@ -337,22 +327,6 @@ fn s3_download(bucket: &str, prefix: &str, files: &[FileRef], to: &Path) -> Resu
         ),
     )?;
     Ok(t.elapsed().as_secs_f64())
-}
-
-/// Deletes every object under `prefix`.
-fn s3_delete_prefix(bucket: &str, prefix: &str) -> Result<usize, String> {
-    use futures::TryStreamExt;
-    use object_store::ObjectStoreExt;
-    let store = s3_store(bucket)?;
-    let rt = runtime()?;
-    rt.block_on(async {
-        let p = object_store::path::Path::from(prefix);
-        let metas: Vec<_> = store.list(Some(&p)).try_collect().await.map_err(err)?;
-        for m in &metas {
-            store.delete(&m.location).await.map_err(err)?;
-        }
-        Ok(metas.len())
-    })
 }
 
 pub fn run(args: RecoveryArgs) -> Result<String, String> {
@@ -580,15 +554,7 @@ fn measure(
         .output()
         .map_err(err)?;
     let child_wall_seconds = started.elapsed().as_secs_f64();
-    if !out.status.success() {
-        return Err(format!("the restore process failed: {}", out.status));
-    }
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let line = stdout
-        .lines()
-        .last()
-        .ok_or("the restore process printed nothing")?;
-    let restored: Value = serde_json::from_str(line).map_err(err)?;
+    let restored = Value::Object(child_json("restore", &out)?);
 
     // 4. The baseline: the same files copied plainly.
     let copy_dir = root.join("copy");

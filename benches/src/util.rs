@@ -47,8 +47,80 @@ pub fn show_bytes_binary(b: u64) -> String {
     } else {
         (b as f64 / (1u64 << 20) as f64, "MiB")
     };
-    let s = format!("{v:.2}");
-    format!("{} {unit}", s.trim_end_matches('0').trim_end_matches('.'))
+    format!("{} {unit}", trim_decimals(&format!("{v:.2}")))
+}
+
+/// A formatted number without trailing zeros after its decimal point: "1.50" → "1.5",
+/// "2.00" → "2", "100" stays.
+pub fn trim_decimals(s: &str) -> &str {
+    if s.contains('.') {
+        s.trim_end_matches('0').trim_end_matches('.')
+    } else {
+        s
+    }
+}
+
+/// The result a benchmark's child process printed: the last line of its stdout that is a JSON
+/// object (its progress goes to stderr). An `error` field in it (the Flink harness reports
+/// its failures so), a failed exit or no such line is an error naming `what`.
+pub fn child_json(
+    what: &str,
+    output: &std::process::Output,
+) -> Result<serde_json::Map<String, serde_json::Value>, String> {
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = stdout.lines().rfind(|l| l.starts_with('{'));
+    let parsed = line.map(serde_json::from_str::<serde_json::Value>);
+    if let Some(Ok(serde_json::Value::Object(m))) = &parsed {
+        if let Some(e) = m.get("error") {
+            return Err(format!("the {what} process failed: {e}"));
+        }
+    }
+    if !output.status.success() {
+        return Err(format!("the {what} process failed: {}", output.status));
+    }
+    match parsed {
+        Some(Ok(serde_json::Value::Object(m))) => Ok(m),
+        Some(_) => Err(format!(
+            "the {what} process printed no JSON object: {}",
+            line.unwrap_or_default()
+        )),
+        None => Err(format!("the {what} process printed no result")),
+    }
+}
+
+/// The S3 store of the archive's bucket, configured like `Archive::open` does.
+pub fn s3_store(bucket: &str) -> Result<std::sync::Arc<dyn object_store::ObjectStore>, String> {
+    let mut builder = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
+    if std::env::var_os("AWS_DEFAULT_REGION").is_none() && std::env::var_os("AWS_REGION").is_none()
+    {
+        builder = builder.with_region("us-east-1");
+    }
+    Ok(std::sync::Arc::new(
+        builder.build().map_err(|e| e.to_string())?,
+    ))
+}
+
+/// Deletes every object under `prefix` of `bucket` (the S3 store of [`s3_store`]); how many.
+pub fn s3_delete_prefix(bucket: &str, prefix: &str) -> Result<usize, String> {
+    use futures::TryStreamExt;
+    use object_store::ObjectStoreExt;
+    let store = s3_store(bucket)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    rt.block_on(async {
+        let p = object_store::path::Path::from(prefix);
+        let metas: Vec<_> = store
+            .list(Some(&p))
+            .try_collect()
+            .await
+            .map_err(|e| e.to_string())?;
+        for m in &metas {
+            store.delete(&m.location).await.map_err(|e| e.to_string())?;
+        }
+        Ok(metas.len())
+    })
 }
 
 /// A latency histogram in nanoseconds, 1 ns to 60 s, 3 significant digits.

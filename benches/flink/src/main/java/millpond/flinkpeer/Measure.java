@@ -210,27 +210,14 @@ final class Measure {
      */
     static double timedReads(double seconds, int[] seq, Histogram h, long[] hits, KeyRead op)
             throws Exception {
-        long deadline = (long) (seconds * 1e9);
-        long start = System.nanoTime();
-        long n = 0;
-        outer:
-        while (true) {
-            for (int base = 0; base < seq.length; base += 1024) {
-                for (int i = base; i < base + 1024; i++) {
-                    long t = System.nanoTime();
-                    Object v = op.run(seq[i]);
-                    h.recordValue(Math.max(1, System.nanoTime() - t));
-                    if (v != null) {
-                        hits[0]++;
-                    }
-                }
-                n += 1024;
-                if (System.nanoTime() - start >= deadline) {
-                    break outer;
-                }
+        return timed(seconds, seq, k -> {
+            long t = System.nanoTime();
+            Object v = op.run(k);
+            h.recordValue(Math.max(1, System.nanoTime() - t));
+            if (v != null) {
+                hits[0]++;
             }
-        }
-        return n / ((System.nanoTime() - start) / 1e9);
+        });
     }
 
     /** Bytes of all regular files under dir (0 if it does not exist). */
