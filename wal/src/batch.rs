@@ -116,6 +116,20 @@ fn corrupt(location: impl FnOnce() -> String, what: &'static str) -> Error {
 /// checksum, which covers the payload too: `None` if `buf` is shorter than a header and could
 /// be the start of one. Lets a reader learn a batch's framed length before reading the rest;
 /// [`decode`] verifies the whole batch.
+///
+/// ```
+/// use millpond_wal::batch::{self, HEADER_BYTES};
+///
+/// let mut framed = Vec::new();
+/// batch::encode(7, 1, 0, b"\x03\0\0\0abc", &mut framed);
+/// // From the header alone: how many bytes to read for the whole batch.
+/// let h = batch::header(&framed[..HEADER_BYTES], String::new).unwrap().unwrap();
+/// assert_eq!((h.first_lsn, h.framed_len()), (7, framed.len()));
+/// assert_eq!(batch::peek_payload_len(&framed), Some(framed.len() - HEADER_BYTES));
+/// // A prefix of a header is not an error yet; a wrong magic is.
+/// assert!(batch::header(&framed[..10], String::new).unwrap().is_none());
+/// assert!(batch::header(b"nope", String::new).is_err());
+/// ```
 pub fn header(buf: &[u8], location: impl Fn() -> String) -> Result<Option<BatchHeader>> {
     if buf.len() < HEADER_BYTES {
         // A torn header may be any prefix of a valid one.
