@@ -12,7 +12,9 @@
 //!
 //! Exit codes: 0 success; 1 failure (a missing snapshot, damage, a wrong URL or missing
 //! credentials, a target that would be overwritten), with one `error: ` line on stderr; 2 a
-//! usage error (clap's). Nothing is overwritten without `--force`.
+//! usage error (clap's). Nothing is overwritten without `--force`, and `restore --force`
+//! replaces only an earlier restore. Names from files and archives are printed with control
+//! characters escaped (`cli::render::escape`).
 //!
 //! The library calls block (the archive runs its own small tokio runtime), so `main` is an
 //! ordinary synchronous function.
@@ -90,18 +92,21 @@ enum SnapshotCommand {
         /// Snapshot id, sequence number, or `latest`.
         id: String,
     },
-    /// Downloads a snapshot's files (all, or those of some key groups) and its manifest.
+    /// Downloads a snapshot's files (all, or those of some key groups) and its manifest into a
+    /// new directory beside DIR, checks them, then puts it in place of DIR.
     Restore {
         #[command(flatten)]
         store: Store,
         /// Snapshot id, sequence number, or `latest`.
         id: String,
-        /// The directory to restore into; must be empty or missing unless --force.
+        /// The directory to restore into: missing or empty unless --force; never a symlink,
+        /// never inside the archive or holding it.
         #[arg(long, value_name = "DIR")]
         to: PathBuf,
         #[command(flatten)]
         key_groups: KeyGroups,
-        /// Restore into a non-empty directory, replacing files of the same names.
+        /// Replace an earlier restore in DIR (a directory holding only a restore's
+        /// manifest.mpm and files), once the new one is complete and checked.
         #[arg(long)]
         force: bool,
     },
@@ -205,10 +210,11 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if e.is_broken_pipe() => ExitCode::SUCCESS,
         Err(e) => {
-            // One line, whatever the source's message holds (an S3 error body, say).
+            // One line, whatever the source's message holds (an S3 error body, say), and
+            // nothing a terminal would act on (a name in a library's message is not escaped).
             let message = e.to_string();
             let message: Vec<&str> = message.split_whitespace().collect();
-            eprintln!("error: {}", message.join(" "));
+            eprintln!("error: {}", cli::render::terminal_safe(&message.join(" ")));
             ExitCode::from(1)
         }
     }

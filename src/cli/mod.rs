@@ -13,6 +13,7 @@ macro_rules! outln {
 
 pub mod progress;
 pub mod render;
+pub mod restore_dir;
 pub mod snapshot;
 pub mod wal;
 
@@ -97,17 +98,43 @@ impl Out {
         }
     }
 
-    /// Writes `args` and a newline.
+    /// Writes `args` and a newline, through [`render::terminal_safe`]: the last guard
+    /// against a control character that a caller forgot to escape (names should be
+    /// [`render::escape`]d where they are formatted).
     pub fn line(&mut self, args: std::fmt::Arguments<'_>) -> Result<()> {
-        self.inner
-            .write_fmt(args)
-            .and_then(|()| self.inner.write_all(b"\n"))
-            .map_err(io_error)
+        let mut guarded = Guarded {
+            out: &mut self.inner,
+            error: None,
+        };
+        let written = std::fmt::Write::write_fmt(&mut guarded, args);
+        match (written, guarded.error) {
+            (_, Some(e)) => Err(io_error(e)),
+            // Only a `Display` impl fails this way: a bug, not the output's.
+            (Err(_), None) => Err(CliError::new("formatting output failed")),
+            (Ok(()), None) => self.inner.write_all(b"\n").map_err(io_error),
+        }
     }
 
     /// Writes everything buffered.
     pub fn flush(&mut self) -> Result<()> {
         self.inner.flush().map_err(io_error)
+    }
+}
+
+/// Text on its way to stdout, made [`render::terminal_safe`] piece by piece (no copy of the
+/// line unless something needs escaping).
+struct Guarded<'a, W: Write> {
+    out: &'a mut W,
+    error: Option<std::io::Error>,
+}
+
+impl<W: Write> std::fmt::Write for Guarded<'_, W> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let safe = render::terminal_safe(s);
+        self.out.write_all(safe.as_bytes()).map_err(|e| {
+            self.error = Some(e);
+            std::fmt::Error
+        })
     }
 }
 

@@ -3,7 +3,7 @@
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-/// A bar over `total` bytes, labelled `what`.
+/// A bar over `total` bytes, labelled `what` (made terminal-safe: it may hold a name).
 pub fn bytes_bar(total: u64, what: &str) -> ProgressBar {
     let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
     let style = ProgressStyle::with_template(
@@ -12,6 +12,6 @@ pub fn bytes_bar(total: u64, what: &str) -> ProgressBar {
     .unwrap_or_else(|_| ProgressStyle::default_bar())
     .progress_chars("=> ");
     bar.set_style(style);
-    bar.set_message(what.to_owned());
+    bar.set_message(super::render::terminal_safe(what).into_owned());
     bar
 }

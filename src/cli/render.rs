@@ -1,6 +1,100 @@
 //! Showing bytes, times, sizes and tables to people and to JSON readers.
+//!
+//! Names come from files and archives that anyone may have written (a topic, a state name, a
+//! snapshot id, a file path). Printed raw, a name holding `\x1b[…` recolours or retitles the
+//! terminal, or moves the cursor to fake output, and one holding `\n` fakes a line. So every
+//! name printed as text goes through [`escape`], every whole line through [`terminal_safe`]
+//! (the last guard, in `Out` and on stderr), and JSON through [`json`] / [`json_pretty`].
+
+use std::borrow::Cow;
+use std::fmt::Write as _;
 
 use serde_json::Value;
+
+/// Whether `c` must not reach a terminal raw: control characters (C0, DEL and C1: they end
+/// lines, move the cursor, start escape sequences) and the invisible format characters that
+/// reorder or hide text (bidirectional overrides and isolates, zero-width characters, line and
+/// paragraph separators, the byte-order mark).
+pub fn is_unsafe(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{061c}' | '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2060}'..='\u{2069}'
+                | '\u{feff}'
+        )
+}
+
+/// Appends the escape of `c`: `\n`, `\r`, `\t`, other C0 controls as `\xHH`, the rest as
+/// `\uHHHH` (the form JSON also reads, so a line that is JSON stays JSON).
+fn push_escape(out: &mut String, c: char) {
+    match c {
+        '\n' => out.push_str("\\n"),
+        '\r' => out.push_str("\\r"),
+        '\t' => out.push_str("\\t"),
+        c if u32::from(c) < 0x20 => {
+            let _ = write!(out, "\\x{:02x}", u32::from(c));
+        }
+        // Every unsafe character is in the Basic Multilingual Plane: four digits suffice.
+        c => {
+            let _ = write!(out, "\\u{:04x}", u32::from(c));
+        }
+    }
+}
+
+/// `s` escaped with `escape_this`, borrowed when nothing needs it (the usual case).
+fn escape_with(s: &str, escape_this: impl Fn(char) -> bool) -> Cow<'_, str> {
+    if !s.chars().any(&escape_this) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if c == '\\' && escape_this(c) {
+            out.push_str("\\\\");
+        } else if escape_this(c) {
+            push_escape(&mut out, c);
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// A name from a file or an archive, safe to print as text: every [`is_unsafe`] character
+/// escaped (`\n`, `\x1b`, `\u202e`) and a backslash doubled, so that the output is
+/// unambiguous (`\x1b` in the output is always an escape, never four characters of the
+/// name). Printable Unicode is kept as it is.
+pub fn escape(s: &str) -> Cow<'_, str> {
+    escape_with(s, |c| c == '\\' || is_unsafe(c))
+}
+
+/// A whole line or message, safe for a terminal: [`is_unsafe`] characters escaped except
+/// newline and tab; backslashes kept (names in it may be [`escape`]d already, and must not
+/// be escaped twice). The last guard for text that was assembled elsewhere.
+pub fn terminal_safe(s: &str) -> Cow<'_, str> {
+    escape_with(s, |c| is_unsafe(c) && !matches!(c, '\n' | '\t'))
+}
+
+/// `v` as one line of JSON. serde_json escapes quotes, backslashes and C0 controls in strings
+/// but writes DEL, C1 controls and format characters raw: these become `\uHHHH` too (the
+/// same string to a JSON reader).
+pub fn json(v: &Value) -> String {
+    json_safe(v.to_string())
+}
+
+/// `v` as indented JSON over several lines, escaped as [`json`].
+pub fn json_pretty(v: &Value) -> String {
+    json_safe(serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string()))
+}
+
+/// serde_json's output with the unsafe characters it leaves raw escaped. They can only be
+/// inside strings (JSON's own syntax is ASCII), where `\uHHHH` means the same character; a
+/// raw newline is the pretty printer's, never a string's.
+fn json_safe(text: String) -> String {
+    match escape_with(&text, |c| is_unsafe(c) && c != '\n') {
+        Cow::Borrowed(_) => text,
+        Cow::Owned(escaped) => escaped,
+    }
+}
 
 /// How to show encoded bytes (keys, user keys, values). Whatever is asked, bytes that do not
 /// fit it are shown as hex, and the output says which rendering each field got.
@@ -89,11 +183,11 @@ pub fn render(bytes: &[u8], how: Render) -> (Value, Encoding) {
     }
 }
 
-/// `bytes` for a person: a quoted string (JSON escapes), a number, or `0x…` hex.
+/// `bytes` for a person: a quoted string (JSON escapes, [`json`]'s), a number, or `0x…` hex.
 pub fn show(bytes: &[u8], how: Render) -> String {
     match render(bytes, how) {
         (v, Encoding::Hex) => format!("0x{}", v.as_str().unwrap_or_default()),
-        (v, _) => v.to_string(),
+        (v, _) => json(&v),
     }
 }
 
@@ -160,9 +254,11 @@ impl Table {
         }
     }
 
-    /// Adds a row (as many cells as columns).
+    /// Adds a row (as many cells as columns). Cells are text as it comes (names included):
+    /// the table [`escape`]s them.
     pub fn row(&mut self, cells: Vec<String>) {
-        self.rows.push(cells);
+        self.rows
+            .push(cells.iter().map(|c| escape(c).into_owned()).collect());
     }
 
     /// The lines of the table, each indented by `indent`.
@@ -220,6 +316,33 @@ mod tests {
         assert_eq!(render(&[1, 2, 3], Render::U64).1, Encoding::Hex);
         assert_eq!(show(&[0xab, 0x01], Render::Auto), "0xab01");
         assert_eq!(show(b"a\"b", Render::Auto), "\"a\\\"b\"");
+    }
+
+    #[test]
+    fn names_are_escaped_for_the_terminal() {
+        assert_eq!(escape("in"), "in");
+        assert!(matches!(escape("in"), Cow::Borrowed(_)));
+        assert_eq!(escape("a\x1b[31mred\nb"), "a\\x1b[31mred\\nb");
+        assert_eq!(escape("tab\there\r"), "tab\\there\\r");
+        assert_eq!(escape("back\\slash"), "back\\\\slash");
+        assert_eq!(escape("del\u{7f} csi\u{9b}"), "del\\u007f csi\\u009b");
+        assert_eq!(escape("rtl\u{202e}txt"), "rtl\\u202etxt");
+        // Printable Unicode, combining marks and emoji included, is kept.
+        assert_eq!(escape("Zürich e\u{301} 東京 🦀"), "Zürich e\u{301} 東京 🦀");
+
+        assert_eq!(terminal_safe("a\\x1b\x1b]0;t\x07"), "a\\x1b\\x1b]0;t\\x07");
+        assert_eq!(terminal_safe("line\nnext\tcol"), "line\nnext\tcol");
+    }
+
+    #[test]
+    fn json_escapes_what_serde_json_leaves_raw() {
+        let v = serde_json::json!({"t": "a\u{1b}b\u{7f}c\u{9b}d\u{202e}e\nf\\g é"});
+        let text = json(&v);
+        assert_eq!(text, r#"{"t":"a\u001bb\u007fc\u009bd\u202ee\nf\\g é"}"#);
+        assert_eq!(serde_json::from_str::<Value>(&text).unwrap(), v);
+        let pretty = json_pretty(&v);
+        assert!(pretty.contains('\n') && !pretty.contains('\u{9b}'), "{pretty}");
+        assert_eq!(serde_json::from_str::<Value>(&pretty).unwrap(), v);
     }
 
     #[test]

@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use millpond_snapshot::{
-    Archive, Manifest, ManifestKind, RescaleSource, RestoreSettings, SnapshotBase, SnapshotSettings,
+    Archive, FileRef, Manifest, ManifestKind, RescaleSource, RestoreSettings, SnapshotBase,
+    SnapshotSettings,
 };
 use millpond_state::{
     decode_entry, split_composite_key, EntryView, KeyGroupRange, StateSchema, TtlConfig,
@@ -14,8 +15,8 @@ use millpond_state::{
 use millpond_wal::{SourceOffset, WalPosition};
 use serde_json::{json, Value};
 
-use super::render::{render, rfc3339_ms, size, Render, Table};
-use super::{check_key_groups, parse_key_groups, progress, CliError, Out, Result};
+use super::render::{escape, json, json_pretty, render, rfc3339_ms, size, Render, Table};
+use super::{check_key_groups, parse_key_groups, progress, restore_dir, CliError, Out, Result};
 
 /// Name of the manifest `restore` writes next to the files.
 pub const RESTORED_MANIFEST: &str = "manifest.mpm";
@@ -181,10 +182,10 @@ pub fn list(archive: &Archive, as_json: bool, out: &mut Out) -> Result<()> {
     let manifests = archive.manifests()?;
     if as_json {
         let all: Vec<Value> = manifests.iter().map(summary_json).collect();
-        return outln!(out, "{}", Value::Array(all));
+        return outln!(out, "{}", json(&Value::Array(all)));
     }
     if manifests.is_empty() {
-        eprintln!("no snapshots in {}", archive.url());
+        eprintln!("no snapshots in {}", escape(archive.url()));
         return Ok(());
     }
     let mut t = Table::new(&[
@@ -215,15 +216,16 @@ pub fn list(archive: &Archive, as_json: bool, out: &mut Out) -> Result<()> {
 pub fn inspect(archive: &Archive, id: &str, as_json: bool, out: &mut Out) -> Result<()> {
     let m = find(archive, id)?;
     if as_json {
-        let text = serde_json::to_string_pretty(&manifest_json(&m))
-            .map_err(|e| CliError::new(format!("encoding JSON: {e}")))?;
-        return outln!(out, "{text}");
+        return outln!(out, "{}", json_pretty(&manifest_json(&m)));
     }
-    outln!(out, "snapshot {}", m.id)?;
+    outln!(out, "snapshot {}", escape(&m.id))?;
     let fields = [
         ("sequence", m.sequence.to_string()),
         ("kind", kind_name(m.kind).to_owned()),
-        ("parent", m.parent_id.clone().unwrap_or_else(|| "-".into())),
+        (
+            "parent",
+            m.parent_id.as_deref().map_or_else(|| "-".into(), |p| escape(p).into_owned()),
+        ),
         ("writer epoch", m.writer_epoch.to_string()),
         (
             "created",
@@ -340,7 +342,9 @@ pub fn verify(archive: &Archive, id: &str, out: &mut Out) -> Result<()> {
     )
 }
 
-/// `snapshot restore`.
+/// `snapshot restore`: downloads into a new directory beside `to`, checks it, and only then
+/// puts it in place of `to` (module [`restore_dir`]: what is checked, and why nothing that
+/// should not be can be destroyed).
 pub fn restore(
     archive: &Archive,
     id: &str,
@@ -349,48 +353,61 @@ pub fn restore(
     force: bool,
     out: &mut Out,
 ) -> Result<()> {
+    // Every input is checked before anything is written or deleted.
     let m = find(archive, id)?;
     check_key_groups(key_groups, m.max_key_groups)?;
-    let io = |what: &Path| {
-        let what = what.display().to_string();
-        move |e: std::io::Error| CliError::new(format!("{what}: {e}"))
-    };
-    // Refuse before anything is fetched or written.
-    match std::fs::read_dir(to) {
-        Ok(mut entries) => {
-            if entries.next().is_some() && !force {
-                return Err(CliError::new(format!(
-                    "{} is not empty: restore into an empty or new directory, or pass --force \
-                     to replace files of the same names",
-                    to.display()
-                )));
-            }
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io(to)(e)),
-    }
-    std::fs::create_dir_all(to).map_err(io(to))?;
     let range = key_groups.unwrap_or_else(|| KeyGroupRange::all(m.max_key_groups));
     let r = range.as_range();
-    let files: Vec<_> = m.files_for(r.start, r.end).collect();
-    // With --force, what is there under our names goes: the restore writes every file anew
-    // (the library would keep a local file of the right size without checking its bytes).
-    let manifest_path = to.join(RESTORED_MANIFEST);
-    for name in files
-        .iter()
-        .map(|f| f.path.rsplit('/').next().unwrap_or(&f.path).to_owned())
-        .chain([RESTORED_MANIFEST.to_owned()])
-    {
-        let p = to.join(&name);
-        match std::fs::remove_file(&p) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(&p)(e)),
-            _ => {}
-        }
-    }
+    let files: Vec<&FileRef> = m.files_for(r.start, r.end).collect();
+    restore_dir::check_names(&files)?;
+    let target = restore_dir::Target::check(to, archive, force)?;
+
+    let failed = |e: CliError| {
+        e.context(format!(
+            "restoring snapshot {} into {} (nothing was replaced: {})",
+            escape(&m.id),
+            escape(&target.path().to_string_lossy()),
+            if target.exists() {
+                "it is as it was"
+            } else {
+                "nothing was written there"
+            }
+        ))
+    };
+    let staging = target.stage()?;
+    download(archive, &m, key_groups, staging.path()).map_err(failed)?;
+    staging.check_files(&files).map_err(failed)?;
+    staging.write_manifest(&m).map_err(failed)?;
+    staging.commit(&target).map_err(failed)?;
+
+    let bytes: u64 = files.iter().map(|f| f.bytes).sum();
+    outln!(
+        out,
+        "restored snapshot {} ({}) into {}: {} files, {}, manifest {}",
+        escape(&m.id),
+        key_groups.map_or_else(
+            || format!("all {} key groups", m.max_key_groups),
+            |r| format!("key groups {}..{}", r.start, r.end)
+        ),
+        escape(&target.path().to_string_lossy()),
+        files.len(),
+        size(bytes),
+        escape(&target.path().join(RESTORED_MANIFEST).to_string_lossy())
+    )
+}
+
+/// Downloads the files of `m` (of `key_groups`) into the new, empty directory `dir`, each
+/// checked by the library against the manifest before it gets its name, with a progress bar.
+fn download(
+    archive: &Archive,
+    m: &Manifest,
+    key_groups: Option<KeyGroupRange>,
+    dir: &Path,
+) -> Result<()> {
     let base = SnapshotBase::open(
         archive,
-        &m,
-        to,
+        m,
+        dir,
         &RestoreSettings {
             key_groups,
             ..RestoreSettings::default()
@@ -412,32 +429,11 @@ pub fn restore(
     bar.finish_and_clear();
     waiter
         .join()
-        .map_err(|_| CliError::new("the restore's download thread panicked"))?
-        .map_err(|e| {
-            CliError::from(e).context(format!(
-                "restoring snapshot {} into {} (nothing there is usable: no {RESTORED_MANIFEST} was written)",
-                m.id,
-                to.display()
-            ))
-        })?;
-    // The manifest last, whole or not at all: its presence says the files are all there.
-    let part = manifest_path.with_extension("mpm.part");
-    std::fs::write(&part, m.encode()).map_err(io(&part))?;
-    std::fs::rename(&part, &manifest_path).map_err(io(&manifest_path))?;
-    let bytes: u64 = files.iter().map(|f| f.bytes).sum();
-    outln!(
-        out,
-        "restored snapshot {} ({}) into {}: {} files, {}, manifest {}",
-        m.id,
-        key_groups.map_or_else(
-            || format!("all {} key groups", m.max_key_groups),
-            |r| format!("key groups {}..{}", r.start, r.end)
-        ),
-        to.display(),
-        files.len(),
-        size(bytes),
-        manifest_path.display()
-    )
+        .map_err(|_| CliError::new("the restore's download thread panicked"))??;
+    if !base.is_local() {
+        return Err(CliError::new("the download ended with files still missing"));
+    }
+    Ok(())
 }
 
 /// Output format of `dump`.
@@ -530,12 +526,12 @@ pub fn dump(archive: &Archive, args: &DumpArgs, out: &mut Out) -> Result<()> {
         let names: Vec<String> = m
             .states
             .iter()
-            .map(|s| format!("'{}' ({})", s.name, s.kind))
+            .map(|s| format!("'{}' ({})", escape(&s.name), s.kind))
             .collect();
         return Err(CliError::new(format!(
             "snapshot {} has no state '{}'; its states: {}",
-            m.id,
-            args.state,
+            escape(&m.id),
+            escape(&args.state),
             if names.is_empty() {
                 "none".to_owned()
             } else {
@@ -567,7 +563,7 @@ pub fn dump(archive: &Archive, args: &DumpArgs, out: &mut Out) -> Result<()> {
         let Some((key_group, state_id, key)) = split_composite_key(&ck) else {
             return Err(CliError::new(format!(
                 "corrupt snapshot {}: a key of {} bytes, shorter than its prefix",
-                m.id,
+                escape(&m.id),
                 ck.len()
             )));
         };
@@ -575,17 +571,22 @@ pub fn dump(archive: &Archive, args: &DumpArgs, out: &mut Out) -> Result<()> {
             continue;
         }
         let view = decode_entry(&encoded).map_err(|e| {
-            CliError::from(e).context(format!("snapshot {}, key group {key_group}", m.id))
+            CliError::from(e).context(format!(
+                "snapshot {}, key group {key_group}",
+                escape(&m.id)
+            ))
         })?;
         if let Some(line) = entry_json(schema, key_group, key, view, args) {
-            outln!(out, "{line}")?;
+            outln!(out, "{}", json(&line))?;
             keys += 1;
         }
     }
     out.flush()?;
     eprintln!(
         "{keys} keys of state '{}' ({}) from snapshot {}",
-        schema.name, schema.kind, m.id
+        escape(&schema.name),
+        schema.kind,
+        escape(&m.id)
     );
     Ok(())
 }
@@ -681,7 +682,7 @@ pub fn rescale(args: &RescaleArgs, out: &mut Out) -> Result<()> {
         let archive = super::open_archive(&f.url)?;
         let m = find(&archive, &f.id)?;
         check_key_groups(f.key_groups, m.max_key_groups)
-            .map_err(|e| e.context(format!("--from {}", f.url)))?;
+            .map_err(|e| e.context(format!("--from {}", escape(&f.url))))?;
         opened.push((archive, m, f.key_groups));
     }
     let dest = super::open_new_archive(to)?;
@@ -698,8 +699,8 @@ pub fn rescale(args: &RescaleArgs, out: &mut Out) -> Result<()> {
         outln!(
             out,
             "from {} snapshot {} ({})",
-            archive.url(),
-            m.id,
+            escape(archive.url()),
+            escape(&m.id),
             range.map_or_else(
                 || "the key groups its files hold".to_owned(),
                 |r| format!("key groups {}..{}", r.start, r.end)
@@ -711,8 +712,8 @@ pub fn rescale(args: &RescaleArgs, out: &mut Out) -> Result<()> {
         out,
         "wrote snapshot {} to {}: key groups {}..{}, {} files ({} written, {} copied), {} \
          entries, {} ({} bytes)",
-        m.id,
-        dest.url(),
+        escape(&m.id),
+        escape(dest.url()),
         key_groups.start,
         key_groups.end,
         m.files.len(),
@@ -727,7 +728,7 @@ pub fn rescale(args: &RescaleArgs, out: &mut Out) -> Result<()> {
         "{} states, {} offsets ({}); LSN 0: the instance starts a new WAL",
         m.states.len(),
         m.offsets.len(),
-        offsets_summary(&m.offsets)
+        escape(&offsets_summary(&m.offsets))
     )
 }
 
