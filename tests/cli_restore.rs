@@ -120,8 +120,7 @@ fn fixture() -> Fixture {
     hostile.update(&"k".to_string(), &1).unwrap();
     commit(100);
 
-    let archive =
-        Archive::open(&format!("file://{}", root.join("archive").display())).unwrap();
+    let archive = Archive::open(&format!("file://{}", root.join("archive").display())).unwrap();
     let mut writer = SnapshotWriter::claim(
         archive,
         MAX_KEY_GROUPS,
@@ -213,7 +212,11 @@ fn tree(dir: &Path) -> BTreeMap<PathBuf, String> {
                 let bytes = std::fs::read(&p).unwrap();
                 let mut h = std::collections::hash_map::DefaultHasher::new();
                 std::hash::Hash::hash(&bytes, &mut h);
-                format!("file of {} bytes, hash {:x}", bytes.len(), std::hash::Hasher::finish(&h))
+                format!(
+                    "file of {} bytes, hash {:x}",
+                    bytes.len(),
+                    std::hash::Hasher::finish(&h)
+                )
             };
             all.insert(p.strip_prefix(dir).unwrap().to_owned(), what);
         }
@@ -281,7 +284,12 @@ fn a_target_inside_equal_to_or_holding_the_archive_is_refused() {
         let o = f.restore("latest", &to, force);
         assert_eq!(o.status.code(), Some(1), "{} was not refused", to.display());
         assert!(stderr(&o).starts_with("error: "), "{}", stderr(&o));
-        assert_eq!(tree(&archive), before, "{} changed the archive", to.display());
+        assert_eq!(
+            tree(&archive),
+            before,
+            "{} changed the archive",
+            to.display()
+        );
     }
     let o = f.restore("latest", &archive.join("data"), true);
     assert_error(&o, "inside the archive");
@@ -296,13 +304,36 @@ fn a_target_inside_equal_to_or_holding_the_archive_is_refused() {
 }
 
 #[test]
+fn a_target_where_the_archives_data_lives_is_refused() {
+    let f = fixture();
+    // The archive's data/ on another disk, by a symlink.
+    let disk = f.root().join("disk");
+    std::fs::create_dir(&disk).unwrap();
+    std::fs::rename(f.archive_dir().join("data"), disk.join("data")).unwrap();
+    symlink(disk.join("data"), f.archive_dir().join("data")).unwrap();
+    let before = tree(&disk);
+    for (to, force) in [
+        (disk.join("data"), true),
+        (disk.join("data/new"), false),
+        (disk.clone(), true),
+    ] {
+        let o = f.restore("latest", &to, force);
+        assert_error(&o, "archive");
+        assert_eq!(tree(&disk), before, "{} changed the archive", to.display());
+    }
+    assert_ok(&f.snapshot(&["verify", "latest"]));
+}
+
+#[test]
 fn force_never_writes_through_a_symlink_in_the_target() {
     let f = fixture();
     let to = f.root().join("restored");
     assert_ok(&f.restore("latest", &to, false));
     let outside = f.root().join("outside");
     std::fs::create_dir(&outside).unwrap();
-    let victims: Vec<PathBuf> = (0..3).map(|i| outside.join(format!("victim-{i}"))).collect();
+    let victims: Vec<PathBuf> = (0..3)
+        .map(|i| outside.join(format!("victim-{i}")))
+        .collect();
     for v in &victims {
         std::fs::write(v, b"keep me").unwrap();
     }
@@ -322,7 +353,10 @@ fn force_never_writes_through_a_symlink_in_the_target() {
         assert_eq!(std::fs::read(v).unwrap(), b"keep me", "{}", v.display());
     }
     assert_restore_of(&to, &f.latest);
-    assert_eq!(names(f.root()), ["archive", "outside", "restored", "state", "wal"]);
+    assert_eq!(
+        names(f.root()),
+        ["archive", "outside", "restored", "state", "wal"]
+    );
 }
 
 #[test]
@@ -489,7 +523,10 @@ fn names_with_control_characters_are_printed_escaped() {
     assert_ok(&o);
     assert!(!raw(&o), "{}", stdout(&o));
     let out = stdout(&o);
-    assert!(out.contains(escaped_topic) && out.contains(escaped_state), "{out}");
+    assert!(
+        out.contains(escaped_topic) && out.contains(escaped_state),
+        "{out}"
+    );
     assert!(!out.contains("\nfake"), "{out}");
 
     // JSON keeps the names exact (escaped the JSON way).

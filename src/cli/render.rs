@@ -341,7 +341,10 @@ mod tests {
         assert_eq!(text, r#"{"t":"a\u001bb\u007fc\u009bd\u202ee\nf\\g é"}"#);
         assert_eq!(serde_json::from_str::<Value>(&text).unwrap(), v);
         let pretty = json_pretty(&v);
-        assert!(pretty.contains('\n') && !pretty.contains('\u{9b}'), "{pretty}");
+        assert!(
+            pretty.contains('\n') && !pretty.contains('\u{9b}'),
+            "{pretty}"
+        );
         assert_eq!(serde_json::from_str::<Value>(&pretty).unwrap(), v);
     }
 

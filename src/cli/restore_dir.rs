@@ -203,12 +203,7 @@ fn resolve_parent(parent: &Path) -> Result<PathBuf> {
     loop {
         match fs::metadata(at) {
             Ok(m) if m.is_dir() => break,
-            Ok(_) => {
-                return Err(CliError::new(format!(
-                    "{} is not a directory",
-                    show(at)
-                )))
-            }
+            Ok(_) => return Err(CliError::new(format!("{} is not a directory", show(at)))),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 match (at.components().next_back(), at.parent()) {
                     (Some(Component::Normal(name)), Some(up)) => {
@@ -238,10 +233,7 @@ fn target_metadata(path: &Path) -> Result<Option<Metadata>> {
              it points to, if that is what you mean",
             show(path)
         ))),
-        Ok(m) if !m.is_dir() => Err(CliError::new(format!(
-            "{} is not a directory",
-            show(path)
-        ))),
+        Ok(m) if !m.is_dir() => Err(CliError::new(format!("{} is not a directory", show(path)))),
         Ok(m) => Ok(Some(m)),
     }
 }
@@ -275,10 +267,16 @@ fn refuse_overlap(path: &Path, target: Option<&Metadata>, root: &Path) -> Result
         let Ok(dir_meta) = fs::metadata(dir) else {
             continue;
         };
+        // Which of the archive's directories, when a symlink in it leads elsewhere.
+        let which = if *dir == root {
+            String::new()
+        } else {
+            format!(" (its link to {})", show(dir))
+        };
         if above.contains(&identity(&dir_meta)) {
             return Err(CliError::new(format!(
-                "--to {} is inside the archive {} (or is it): a restore goes outside the \
-                 archive",
+                "--to {} is inside the archive {}{which} (or is it): a restore goes outside \
+                 the archive",
                 show(path),
                 show(&root)
             )));
@@ -290,8 +288,8 @@ fn refuse_overlap(path: &Path, target: Option<&Metadata>, root: &Path) -> Result
                 .any(|m| identity(&m) == identity(target));
             if holds {
                 return Err(CliError::new(format!(
-                    "--to {} holds the archive {}: replacing it would delete the archive; \
-                     restore into a directory of its own",
+                    "--to {} holds the archive {}{which}: replacing it would delete the \
+                     archive; restore into a directory of its own",
                     show(path),
                     show(&root)
                 )));

@@ -224,7 +224,9 @@ pub fn inspect(archive: &Archive, id: &str, as_json: bool, out: &mut Out) -> Res
         ("kind", kind_name(m.kind).to_owned()),
         (
             "parent",
-            m.parent_id.as_deref().map_or_else(|| "-".into(), |p| escape(p).into_owned()),
+            m.parent_id
+                .as_deref()
+                .map_or_else(|| "-".into(), |p| escape(p).into_owned()),
         ),
         ("writer epoch", m.writer_epoch.to_string()),
         (
@@ -571,10 +573,7 @@ pub fn dump(archive: &Archive, args: &DumpArgs, out: &mut Out) -> Result<()> {
             continue;
         }
         let view = decode_entry(&encoded).map_err(|e| {
-            CliError::from(e).context(format!(
-                "snapshot {}, key group {key_group}",
-                escape(&m.id)
-            ))
+            CliError::from(e).context(format!("snapshot {}, key group {key_group}", escape(&m.id)))
         })?;
         if let Some(line) = entry_json(schema, key_group, key, view, args) {
             outln!(out, "{}", json(&line))?;
