@@ -9,7 +9,7 @@
 //! - Names with control characters (a topic, a state, the target) are printed escaped.
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::symlink;
+use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::Arc;
@@ -438,9 +438,13 @@ fn force_replaces_an_earlier_restore() {
     assert!(stderr(&o).contains("--force"), "{}", stderr(&o));
     assert_restore_of(&to, &f.first);
 
-    // With it: exactly the new snapshot's files, none of the old ones left over.
+    // With it: exactly the new snapshot's files, none of the old ones left over, and the
+    // directory's permissions kept.
+    std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o750)).unwrap();
     let o = f.restore("latest", &to, true);
     assert_ok(&o);
+    let mode = std::fs::metadata(&to).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o750);
     assert!(stdout(&o).contains(&f.latest.id), "{}", stdout(&o));
     assert_restore_of(&to, &f.latest);
     assert_eq!(names(f.root()), ["archive", "restored", "state", "wal"]);

@@ -461,6 +461,11 @@ impl Staging {
     /// was there. Until the swap, a failure leaves the target as it was.
     pub fn commit(self, target: &Target) -> Result<()> {
         target.recheck()?;
+        if target.found != Found::Nothing {
+            // The replaced directory's permissions carry over (a restore kept private stays so).
+            let mode = fs::symlink_metadata(&target.path).map_err(io_error(&target.path))?;
+            fs::set_permissions(self.path(), mode.permissions()).map_err(io_error(self.path()))?;
+        }
         let old = match target.found {
             Found::Nothing => {
                 fs::rename(self.path(), &target.path).map_err(io_error(&target.path))?;
@@ -607,6 +612,40 @@ mod tests {
         assert!(swap_by_renames(staging, &target).is_err());
         assert_eq!(fs::read(dir.path().join("t/old")).unwrap(), b"old");
         assert_eq!(names(dir.path()), ["t"]);
+    }
+
+    #[test]
+    fn a_target_that_changed_during_the_download_is_not_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t");
+        let target = |found| Target {
+            path: path.clone(),
+            parent: dir.path().to_owned(),
+            name: "t".into(),
+            found,
+            force: false,
+        };
+        // Missing, then created and filled by someone else.
+        let missing = target(Found::Nothing);
+        missing.recheck().unwrap();
+        fs::create_dir(&path).unwrap();
+        assert!(missing.recheck().is_err());
+        // Empty, then given a file.
+        let empty = target(Found::Empty(identity(&fs::metadata(&path).unwrap())));
+        empty.recheck().unwrap();
+        fs::write(path.join("x"), b"").unwrap();
+        assert!(empty.recheck().is_err());
+        // Empty, then replaced by another empty directory, or by a symlink.
+        fs::remove_file(path.join("x")).unwrap();
+        fs::remove_dir(&path).unwrap();
+        fs::create_dir(dir.path().join("other")).unwrap();
+        fs::create_dir(&path).unwrap();
+        let err = empty.recheck().unwrap_err().to_string();
+        assert!(err.contains("changed"), "{err}");
+        fs::remove_dir(&path).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("other"), &path).unwrap();
+        let err = empty.recheck().unwrap_err().to_string();
+        assert!(err.contains("symbolic link"), "{err}");
     }
 
     #[test]
