@@ -2,8 +2,9 @@
 //! snapshot current exactly once (docs/snapshot.md, "Commit protocol").
 //!
 //! ```text
-//! <root>/data/<sequence>-<random>-<n>.mpdf     data files, written once under unique names
+//! <root>/data/<snapshot id>-<n>.mpdf           data files, written once under unique names
 //! <root>/manifests/<sequence, 20 digits>.mpm   manifests; the highest sequence is current
+//! <root>/pending/<snapshot id>.mpp             markers of snapshots being written
 //! ```
 //!
 //! Committing manifest `n + 1` is a conditional create (`PutMode::Create`): of two writers
@@ -17,19 +18,101 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use futures::TryStreamExt;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, WriteMultipart};
 
 use crate::error::{Error, Result};
-use crate::manifest::{Manifest, ManifestKind};
+use crate::manifest::{Manifest, ManifestKind, MAX_MANIFEST_BYTES};
+pub(crate) use crate::names::{data_path, new_id};
+use crate::names::{manifest_path, parse_manifest_name, MANIFESTS};
 
-const MANIFESTS: &str = "manifests";
-const DATA: &str = "data";
 /// Part size of multipart uploads; files below it go up in one put.
 const PART_BYTES: usize = 16 << 20;
 /// Parts of one file in flight at once.
 const PARTS_IN_FLIGHT: usize = 4;
+
+/// How an archive talks to S3: timeouts and retries. The local filesystem ignores them.
+///
+/// A call (a get, a put, a list page) fails with [`Error::TimedOut`] at the latest after
+/// about `retry_timeout + request_timeout` (plus a backoff of at most a second), however
+/// silent the endpoint: with the defaults, 30 s against a server that accepts connections and
+/// never answers (object_store's own defaults retried for up to 3 minutes).
+///
+/// ```
+/// use std::time::Duration;
+/// use millpond_snapshot::{Archive, ArchiveSettings};
+///
+/// let settings = ArchiveSettings {
+///     request_timeout: Duration::from_secs(120), // a slow link: a 16 MiB part needs longer
+///     ..ArchiveSettings::default()
+/// };
+/// let dir = tempfile::tempdir().unwrap();
+/// let archive = Archive::open_with(&format!("file://{}", dir.path().display()), &settings).unwrap();
+/// assert!(archive.latest().unwrap().is_none());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArchiveSettings {
+    /// Time to establish a connection. Default: 5 s.
+    pub connect_timeout: Duration,
+    /// Time for one request, from connecting to the last byte of the answer (for an upload,
+    /// sending a whole part of up to 16 MiB included). A request that takes longer fails and
+    /// is retried if it is safe to repeat. Raise it for slow links. Default: 30 s (the
+    /// `millpond` command: `--timeout-seconds`, `MILLPOND_TIMEOUT_SECONDS`).
+    pub request_timeout: Duration,
+    /// Retries of a failed request (connection errors, 5xx answers, timeouts of requests that
+    /// are safe to repeat), with exponential backoff from 100 ms up to 1 s. Default: 3.
+    pub max_retries: usize,
+    /// No retry starts later than this after the first attempt of a request. Default: 10 s
+    /// (so a request that timed out once, after `request_timeout`, is not tried again; one
+    /// that failed fast is). The `millpond` command sets it to `--timeout-seconds`.
+    pub retry_timeout: Duration,
+}
+
+impl Default for ArchiveSettings {
+    fn default() -> Self {
+        ArchiveSettings {
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(30),
+            max_retries: 3,
+            retry_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl ArchiveSettings {
+    fn check(&self) -> Result<()> {
+        let zero = [
+            ("connect_timeout", self.connect_timeout),
+            ("request_timeout", self.request_timeout),
+        ]
+        .into_iter()
+        .find(|(_, d)| d.is_zero());
+        match zero {
+            Some((name, _)) => Err(Error::Invalid {
+                reason: format!("ArchiveSettings::{name} is 0: give a positive time"),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    fn client_options(&self) -> object_store::ClientOptions {
+        object_store::ClientOptions::new()
+            .with_connect_timeout(self.connect_timeout)
+            .with_timeout(self.request_timeout)
+    }
+
+    fn retry(&self) -> object_store::RetryConfig {
+        object_store::RetryConfig {
+            backoff: object_store::BackoffConfig {
+                init_backoff: Duration::from_millis(100),
+                max_backoff: Duration::from_secs(1),
+                base: 2.0,
+            },
+            max_retries: self.max_retries,
+            retry_timeout: self.retry_timeout,
+        }
+    }
+}
 
 /// A location in object storage holding snapshots: manifests and data files.
 ///
@@ -51,22 +134,27 @@ impl std::fmt::Debug for Archive {
     }
 }
 
-/// What [`Archive::gc`] removed and kept.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct GcReport {
-    /// Manifests deleted (older than the retained snapshots).
-    pub manifests_deleted: Vec<String>,
-    /// Data files deleted (referenced by no retained manifest, and old enough).
-    pub files_deleted: Vec<String>,
-    /// Unreferenced data files kept because they are younger than the grace period (a
-    /// snapshot may be writing them).
-    pub files_in_grace: usize,
-    /// Manifests kept.
-    pub manifests_kept: usize,
+/// An object directly in a folder of the archive, as listed.
+#[derive(Debug, Clone)]
+pub(crate) struct Listed {
+    /// The path relative to the root: `<folder>/<name>`.
+    pub(crate) relative: String,
+    /// The last part of the path.
+    pub(crate) name: String,
+    pub(crate) size: u64,
+    pub(crate) last_modified: SystemTime,
+}
+
+/// What a folder of the archive holds directly: objects, and how many sub-folders there are
+/// (never looked into).
+#[derive(Debug, Default)]
+pub(crate) struct Listing {
+    pub(crate) objects: Vec<Listed>,
+    pub(crate) folders: usize,
 }
 
 impl Archive {
-    /// Opens the archive at `url`:
+    /// Opens the archive at `url` with the default [`ArchiveSettings`]:
     ///
     /// - `file:///absolute/dir` (or a plain absolute path): a local directory, created if
     ///   missing;
@@ -76,7 +164,15 @@ impl Archive {
     ///   plain HTTP).
     ///
     /// A malformed URL, an unknown scheme or missing S3 credentials is `Error::Invalid`.
+    /// Nothing is read or written yet: an unreachable S3 endpoint shows at the first call.
     pub fn open(url: &str) -> Result<Archive> {
+        Archive::open_with(url, &ArchiveSettings::default())
+    }
+
+    /// Opens the archive at `url` (see [`Archive::open`]) with `settings`: S3 timeouts and
+    /// retries. A zero timeout is `Error::Invalid`.
+    pub fn open_with(url: &str, settings: &ArchiveSettings) -> Result<Archive> {
+        settings.check()?;
         let invalid = |reason: String| Error::Invalid { reason };
         if let Some(rest) = url.strip_prefix("s3://") {
             let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
@@ -97,8 +193,10 @@ impl Archive {
                      (or use a web identity or container credentials)"
                 )));
             }
-            let mut builder =
-                object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
+            let mut builder = object_store::aws::AmazonS3Builder::from_env()
+                .with_bucket_name(bucket)
+                .with_client_options(settings.client_options())
+                .with_retry(settings.retry());
             if std::env::var_os("AWS_DEFAULT_REGION").is_none()
                 && std::env::var_os("AWS_REGION").is_none()
             {
@@ -184,41 +282,54 @@ impl Archive {
         p
     }
 
-    fn relative(&self, path: &Path) -> String {
-        path.prefix_match(&self.root)
-            .map(|parts| {
-                parts
-                    .map(|p| p.as_ref().to_owned())
-                    .collect::<Vec<_>>()
-                    .join("/")
-            })
-            .unwrap_or_else(|| path.to_string())
+    /// The objects directly in `folder` (`manifests`, `data`, `pending`), and how many
+    /// sub-folders it has. Only the folder's own level is listed: what lies below (a
+    /// `backup/` copy, say) is never seen, let alone parsed.
+    pub(crate) fn list_folder(&self, folder: &str) -> Result<Listing> {
+        let prefix = self.path(folder);
+        let listed = self
+            .block_on(self.store.list_with_delimiter(Some(&prefix)))
+            .map_err(|e| os_error("listing", &format!("{folder}/ in {}", self.url), e))?;
+        let mut listing = Listing {
+            objects: Vec::with_capacity(listed.objects.len()),
+            folders: listed.common_prefixes.len(),
+        };
+        for meta in listed.objects {
+            let Some(name) = meta.location.filename().map(str::to_owned) else {
+                continue;
+            };
+            listing.objects.push(Listed {
+                relative: format!("{folder}/{name}"),
+                name,
+                size: meta.size,
+                last_modified: meta.last_modified.into(),
+            });
+        }
+        Ok(listing)
     }
 
-    fn manifest_path(sequence: u64) -> String {
-        format!("{MANIFESTS}/{sequence:020}.mpm")
-    }
-
-    /// Sequences of the manifests present, ascending.
+    /// Sequences of the manifests present, ascending. Only objects directly in `manifests/`
+    /// named exactly `<20 digits>.mpm` count; anything else there is ignored.
     pub fn sequences(&self) -> Result<Vec<u64>> {
-        let prefix = self.path(MANIFESTS);
-        let metas: Vec<_> = self
-            .block_on(self.store.list(Some(&prefix)).try_collect::<Vec<_>>())
-            .map_err(|e| os_error("listing manifests", &self.url, e))?;
-        let mut seqs: Vec<u64> = metas
+        let mut seqs: Vec<u64> = self
+            .list_folder(MANIFESTS)?
+            .objects
             .iter()
-            .filter_map(|m| m.location.filename())
-            .filter_map(|name| name.strip_suffix(".mpm"))
-            .filter_map(|n| n.parse().ok())
+            .filter_map(|o| parse_manifest_name(&o.name))
             .collect();
         seqs.sort_unstable();
         Ok(seqs)
     }
 
-    /// Reads manifest `sequence`. A missing one is `Error::NotFound`.
+    /// Reads manifest `sequence`. A missing one is `Error::NotFound`; one larger than
+    /// [`MAX_MANIFEST_BYTES`] is `Error::Corrupt`, refused before its bytes are read.
     pub fn manifest_at(&self, sequence: u64) -> Result<Manifest> {
-        let rel = Self::manifest_path(sequence);
-        let bytes = self.get(&rel)?;
+        let rel = manifest_path(sequence);
+        let bytes = self.get_limited(
+            &rel,
+            MAX_MANIFEST_BYTES as u64,
+            "manifest (larger than the 256 MiB limit; refused before reading it)",
+        )?;
         let m = Manifest::decode(&bytes, &rel)?;
         if m.sequence != sequence {
             return Err(Error::Corrupt {
@@ -302,16 +413,20 @@ impl Archive {
     /// `manifest.writer_epoch`). If the sequence is taken, the writer is fenced when the
     /// manifest there has a higher epoch, and gets `Error::Conflict` otherwise; if it holds
     /// this very manifest (an earlier attempt landed but its reply was lost), it is committed.
+    /// A manifest that landed below a higher sequence (a zombie writer's create into a
+    /// sequence that garbage collection had freed) is not current: the writer is fenced.
     ///
-    /// An `Error::ObjectStore` leaves the outcome unknown: the create may have landed. Retry
-    /// the same manifest (which resolves it), or read the latest manifest.
+    /// An `Error::ObjectStore` or `Error::TimedOut` leaves the outcome unknown: the create
+    /// may have landed. Retry the same manifest (which resolves it), or read the latest
+    /// manifest.
     pub(crate) fn commit(&self, manifest: &Manifest) -> Result<()> {
         match self.create_manifest(manifest) {
+            Ok(()) => self.check_on_top(manifest),
             Err(Error::Conflict { .. }) => {
                 // A retry after a lost reply finds its own manifest there: committed.
                 if let Ok(there) = self.manifest_at(manifest.sequence) {
                     if there.id == manifest.id {
-                        return Ok(());
+                        return self.check_on_top(manifest);
                     }
                 }
                 let newest = self.latest()?;
@@ -329,8 +444,30 @@ impl Archive {
         }
     }
 
+    /// After `manifest` was created: `Ok` if no higher sequence exists, so that it became
+    /// current when it landed. A higher one means the create filled a sequence that garbage
+    /// collection had deleted, under manifests of a newer writer: the snapshot is not
+    /// current and never will be (GC deletes it with the other old manifests).
+    fn check_on_top(&self, manifest: &Manifest) -> Result<()> {
+        let top = self.sequences()?.last().copied().unwrap_or(0);
+        if top <= manifest.sequence {
+            return Ok(());
+        }
+        let newest = self.manifest_at(top)?;
+        if newest.writer_epoch > manifest.writer_epoch {
+            Err(Error::Fenced {
+                epoch: manifest.writer_epoch,
+                newer_epoch: newest.writer_epoch,
+            })
+        } else {
+            Err(Error::Conflict {
+                sequence: manifest.sequence,
+            })
+        }
+    }
+
     fn create_manifest(&self, manifest: &Manifest) -> Result<()> {
-        let rel = Self::manifest_path(manifest.sequence);
+        let rel = manifest_path(manifest.sequence);
         let opts = PutOptions {
             mode: PutMode::Create,
             ..Default::default()
@@ -357,6 +494,45 @@ impl Archive {
             Err(object_store::Error::NotFound { .. }) => Err(self.not_found(relative)),
             Err(e) => Err(os_error("reading", relative, e)),
         }
+    }
+
+    /// The whole object `relative`, if it is at most `max_bytes`. The size comes with the
+    /// answer's headers (the object's metadata on a local disk) and is checked before any of
+    /// the body is read: a larger object is `Error::Corrupt` with `too_large` as its `what`,
+    /// and costs no memory.
+    pub(crate) fn get_limited(
+        &self,
+        relative: &str,
+        max_bytes: u64,
+        too_large: &'static str,
+    ) -> Result<Vec<u8>> {
+        let path = self.path(relative);
+        let r = self.block_on(async {
+            let got = self.store.get(&path).await?;
+            if got.meta.size > max_bytes {
+                return Ok(Err(got.meta.size));
+            }
+            got.bytes().await.map(Ok)
+        });
+        match r {
+            Ok(Ok(b)) => Ok(b.to_vec()),
+            Ok(Err(size)) => Err(Error::Corrupt {
+                what: too_large,
+                location: format!("{relative} ({size} bytes, at most {max_bytes} allowed)"),
+            }),
+            Err(object_store::Error::NotFound { .. }) => Err(self.not_found(relative)),
+            Err(e) => Err(os_error("reading", relative, e)),
+        }
+    }
+
+    /// Creates (or replaces) the small object `relative`.
+    pub(crate) fn put_small(&self, relative: &str, bytes: Vec<u8>) -> Result<()> {
+        self.block_on(
+            self.store
+                .put(&self.path(relative), PutPayload::from(bytes)),
+        )
+        .map(|_| ())
+        .map_err(|e| os_error("writing", relative, e))
     }
 
     /// Bytes `range` of object `relative`.
@@ -386,62 +562,8 @@ impl Archive {
         }
     }
 
-    /// Keeps the newest `retain` snapshots (at least 1) and deletes the manifests before
-    /// them, then every data file that no remaining manifest names and that is older than
-    /// `grace` (younger ones may belong to a snapshot being written). Files are deleted only
-    /// after the manifests that named them, so a crash midway leaves orphans, never a
-    /// manifest without its files.
-    pub fn gc(&self, retain: usize, grace: Duration) -> Result<GcReport> {
-        let retain = retain.max(1);
-        let manifests = self.manifests()?;
-        let mut report = GcReport::default();
-        // Index of the oldest manifest to keep: the retain-th newest snapshot (claims count
-        // with the snapshot they copy).
-        let mut snapshots_seen = 0;
-        let mut keep_from = 0;
-        for (i, m) in manifests.iter().enumerate().rev() {
-            if m.kind == ManifestKind::Snapshot || i == 0 {
-                snapshots_seen += 1;
-            }
-            keep_from = i;
-            if snapshots_seen >= retain {
-                break;
-            }
-        }
-        // Delete manifests oldest first, so that a crash midway leaves a contiguous tail.
-        for m in &manifests[..keep_from] {
-            let rel = Self::manifest_path(m.sequence);
-            self.delete(&rel)?;
-            report.manifests_deleted.push(m.id.clone());
-        }
-        let kept = &manifests[keep_from..];
-        report.manifests_kept = kept.len();
-        let referenced: std::collections::HashSet<&str> = kept
-            .iter()
-            .flat_map(|m| m.files.iter().map(|f| f.path.as_str()))
-            .collect();
-        let prefix = self.path(DATA);
-        let metas: Vec<_> = self
-            .block_on(self.store.list(Some(&prefix)).try_collect::<Vec<_>>())
-            .map_err(|e| os_error("listing data files", &self.url, e))?;
-        let cutoff = SystemTime::now() - grace;
-        for meta in metas {
-            let rel = self.relative(&meta.location);
-            if referenced.contains(rel.as_str()) {
-                continue;
-            }
-            let modified: SystemTime = meta.last_modified.into();
-            if modified > cutoff {
-                report.files_in_grace += 1;
-                continue;
-            }
-            self.delete(&rel)?;
-            report.files_deleted.push(rel);
-        }
-        Ok(report)
-    }
-
-    fn delete(&self, relative: &str) -> Result<()> {
+    /// Deletes object `relative`; a missing one is no error.
+    pub(crate) fn delete(&self, relative: &str) -> Result<()> {
         match self.block_on(self.store.delete(&self.path(relative))) {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(os_error("deleting", relative, e)),
@@ -522,7 +644,17 @@ impl std::io::Write for Upload<'_> {
     }
 }
 
+/// The error for a failed object-store call `op` on `what`: `Error::TimedOut` when the store
+/// did not answer in time (the request or connect timeout of [`ArchiveSettings`]),
+/// `Error::ObjectStore` otherwise.
 pub(crate) fn os_error(op: &'static str, what: &str, source: object_store::Error) -> Error {
+    if is_timeout(&source) {
+        return Error::TimedOut {
+            op,
+            path: what.to_owned(),
+            source: Box::new(source),
+        };
+    }
     Error::ObjectStore {
         op,
         path: what.to_owned(),
@@ -530,21 +662,29 @@ pub(crate) fn os_error(op: &'static str, what: &str, source: object_store::Error
     }
 }
 
+/// Whether an object-store error is, somewhere in its chain of sources, a timeout.
+fn is_timeout(e: &object_store::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if let Some(http) = err.downcast_ref::<object_store::client::HttpError>() {
+            if http.kind() == object_store::client::HttpErrorKind::Timeout {
+                return true;
+            }
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::TimedOut {
+                return true;
+            }
+        }
+        source = err.source();
+    }
+    false
+}
+
 pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
-}
-
-/// A snapshot id: its sequence, then 64 random bits, so that ids never repeat even when
-/// two writers race for one sequence.
-pub(crate) fn new_id(sequence: u64) -> String {
-    format!("{sequence:020}-{:016x}", rand::random::<u64>())
-}
-
-/// The path of a new data file of the snapshot `id`.
-pub(crate) fn data_path(id: &str, n: usize) -> String {
-    format!("{DATA}/{id}-{n:05}.mpdf")
 }
 
 /// What [`Archive::verify`] found.

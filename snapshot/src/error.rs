@@ -62,6 +62,27 @@ pub enum Error {
         source: Box<object_store::Error>,
     },
 
+    /// The object store did not answer in time: a request took longer than
+    /// `ArchiveSettings::request_timeout` (or connecting took longer than `connect_timeout`),
+    /// and no retry was left. Check that the endpoint (`AWS_ENDPOINT`) is right and the store
+    /// up; if it is only slow, raise the timeout (`ArchiveSettings`, `millpond
+    /// --timeout-seconds`). Retrying may succeed; for a commit the outcome is unknown, as for
+    /// `ObjectStore`.
+    #[error(
+        "object store timed out {op} {path} (raise ArchiveSettings::request_timeout, or \
+         --timeout-seconds / MILLPOND_TIMEOUT_SECONDS of the millpond command, if the store is \
+         slow rather than unreachable): {source}"
+    )]
+    TimedOut {
+        /// What was being done.
+        op: &'static str,
+        /// The object involved.
+        path: String,
+        /// The store's error.
+        #[source]
+        source: Box<object_store::Error>,
+    },
+
     /// The state crate refused an entry or a change (a change of a state the snapshot does
     /// not know, a damaged entry): the WAL and the manifest disagree; restore from another
     /// snapshot.
@@ -85,9 +106,13 @@ pub enum Error {
 }
 
 impl Error {
-    /// Whether retrying the same call may succeed (a transient object-store failure).
+    /// Whether retrying the same call may succeed (a transient object-store failure or
+    /// timeout).
     pub fn is_transient(&self) -> bool {
-        matches!(self, Error::ObjectStore { .. } | Error::Io { .. })
+        matches!(
+            self,
+            Error::ObjectStore { .. } | Error::TimedOut { .. } | Error::Io { .. }
+        )
     }
 }
 

@@ -4,7 +4,8 @@
 //! - [`Archive`]: a `file://` directory or an `s3://bucket/prefix` holding manifests and data
 //!   files, and the commit protocol: a manifest is committed by a conditional create of the
 //!   next sequence number; a writer claims the archive with a higher epoch, which fences
-//!   older writers ([`Error::Fenced`]); [`Archive::gc`] keeps the last N snapshots.
+//!   older writers ([`Error::Fenced`]); [`Archive::gc`] keeps the last N snapshots and never
+//!   deletes a file a snapshot being written needs; [`ArchiveSettings`]: S3 timeouts.
 //! - [`SnapshotWriter`]: builds the next snapshot from its parent and the changes the WAL
 //!   committed since ([`SnapshotWriter::snapshot_from_wal`]), never pausing the live store;
 //!   key groups that did not change keep the parent's files.
@@ -61,17 +62,21 @@ pub mod block_cache;
 pub mod data_file;
 mod error;
 mod fetch;
+mod gc;
 pub mod manifest;
+mod names;
+mod pending;
 pub mod read_at;
 mod rescale;
 mod restore;
 mod writer;
 
-pub use archive::{Archive, GcReport, VerifyReport};
+pub use archive::{Archive, ArchiveSettings, VerifyReport};
 pub use block_cache::{BlockCache, BlockCacheStats};
 pub use data_file::DataFileIter;
 pub use data_file::{DataFile, DataFileInfo, DataFileSettings, DataFileWriter};
 pub use error::{Error, Result};
+pub use gc::{GcReport, MAX_GC_GRACE};
 pub use manifest::{FileRef, Manifest, ManifestKind};
 pub use read_at::{InMemory, LocalFile, ReadAt};
 pub use rescale::{rescale, RescaleReport, RescaleSource};

@@ -23,6 +23,7 @@ use crate::data_file::DataFile;
 use crate::error::{Error, Result};
 use crate::fetch::download_to;
 use crate::manifest::{FileRef, Manifest, ManifestKind};
+use crate::pending::PendingSnapshot;
 use crate::read_at::LocalFile;
 use crate::writer::{commit_retrying, FileSplitter, SnapshotSettings};
 
@@ -199,9 +200,12 @@ pub fn rescale(
             dest.url()
         )));
     }
-    // The claim of an empty archive is sequence 1; this snapshot is the next.
+    // The claim of an empty archive is sequence 1 with epoch 1; this snapshot is the next.
     let sequence = 2;
     let id = new_id(sequence);
+    // Before the first upload, with the epoch of the claim to come: GC keeps these files
+    // while the marker is live, although nothing names them until the commit.
+    let pending = PendingSnapshot::begin(dest, &id, 1)?;
     let temp_dir = settings.temp_dir.clone().unwrap_or_else(std::env::temp_dir);
     let mut out = FileSplitter {
         archive: dest,
@@ -281,7 +285,9 @@ pub fn rescale(
         states,
         files,
     };
-    commit_retrying(dest, &manifest)?;
+    let committed = commit_retrying(dest, &manifest);
+    pending.settle(&committed);
+    committed?;
     Ok(RescaleReport {
         files_written: manifest.files.len() - files_copied,
         files_copied,

@@ -20,6 +20,7 @@ use crate::data_file::{DataFile, DataFileSettings, DataFileWriter};
 use crate::error::{Error, Result};
 use crate::fetch::download_to;
 use crate::manifest::{FileRef, Manifest, ManifestKind};
+use crate::pending::PendingSnapshot;
 use crate::read_at::LocalFile;
 
 /// Settings of snapshot writing.
@@ -321,6 +322,8 @@ impl SnapshotBuilder {
     ) -> Result<SnapshotReport> {
         let sequence = parent.sequence + 1;
         let id = new_id(sequence);
+        // Before the first upload: GC keeps the files of a live marker's snapshot.
+        let pending = PendingSnapshot::begin(archive, &id, parent.writer_epoch)?;
         // Changes, in key order: the runs (oldest first), then what is still in memory.
         let mut sources: Vec<ChangeSource<'static>> = Vec::new();
         let mut run_files = Vec::new();
@@ -431,7 +434,9 @@ impl SnapshotBuilder {
             states,
             files,
         };
-        commit_retrying(archive, &manifest)?;
+        let committed = commit_retrying(archive, &manifest);
+        pending.settle(&committed);
+        committed?;
         Ok(SnapshotReport {
             manifest,
             changes: self.changes,
@@ -450,7 +455,7 @@ pub(crate) fn commit_retrying(archive: &Archive, manifest: &Manifest) -> Result<
     let mut attempt = 0;
     loop {
         match archive.commit(manifest) {
-            Err(Error::ObjectStore { .. }) if attempt < 3 => {
+            Err(Error::ObjectStore { .. } | Error::TimedOut { .. }) if attempt < 3 => {
                 attempt += 1;
                 std::thread::sleep(std::time::Duration::from_millis(100 << attempt));
             }
