@@ -7,8 +7,9 @@
 //! ```
 //!
 //! The archive comes from `--store URL` or `MILLPOND_STORE`: `file:///absolute/dir` or
-//! `s3://bucket/prefix` (S3 credentials from the usual `AWS_*` variables). Every command and its
-//! output: docs/cli.md.
+//! `s3://bucket/prefix` (S3 credentials from the usual `AWS_*` variables; `--timeout-seconds`
+//! or `MILLPOND_TIMEOUT_SECONDS` bounds each request). Every command and its output:
+//! docs/cli.md.
 //!
 //! Exit codes: 0 success; 1 failure (a missing snapshot, damage, a wrong URL or missing
 //! credentials, a target that would be overwritten), with one `error: ` line on stderr; 2 a
@@ -33,6 +34,17 @@ use cli::CliError;
 #[derive(Debug, Parser)]
 #[command(name = "millpond", version, propagate_version = true)]
 struct Cli {
+    /// Seconds an S3 request may take (connecting, sending, the whole answer) before it fails;
+    /// retries of a failed request stop as long again after its first attempt. Raise it for
+    /// a slow link. Default 30. Local archives ignore it.
+    #[arg(
+        long,
+        global = true,
+        env = "MILLPOND_TIMEOUT_SECONDS",
+        value_name = "S",
+        value_parser = clap::value_parser!(u64).range(1..=3600)
+    )]
+    timeout_seconds: Option<u64>,
     #[command(subcommand)]
     command: Command,
 }
@@ -144,9 +156,14 @@ enum SnapshotCommand {
         /// Snapshots to keep (at least 1).
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
         retain: u64,
-        /// Unreferenced data files younger than this are kept: a snapshot being written may
-        /// own them.
-        #[arg(long, value_name = "S", default_value_t = 3600)]
+        /// Unreferenced data files younger than this are kept (files of snapshots being
+        /// written are kept whatever it is). At most 3153600000 (100 years).
+        #[arg(
+            long,
+            value_name = "S",
+            default_value_t = 3600,
+            value_parser = clap::value_parser!(u64).range(0..=millpond_snapshot::MAX_GC_GRACE.as_secs())
+        )]
         grace_seconds: u64,
     },
 }
@@ -221,6 +238,9 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> cli::Result<()> {
+    if let Some(seconds) = cli.timeout_seconds {
+        cli::set_timeout(std::time::Duration::from_secs(seconds));
+    }
     let mut out = cli::Out::stdout();
     match cli.command {
         Command::Snapshot(cmd) => match cmd {

@@ -186,8 +186,11 @@ impl Snapshotter {
             return Ok(Some(report));
         }
         self.base = None;
+        // Safe beside other writers' snapshots in progress (GC keeps the files of live
+        // pending markers); this writer's own is committed by now.
         if let Err(e) = self.writer.archive().gc(
-            self.settings.snapshot_retain,
+            // The setting keeps at least one whatever its value; `gc` refuses 0.
+            self.settings.snapshot_retain.max(1),
             self.settings.snapshot_gc_grace,
         ) {
             // Old snapshots stay a little longer; the next snapshot retries.

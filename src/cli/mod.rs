@@ -19,7 +19,10 @@ pub mod wal;
 
 use std::io::Write;
 
-use millpond_snapshot::Archive;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use millpond_snapshot::{Archive, ArchiveSettings};
 use millpond_state::KeyGroupRange;
 
 /// What a command failed with: one line for `error: …` on stderr, exit code 1.
@@ -145,6 +148,20 @@ fn io_error(e: std::io::Error) -> CliError {
     }
 }
 
+/// The S3 settings of every archive the command opens, set once from `--timeout-seconds`.
+static ARCHIVE_SETTINGS: OnceLock<ArchiveSettings> = OnceLock::new();
+
+/// Bounds every S3 request by `timeout` (`--timeout-seconds`), and the retries of one
+/// request by as long again. Call before opening an archive; only the first call counts.
+pub fn set_timeout(timeout: Duration) {
+    let _ = ARCHIVE_SETTINGS.set(ArchiveSettings {
+        connect_timeout: timeout.min(ArchiveSettings::default().connect_timeout),
+        request_timeout: timeout,
+        retry_timeout: timeout,
+        ..ArchiveSettings::default()
+    });
+}
+
 /// Opens the archive at `url`. Unlike `Archive::open`, a local archive must already exist: a
 /// command that only reads must not create directories for a mistyped path. A plain path,
 /// relative or absolute, is taken as a local directory.
@@ -167,7 +184,8 @@ pub fn open_archive(url: &str) -> Result<Archive> {
         }
         None => url.to_owned(),
     };
-    Ok(Archive::open(&url)?)
+    let settings = ARCHIVE_SETTINGS.get_or_init(ArchiveSettings::default);
+    Ok(Archive::open_with(&url, settings)?)
 }
 
 /// The directory of a local archive URL (`file:///dir` or a plain path, made absolute);

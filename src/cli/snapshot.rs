@@ -740,14 +740,34 @@ pub fn gc(archive: &Archive, retain: usize, grace: Duration, out: &mut Out) -> R
     for path in &report.files_deleted {
         outln!(out, "deleted file {path}")?;
     }
+    for id in &report.markers_deleted {
+        outln!(out, "deleted stale pending marker of snapshot {id}")?;
+    }
+    for id in &report.pending {
+        outln!(
+            out,
+            "snapshot {id} is being written (or its writer stopped before committing it, and \
+             no writer has claimed the archive since): its files are kept"
+        )?;
+    }
+    for path in &report.markers_unreadable {
+        outln!(
+            out,
+            "unreadable pending marker {path}: kept, with its snapshot's files (delete it by \
+             hand once no writer writes that snapshot)"
+        )?;
+    }
     outln!(
         out,
         "kept {} manifests; deleted {} manifests and {} data files; {} unreferenced data files \
-         kept (younger than the grace period of {} s)",
+         kept (younger than the grace period of {} s), {} of snapshots being written; {} \
+         objects ignored (names that are not the archive's)",
         report.manifests_kept,
         report.manifests_deleted.len(),
         report.files_deleted.len(),
         report.files_in_grace,
-        grace.as_secs()
+        grace.as_secs(),
+        report.files_pending,
+        report.ignored
     )
 }
