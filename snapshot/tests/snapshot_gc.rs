@@ -42,9 +42,10 @@ const BUDGET: usize = 64 << 20;
 // A store decorator that pauses a writer between uploads, fails manifest creates, and counts
 // the bytes read from object bodies.
 
-/// Pause the writer at its n-th data-file put (1-based), before forwarding it: the test gets
-/// a message on `paused` and lets it go on with one on `resume`.
+/// Pause the writer at its n-th put under a folder (1-based), before forwarding it: the test
+/// gets a message on `paused` and lets it go on with one on `resume`.
 struct Pause {
+    folder: &'static str,
     at: usize,
     paused: Sender<()>,
     resume: Receiver<()>,
@@ -52,7 +53,7 @@ struct Pause {
 
 #[derive(Default)]
 struct Hooks {
-    data_puts: usize,
+    puts: usize,
     pause: Option<Pause>,
 }
 
@@ -89,13 +90,15 @@ impl HookStore {
         }
     }
 
-    /// Pauses the writer at its `at`-th data-file put from now on; returns the channels.
-    fn pause_at(&self, at: usize) -> (Receiver<()>, Sender<()>) {
+    /// Pauses the writer at its `at`-th put under `folder` (`data/`, `manifests/`) from now
+    /// on; returns the channels.
+    fn pause_at(&self, folder: &'static str, at: usize) -> (Receiver<()>, Sender<()>) {
         let (paused_tx, paused_rx) = channel();
         let (resume_tx, resume_rx) = channel();
         let mut h = self.hooks.lock();
-        h.data_puts = 0;
+        h.puts = 0;
         h.pause = Some(Pause {
+            folder,
             at,
             paused: paused_tx,
             resume: resume_rx,
@@ -104,14 +107,17 @@ impl HookStore {
     }
 
     fn before_put(&self, location: &Path) {
-        if !location.as_ref().starts_with("data/") {
-            return;
-        }
         let pause = {
             let mut h = self.hooks.lock();
-            h.data_puts += 1;
+            let Some(folder) = h.pause.as_ref().map(|p| p.folder) else {
+                return;
+            };
+            if !location.as_ref().starts_with(folder) {
+                return;
+            }
+            h.puts += 1;
             match &h.pause {
-                Some(p) if p.at == h.data_puts => h.pause.take(),
+                Some(p) if p.at == h.puts => h.pause.take(),
                 _ => None,
             }
         };
@@ -346,6 +352,15 @@ fn files_of(store: &Arc<dyn ObjectStore>, id: &str) -> BTreeSet<String> {
         .collect()
 }
 
+/// The snapshot id of the one pending marker in `store`.
+#[track_caller]
+fn marker_id(store: &Arc<dyn ObjectStore>) -> String {
+    let markers = names(store, "pending");
+    assert_eq!(markers.len(), 1, "{markers:?}");
+    let m = markers.into_iter().next().unwrap();
+    m["pending/".len()..m.len() - ".mpp".len()].to_owned()
+}
+
 /// GC's report must say that nothing of snapshot `id` was deleted.
 #[track_caller]
 fn assert_kept(report: &GcReport, id: &str) {
@@ -372,7 +387,7 @@ fn gc_with_retain_1_and_no_grace_keeps_every_file_of_a_snapshot_in_progress() {
     // Every key changes: the next snapshot rewrites every file.
     job.work(0..400, 2, 200);
 
-    let (paused, resume) = hooks.pause_at(3);
+    let (paused, resume) = hooks.pause_at("data/", 3);
     let (wal_dir, schemas) = (job.wal_dir.clone(), job.schemas.clone());
     let writing = std::thread::spawn(move || {
         let r = snapshot(&mut writer, &wal_dir, &schemas);
@@ -381,11 +396,12 @@ fn gc_with_retain_1_and_no_grace_keeps_every_file_of_a_snapshot_in_progress() {
     paused.recv_timeout(Duration::from_secs(60)).unwrap();
 
     // The documented example, run while the writer has uploaded two of its files.
-    let gc = Archive::from_store(mem.clone(), "", "memory:///gc").unwrap();
-    let report = gc.gc(1, Duration::ZERO).unwrap();
-    let id = report.pending.first().cloned().expect("a live pending marker");
+    let id = marker_id(&mem);
     let uploaded = files_of(&mem, &id);
     assert_eq!(uploaded.len(), 2, "{uploaded:?}");
+    let gc = Archive::from_store(mem.clone(), "", "memory:///gc").unwrap();
+    let report = gc.gc(1, Duration::ZERO).unwrap();
+    assert_eq!(files_of(&mem, &id), uploaded, "GC deleted files in progress");
     assert_kept(&report, &id);
     assert_eq!(report.files_pending, 2, "{report:?}");
     // The current snapshot's files stay; nothing else was unreferenced yet.
@@ -419,7 +435,7 @@ fn gc_during_a_rescale_into_an_empty_archive_keeps_its_files() {
     let mem: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
     let hooks = HookStore::new(mem.clone());
     let dest = Archive::from_store(Arc::new(hooks.clone()), "", "memory:///dest").unwrap();
-    let (paused, resume) = hooks.pause_at(3);
+    let (paused, resume) = hooks.pause_at("data/", 3);
     let rescaling = std::thread::spawn(move || {
         rescale(
             &[RescaleSource::new(&source, &latest)],
@@ -430,10 +446,12 @@ fn gc_during_a_rescale_into_an_empty_archive_keeps_its_files() {
     });
     paused.recv_timeout(Duration::from_secs(60)).unwrap();
     // An archive without a manifest: before markers, GC took every file in it for garbage.
+    let id = marker_id(&mem);
+    let uploaded = files_of(&mem, &id);
+    assert_eq!(uploaded.len(), 2, "{uploaded:?}");
     let gc = Archive::from_store(mem.clone(), "", "memory:///gc").unwrap();
     let report = gc.gc(1, Duration::ZERO).unwrap();
-    let id = report.pending.first().cloned().expect("the rescale's marker");
-    assert_eq!(files_of(&mem, &id).len(), 2);
+    assert_eq!(files_of(&mem, &id), uploaded, "GC deleted files in progress");
     assert_kept(&report, &id);
 
     resume.send(()).unwrap();
@@ -456,7 +474,7 @@ fn a_fenced_writers_files_and_marker_are_collected() {
     job.snapshot(&mut zombie).unwrap();
     job.work(0..400, 2, 200);
 
-    let (paused, resume) = hooks.pause_at(2);
+    let (paused, resume) = hooks.pause_at("data/", 2);
     let (wal_dir, schemas) = (job.wal_dir.clone(), job.schemas.clone());
     let writing = std::thread::spawn(move || snapshot(&mut zombie, &wal_dir, &schemas));
     paused.recv_timeout(Duration::from_secs(60)).unwrap();
@@ -464,12 +482,7 @@ fn a_fenced_writers_files_and_marker_are_collected() {
     // A new instance claims the archive: the paused writer can never commit.
     let archive = Archive::from_store(mem.clone(), "", "memory:///new").unwrap();
     let mut successor = SnapshotWriter::claim(archive.clone(), KEY_GROUPS, settings()).unwrap();
-    let zombie_id = {
-        let markers = names(&mem, "pending");
-        assert_eq!(markers.len(), 1, "{markers:?}");
-        let m = markers.into_iter().next().unwrap();
-        m["pending/".len()..m.len() - ".mpp".len()].to_owned()
-    };
+    let zombie_id = marker_id(&mem);
     assert_eq!(files_of(&mem, &zombie_id).len(), 1);
     let report = archive.gc(1, Duration::ZERO).unwrap();
     assert!(report.pending.is_empty(), "{report:?}");
@@ -515,10 +528,14 @@ fn a_writer_that_stops_before_its_commit_is_released_by_the_next_claim() {
     let err = job.snapshot(&mut writer).unwrap_err();
     assert!(matches!(err, Error::ObjectStore { .. }), "{err:?}");
     hooks.fail_manifests.store(false, Ordering::SeqCst);
-    let report = archive.gc(1, Duration::ZERO).unwrap();
-    let id = report.pending.first().cloned().expect("its marker is live");
+    let id = marker_id(&mem);
     let orphans = files_of(&mem, &id);
     assert!(orphans.len() >= 4, "{orphans:?}");
+    // No new claim yet: the writer might still commit (it will try again, as the facade's
+    // does), so its files stay.
+    let report = archive.gc(1, Duration::ZERO).unwrap();
+    assert_eq!(files_of(&mem, &id), orphans);
+    assert_kept(&report, &id);
     assert_eq!(report.files_pending, orphans.len(), "{report:?}");
 
     // A restarted instance claims the archive: the marker is stale, its files are garbage.
@@ -530,6 +547,46 @@ fn a_writer_that_stops_before_its_commit_is_released_by_the_next_claim() {
     assert_eq!(names(&mem, "data"), referenced(&archive));
     let m = job.snapshot(&mut next).unwrap().manifest;
     job.check(&archive, &m, "after the next claim");
+}
+
+#[test]
+fn a_zombie_commit_into_a_sequence_gc_freed_is_fenced() {
+    let mut job = Job::new();
+    let mem: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    let hooks = HookStore::new(mem.clone());
+    let zombie_archive = Archive::from_store(Arc::new(hooks.clone()), "", "memory:///z").unwrap();
+    let mut zombie = SnapshotWriter::claim(zombie_archive, KEY_GROUPS, settings()).unwrap();
+    job.work(0..400, 1, 100);
+    job.snapshot(&mut zombie).unwrap();
+    job.work(0..400, 2, 200);
+    // Its files uploaded, the zombie is about to create sequence 3, its parent's next.
+    let (paused, resume) = hooks.pause_at("manifests/", 1);
+    let (wal_dir, schemas) = (job.wal_dir.clone(), job.schemas.clone());
+    let writing = std::thread::spawn(move || snapshot(&mut zombie, &wal_dir, &schemas));
+    paused.recv_timeout(Duration::from_secs(60)).unwrap();
+
+    // A successor claims (sequence 3) and commits twice; GC then frees sequences 1 to 4.
+    let archive = Archive::from_store(mem.clone(), "", "memory:///new").unwrap();
+    let mut successor = SnapshotWriter::claim(archive.clone(), KEY_GROUPS, settings()).unwrap();
+    job.snapshot(&mut successor).unwrap();
+    job.work(0..10, 3, 300);
+    let current = job.snapshot(&mut successor).unwrap().manifest;
+    assert_eq!(current.sequence, 5);
+    archive.gc(1, Duration::ZERO).unwrap();
+    assert_eq!(archive.sequences().unwrap(), [5]);
+
+    // The zombie's conditional create of sequence 3 now succeeds, below the current one: it
+    // must learn that it is fenced, not that it committed.
+    resume.send(()).unwrap();
+    match writing.join().unwrap() {
+        Err(Error::Fenced { epoch, newer_epoch }) => assert_eq!((epoch, newer_epoch), (1, 2)),
+        other => panic!("the zombie's commit gave {other:?}"),
+    }
+    assert_eq!(archive.latest().unwrap().unwrap().id, current.id);
+    archive.gc(1, Duration::ZERO).unwrap();
+    assert_eq!(archive.sequences().unwrap(), [5]);
+    assert_eq!(names(&mem, "data"), referenced(&archive));
+    job.check(&archive, &current, "the successor's snapshot");
 }
 
 // ------------------------------------------------------------------------------------------
@@ -605,9 +662,6 @@ fn strays_in_manifests_and_data_are_never_parsed_or_deleted() {
     assert_eq!(strays.len(), 3 + 3 + 4 + 1, "{:?}", strays.keys());
 
     let report = archive.gc(1, Duration::ZERO).unwrap();
-    // manifests: backup/, the 21 digits, x.mpm, .bak; data: backup/, notes, short, .tmp;
-    // pending: backup/, x.mpp.
-    assert_eq!(report.ignored, 10, "{report:?}");
     let after = tree(root);
     for (p, bytes) in &strays {
         assert_eq!(after.get(p), Some(bytes), "stray {p} was touched");
@@ -619,6 +673,9 @@ fn strays_in_manifests_and_data_are_never_parsed_or_deleted() {
     );
     assert_eq!(archive.sequences().unwrap(), [latest.sequence]);
     assert_eq!(archive.latest().unwrap().unwrap(), latest);
+    // manifests: backup/, the 21 digits, x.mpm, .bak; data: backup/, notes, short, .tmp;
+    // pending: backup/, x.mpp.
+    assert_eq!(report.ignored, 10, "{report:?}");
     job.check(&archive, &latest, "after GC among strays");
 }
 
