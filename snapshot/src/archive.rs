@@ -95,10 +95,19 @@ impl ArchiveSettings {
         }
     }
 
-    fn client_options(&self) -> object_store::ClientOptions {
-        object_store::ClientOptions::new()
-            .with_connect_timeout(self.connect_timeout)
-            .with_timeout(self.request_timeout)
+    /// The timeouts as S3 builder options: set one by one, since replacing the whole
+    /// `ClientOptions` would drop what `from_env` read (`AWS_ALLOW_HTTP`, say).
+    fn client_config(&self) -> [(object_store::aws::AmazonS3ConfigKey, String); 2] {
+        use object_store::aws::AmazonS3ConfigKey::Client;
+        use object_store::ClientConfigKey;
+        let ms = |d: Duration| format!("{}ms", d.as_millis());
+        [
+            (
+                Client(ClientConfigKey::ConnectTimeout),
+                ms(self.connect_timeout),
+            ),
+            (Client(ClientConfigKey::Timeout), ms(self.request_timeout)),
+        ]
     }
 
     fn retry(&self) -> object_store::RetryConfig {
@@ -195,8 +204,10 @@ impl Archive {
             }
             let mut builder = object_store::aws::AmazonS3Builder::from_env()
                 .with_bucket_name(bucket)
-                .with_client_options(settings.client_options())
                 .with_retry(settings.retry());
+            for (key, value) in settings.client_config() {
+                builder = builder.with_config(key, value);
+            }
             if std::env::var_os("AWS_DEFAULT_REGION").is_none()
                 && std::env::var_os("AWS_REGION").is_none()
             {
