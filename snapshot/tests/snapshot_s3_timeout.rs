@@ -31,7 +31,9 @@ fn silent_endpoint() -> String {
 fn a_silent_endpoint_times_out_within_the_configured_time() {
     let endpoint = silent_endpoint();
     // The only test of this binary: nothing else reads the environment meanwhile.
+    // Both names: the S3 services' environment sets AWS_ENDPOINT_URL too.
     std::env::set_var("AWS_ENDPOINT", &endpoint);
+    std::env::set_var("AWS_ENDPOINT_URL", &endpoint);
     std::env::set_var("AWS_ALLOW_HTTP", "true");
     std::env::set_var("AWS_ACCESS_KEY_ID", "test");
     std::env::set_var("AWS_SECRET_ACCESS_KEY", "test");
