@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 use futures::TryStreamExt;
 use millpond_snapshot::{Archive, Manifest, SnapshotSettings, SnapshotWriter};
 use millpond_state::{Store, StringCodec, U64Codec, ValueState, ValueStateDescriptor};
-use millpond_wal::{open_local, LocalSegmentSource, SegmentSettings, SourceOffset, Wal, WalSettings};
+use millpond_wal::{
+    open_local, LocalSegmentSource, SegmentSettings, SourceOffset, Wal, WalSettings,
+};
 use object_store::throttle::{ThrottleConfig, ThrottledStore};
 use object_store::{ObjectStore, ObjectStoreExt};
 
@@ -105,7 +107,9 @@ impl Job {
 
     fn work(&self, round: u64) {
         for i in 0..300u64 {
-            self.counts.update(&format!("key-{i}"), &(i * round)).unwrap();
+            self.counts
+                .update(&format!("key-{i}"), &(i * round))
+                .unwrap();
         }
         self.wal
             .commit(&[SourceOffset {
@@ -182,7 +186,10 @@ impl S3Prefix {
                  `out=$(scripts/services up s3) && eval \"$out\"` first"
             )
         });
-        assert!(std::env::var_os("S3_BUCKET").is_some(), "{endpoint}: S3_BUCKET is not set");
+        assert!(
+            std::env::var_os("S3_BUCKET").is_some(),
+            "{endpoint}: S3_BUCKET is not set"
+        );
         S3Prefix {
             bucket: std::env::var("S3_BUCKET").unwrap(),
             prefix: format!("millpond-test/cli-gc-{:016x}", rand::random::<u64>()),
@@ -257,7 +264,10 @@ fn gc_retain_1_grace_0_during_a_snapshot_keeps_its_files_and_it_commits() {
     let current = format!("{:020}.mpm", first.sequence);
     let manifest = object_store::path::Path::from(format!("{}/manifests/{current}", s3.prefix));
     let bytes = block_on(async { store.get(&manifest).await?.bytes().await }).unwrap();
-    for stray in [format!("manifests/backup/{current}"), format!("manifests/0{current}")] {
+    for stray in [
+        format!("manifests/backup/{current}"),
+        format!("manifests/0{current}"),
+    ] {
         let path = object_store::path::Path::from(format!("{}/{stray}", s3.prefix));
         block_on(store.put(&path, bytes.clone().into())).unwrap();
     }
@@ -267,7 +277,10 @@ fn gc_retain_1_grace_0_during_a_snapshot_keeps_its_files_and_it_commits() {
     // Wait until the snapshot in progress has uploaded a file.
     let started = Instant::now();
     let (id, uploaded) = loop {
-        assert!(started.elapsed() < Duration::from_secs(60), "no upload seen");
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no upload seen"
+        );
         let marker = s3.names("pending").into_iter().next();
         if let Some(id) = marker.and_then(|m| m.strip_suffix(".mpp").map(str::to_owned)) {
             let files: Vec<String> = s3
@@ -297,7 +310,9 @@ fn gc_retain_1_grace_0_during_a_snapshot_keeps_its_files_and_it_commits() {
     let (_, second) = writing.join().expect("the snapshot commits");
     assert_eq!(second.id, id);
     let url = job.url();
-    assert_ok(&millpond(&["snapshot", "verify", "latest", "--store", &url]));
+    assert_ok(&millpond(&[
+        "snapshot", "verify", "latest", "--store", &url,
+    ]));
     // Once it is committed, the first snapshot's files go.
     let o = job.gc(&["--retain", "1", "--grace-seconds", "0"]);
     assert_ok(&o);
@@ -307,7 +322,9 @@ fn gc_retain_1_grace_0_during_a_snapshot_keeps_its_files_and_it_commits() {
         text(&o.stdout)
     );
     assert!(s3.names("pending").is_empty());
-    assert_ok(&millpond(&["snapshot", "verify", "latest", "--store", &url]));
+    assert_ok(&millpond(&[
+        "snapshot", "verify", "latest", "--store", &url,
+    ]));
     assert!(s3.names("manifests").contains(&format!("0{current}")));
     assert_eq!(s3.names("manifests/backup"), [current]);
 }
@@ -355,8 +372,11 @@ fn gc_never_touches_a_backup_copy_of_the_manifests() {
     for e in std::fs::read_dir(root.join("manifests")).unwrap() {
         let p = e.unwrap().path();
         if p.is_file() {
-            std::fs::copy(&p, root.join("manifests/backup").join(p.file_name().unwrap()))
-                .unwrap();
+            std::fs::copy(
+                &p,
+                root.join("manifests/backup").join(p.file_name().unwrap()),
+            )
+            .unwrap();
         }
     }
     let wide = root.join(format!("manifests/0{:020}.mpm", latest.sequence));
@@ -364,12 +384,27 @@ fn gc_never_touches_a_backup_copy_of_the_manifests() {
 
     let o = job.gc(&["--retain", "1", "--grace-seconds", "0"]);
     assert_ok(&o);
-    assert!(text(&o.stdout).contains("2 objects ignored"), "{}", text(&o.stdout));
-    assert_eq!(std::fs::read(&current).unwrap(), bytes, "the current manifest");
+    assert!(
+        text(&o.stdout).contains("2 objects ignored"),
+        "{}",
+        text(&o.stdout)
+    );
+    assert_eq!(
+        std::fs::read(&current).unwrap(),
+        bytes,
+        "the current manifest"
+    );
     assert_eq!(std::fs::read(&wide).unwrap(), bytes);
-    assert_eq!(std::fs::read_dir(root.join("manifests/backup")).unwrap().count(), 3);
+    assert_eq!(
+        std::fs::read_dir(root.join("manifests/backup"))
+            .unwrap()
+            .count(),
+        3
+    );
     let url = job.url();
-    assert_ok(&millpond(&["snapshot", "verify", "latest", "--store", &url]));
+    assert_ok(&millpond(&[
+        "snapshot", "verify", "latest", "--store", &url,
+    ]));
 }
 
 /// Accepts connections and never answers; returns `http://host:port`.
@@ -411,21 +446,61 @@ fn timeout_seconds_bounds_a_silent_s3_endpoint() {
     };
     for (args, env) in [
         (
-            &["snapshot", "list", "--store", "s3://silent/p", "--timeout-seconds", "1"][..],
+            &[
+                "snapshot",
+                "list",
+                "--store",
+                "s3://silent/p",
+                "--timeout-seconds",
+                "1",
+            ][..],
             None,
         ),
-        (&["snapshot", "gc", "--retain", "1", "--store", "s3://silent/p"][..], Some("1")),
-        (&["--timeout-seconds", "1", "snapshot", "verify", "latest", "--store", "s3://silent/p"][..], None),
+        (
+            &[
+                "snapshot",
+                "gc",
+                "--retain",
+                "1",
+                "--store",
+                "s3://silent/p",
+            ][..],
+            Some("1"),
+        ),
+        (
+            &[
+                "--timeout-seconds",
+                "1",
+                "snapshot",
+                "verify",
+                "latest",
+                "--store",
+                "s3://silent/p",
+            ][..],
+            None,
+        ),
     ] {
         let (o, took) = run(args, env);
         let err = text(&o.stderr);
         assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
         assert!(took < Duration::from_secs(4), "{args:?}: took {took:?}");
         assert!(
-            err.starts_with("error: ") && err.contains("timed out") && err.contains("--timeout-seconds"),
+            err.starts_with("error: ")
+                && err.contains("timed out")
+                && err.contains("--timeout-seconds"),
             "{args:?}: {err}"
         );
     }
-    let (o, _) = run(&["snapshot", "list", "--store", "s3://silent/p", "--timeout-seconds", "0"], None);
+    let (o, _) = run(
+        &[
+            "snapshot",
+            "list",
+            "--store",
+            "s3://silent/p",
+            "--timeout-seconds",
+            "0",
+        ],
+        None,
+    );
     assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
 }

@@ -84,8 +84,7 @@ pub(crate) fn parse_marker_name(name: &str) -> Option<&str> {
 /// `s` as a decimal number, if it is only ASCII digits (exactly `width` of them, when
 /// `width` is not 0) and fits a u64.
 fn parse_digits(s: &str, width: usize) -> Option<u64> {
-    if s.is_empty() || (width != 0 && s.len() != width) || !s.bytes().all(|b| b.is_ascii_digit())
-    {
+    if s.is_empty() || (width != 0 && s.len() != width) || !s.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
     s.parse().ok()

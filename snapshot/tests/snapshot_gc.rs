@@ -25,7 +25,9 @@ use millpond_snapshot::{
     SnapshotWriter, MAX_GC_GRACE,
 };
 use millpond_state::{KeyGroupRange, StateSchema, Store};
-use millpond_wal::{open_local, LocalSegmentSource, SegmentSettings, SourceOffset, Wal, WalSettings};
+use millpond_wal::{
+    open_local, LocalSegmentSource, SegmentSettings, SourceOffset, Wal, WalSettings,
+};
 use object_store::memory::InMemory;
 use object_store::path::Path;
 use object_store::{
@@ -163,7 +165,8 @@ impl ObjectStore for HookStore {
         options: GetOptions,
     ) -> object_store::Result<GetResult> {
         let got = self.inner.get_opts(location, options).await?;
-        let (meta, range, attributes) = (got.meta.clone(), got.range.clone(), got.attributes.clone());
+        let (meta, range, attributes) =
+            (got.meta.clone(), got.range.clone(), got.attributes.clone());
         let counter = self.body_bytes.clone();
         let stream = got
             .into_stream()
@@ -228,8 +231,14 @@ fn objects(store: &Arc<dyn ObjectStore>, prefix: &str) -> BTreeMap<String, Vec<u
             .unwrap();
         let mut all = BTreeMap::new();
         for m in metas {
-            let bytes = store.get_opts(&m.location, GetOptions::default()).await.unwrap();
-            all.insert(m.location.to_string(), bytes.bytes().await.unwrap().to_vec());
+            let bytes = store
+                .get_opts(&m.location, GetOptions::default())
+                .await
+                .unwrap();
+            all.insert(
+                m.location.to_string(),
+                bytes.bytes().await.unwrap().to_vec(),
+            );
         }
         all
     })
@@ -401,7 +410,11 @@ fn gc_with_retain_1_and_no_grace_keeps_every_file_of_a_snapshot_in_progress() {
     assert_eq!(uploaded.len(), 2, "{uploaded:?}");
     let gc = Archive::from_store(mem.clone(), "", "memory:///gc").unwrap();
     let report = gc.gc(1, Duration::ZERO).unwrap();
-    assert_eq!(files_of(&mem, &id), uploaded, "GC deleted files in progress");
+    assert_eq!(
+        files_of(&mem, &id),
+        uploaded,
+        "GC deleted files in progress"
+    );
     assert_kept(&report, &id);
     assert_eq!(report.files_pending, 2, "{report:?}");
     // The current snapshot's files stay; nothing else was unreferenced yet.
@@ -451,7 +464,11 @@ fn gc_during_a_rescale_into_an_empty_archive_keeps_its_files() {
     assert_eq!(uploaded.len(), 2, "{uploaded:?}");
     let gc = Archive::from_store(mem.clone(), "", "memory:///gc").unwrap();
     let report = gc.gc(1, Duration::ZERO).unwrap();
-    assert_eq!(files_of(&mem, &id), uploaded, "GC deleted files in progress");
+    assert_eq!(
+        files_of(&mem, &id),
+        uploaded,
+        "GC deleted files in progress"
+    );
     assert_kept(&report, &id);
 
     resume.send(()).unwrap();
@@ -486,7 +503,11 @@ fn a_fenced_writers_files_and_marker_are_collected() {
     assert_eq!(files_of(&mem, &zombie_id).len(), 1);
     let report = archive.gc(1, Duration::ZERO).unwrap();
     assert!(report.pending.is_empty(), "{report:?}");
-    assert_eq!(report.markers_deleted, [zombie_id.clone()], "{report:?}");
+    assert_eq!(
+        report.markers_deleted,
+        std::slice::from_ref(&zombie_id),
+        "{report:?}"
+    );
     assert_eq!(
         report
             .files_deleted
@@ -541,7 +562,11 @@ fn a_writer_that_stops_before_its_commit_is_released_by_the_next_claim() {
     // A restarted instance claims the archive: the marker is stale, its files are garbage.
     let mut next = SnapshotWriter::claim(archive.clone(), KEY_GROUPS, settings()).unwrap();
     let report = archive.gc(1, Duration::ZERO).unwrap();
-    assert_eq!(report.markers_deleted, [id.clone()], "{report:?}");
+    assert_eq!(
+        report.markers_deleted,
+        std::slice::from_ref(&id),
+        "{report:?}"
+    );
     assert!(files_of(&mem, &id).is_empty());
     assert!(names(&mem, "pending").is_empty());
     assert_eq!(names(&mem, "data"), referenced(&archive));
@@ -642,7 +667,11 @@ fn strays_in_manifests_and_data_are_never_parsed_or_deleted() {
     }
     std::fs::write(root.join(format!("manifests/0{current}")), &current_bytes).unwrap();
     std::fs::write(root.join("manifests/x.mpm"), b"not a manifest").unwrap();
-    std::fs::write(root.join(format!("manifests/{current}.bak")), &current_bytes).unwrap();
+    std::fs::write(
+        root.join(format!("manifests/{current}.bak")),
+        &current_bytes,
+    )
+    .unwrap();
     // In data/: a copy in a sub-folder, a note, a name with 1 digit for 5, another suffix.
     let some_file = &latest.files[0].path;
     let name = some_file.strip_prefix("data/").unwrap();
@@ -696,11 +725,18 @@ fn a_huge_grace_or_retain_0_is_invalid_and_deletes_nothing() {
     ] {
         match archive.gc(retain, grace) {
             Err(Error::Invalid { reason }) => {
-                assert!(reason.contains("grace") || reason.contains("retain"), "{reason}")
+                assert!(
+                    reason.contains("grace") || reason.contains("retain"),
+                    "{reason}"
+                )
             }
             other => panic!("gc({retain}, {grace:?}) gave {other:?}"),
         }
-        assert_eq!(tree(dir.path()), before, "gc({retain}, {grace:?}) changed the archive");
+        assert_eq!(
+            tree(dir.path()),
+            before,
+            "gc({retain}, {grace:?}) changed the archive"
+        );
     }
     // The longest grace allowed works: old manifests go, every file is in grace.
     let report = archive.gc(1, MAX_GC_GRACE).unwrap();
@@ -726,7 +762,10 @@ fn an_oversized_manifest_or_marker_is_refused_without_being_read() {
     let refused = |e: Error| match e {
         Error::Corrupt { what, location } => {
             assert!(what.contains("larger than the 256 MiB limit"), "{what}");
-            assert!(location.contains(&name) && location.contains("314572800"), "{location}");
+            assert!(
+                location.contains(&name) && location.contains("314572800"),
+                "{location}"
+            );
         }
         other => panic!("expected Corrupt, got {other:?}"),
     };
@@ -737,7 +776,10 @@ fn an_oversized_manifest_or_marker_is_refused_without_being_read() {
     assert_eq!(tree(root), before, "GC deleted something before it failed");
     // The other manifests are a few KiB each.
     let read = hooks.body_bytes.load(Ordering::SeqCst);
-    assert!(read < 1 << 20, "{read} bytes read: the oversized manifest was read");
+    assert!(
+        read < 1 << 20,
+        "{read} bytes read: the oversized manifest was read"
+    );
 
     // A marker of 1 GiB: taken as unreadable (and live) from its listed size, never read.
     std::fs::remove_file(root.join(&name)).unwrap();
@@ -748,7 +790,11 @@ fn an_oversized_manifest_or_marker_is_refused_without_being_read() {
     drop(f);
     hooks.body_bytes.store(0, Ordering::SeqCst);
     let report = archive.gc(1, Duration::ZERO).unwrap();
-    assert_eq!(report.markers_unreadable, [format!("pending/{id}.mpp")], "{report:?}");
+    assert_eq!(
+        report.markers_unreadable,
+        [format!("pending/{id}.mpp")],
+        "{report:?}"
+    );
     assert!(root.join(format!("pending/{id}.mpp")).exists());
     let read = hooks.body_bytes.load(Ordering::SeqCst);
     assert!(read < 1 << 20, "{read} bytes read: the marker was read");

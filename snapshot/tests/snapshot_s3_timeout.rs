@@ -48,7 +48,10 @@ fn a_silent_endpoint_times_out_within_the_configured_time() {
     let archive = Archive::open_with("s3://silent/prefix", &settings).unwrap();
 
     for (what, call) in [
-        ("list", Box::new(|| archive.latest().map(|_| ())) as Box<dyn Fn() -> _>),
+        (
+            "list",
+            Box::new(|| archive.latest().map(|_| ())) as Box<dyn Fn() -> _>,
+        ),
         ("read", Box::new(|| archive.manifest_at(1).map(|_| ()))),
         ("gc", Box::new(|| archive.gc(1, Duration::ZERO).map(|_| ()))),
     ] {
@@ -67,7 +70,10 @@ fn a_silent_endpoint_times_out_within_the_configured_time() {
         assert!(err.is_transient(), "{what}");
         let message = err.to_string();
         for needle in ["timed out", "request_timeout", "--timeout-seconds"] {
-            assert!(message.contains(needle), "{what}: {needle:?} not in: {message}");
+            assert!(
+                message.contains(needle),
+                "{what}: {needle:?} not in: {message}"
+            );
         }
     }
 
