@@ -196,6 +196,19 @@ pub fn decode(buf: &[u8], location: impl Fn() -> String) -> Result<Decoded<'_>> 
     Ok(Decoded::Batch(header, &buf[HEADER_BYTES..end]))
 }
 
+/// The checksum of a batch read in pieces, without holding it whole: start with its header
+/// (`HEADER_BYTES` bytes that [`header`] accepted), feed the payload with `crc32c_append`, then
+/// compare with [`stored_checksum`]. The same sum as [`decode`] checks.
+pub(crate) fn checksum_start(header: &[u8]) -> u32 {
+    crc32c::crc32c(&header[..CHECKED_BYTES])
+}
+
+/// The checksum a header (`HEADER_BYTES` bytes) carries.
+pub(crate) fn stored_checksum(header: &[u8]) -> u32 {
+    let b = &header[CHECKED_BYTES..HEADER_BYTES];
+    u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+}
+
 /// Splits a verified payload into its records' bytes. Framing inside a payload whose checksum
 /// matched can only be wrong if the writer was; still an error, never a panic.
 pub fn records(payload: &[u8], count: u32) -> impl Iterator<Item = Result<&[u8]>> {

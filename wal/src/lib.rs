@@ -36,6 +36,7 @@ mod replay;
 mod segment;
 mod settings;
 mod sink;
+pub mod watermark;
 mod writer;
 
 #[cfg(feature = "pulsar")]
@@ -48,5 +49,5 @@ pub use recover::recover;
 pub use replay::{replay, CommitPoint, ReplayOutcome};
 pub use segment::{LocalSegmentSink, LocalSegmentSource};
 pub use settings::{CommitDurability, SegmentSettings, WalSettings};
-pub use sink::{Batch, StoredBatch, UpTo, WalPosition, WalSink, WalSource};
+pub use sink::{Batch, StoredBatch, TornTail, UpTo, WalPosition, WalSink, WalSource};
 pub use writer::{CommitTicket, Wal, WalStats};

@@ -20,6 +20,8 @@ use crate::OwnedChange;
 ///   token such as a snapshot archive claim; if the log already holds a higher epoch, this
 ///   writer was itself taken over and the result is [`Error::Fenced`].
 ///
+/// What opening `sink` cut off the log (a torn tail) is in [`ReplayOutcome::torn_tail`].
+///
 /// Connect `sink` before reading `source`, when the sink fences older writers (Pulsar's
 /// exclusive producer): then nothing an older writer appends can land after the replay read it
 /// and before the new writer's first batch.
@@ -34,7 +36,12 @@ pub fn recover<E>(
 where
     E: std::error::Error + Send + Sync + 'static,
 {
-    let outcome = replay(source, after_lsn, apply)?;
+    let mut sink = sink;
+    let cut = sink.take_torn_tail();
+    let mut outcome = replay(source, after_lsn, apply)?;
+    if cut.is_some() {
+        outcome.torn_tail = cut;
+    }
     let epoch = match epoch {
         None => outcome.epoch,
         Some(e) if e >= outcome.epoch => e,

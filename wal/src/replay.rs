@@ -18,7 +18,7 @@ use prost::Message;
 use crate::batch::{self, Decoded};
 use crate::error::{Error, Result};
 use crate::record::{proto, OwnedChange, SourceOffset};
-use crate::sink::{WalPosition, WalSource};
+use crate::sink::{TornTail, WalPosition, WalSource};
 
 /// The last commit marker that replay found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,6 +49,10 @@ pub struct ReplayOutcome {
     pub epoch: u64,
     /// The LSN after the last record in the log (where a writer continues).
     pub next_lsn: u64,
+    /// The torn tail that ended the log, if it ended in one: cut off by the sink when
+    /// [`recover`](crate::recover) opened it (bytes, position, the last LSN kept), or, for a
+    /// plain replay, where the source stopped. Its batch was never acknowledged.
+    pub torn_tail: Option<TornTail>,
 }
 
 /// Replays `source` from after `after_lsn` (the LSN a snapshot covers, 0 for the whole log),
@@ -182,5 +186,6 @@ where
     }
     out.uncommitted = pending.len() as u64;
     out.next_lsn = seen + 1;
+    out.torn_tail = source.torn_tail();
     Ok(out)
 }

@@ -1,24 +1,35 @@
 //! Local segment files, the embedded default sink: batches appended to files named by their
 //! first LSN (`00000000000000000001.wal`), one `fdatasync` per batch (group commit: a batch
 //! carries every record that arrived while the previous one was being written), a new file
-//! every `segment_bytes`.
+//! every `segment_bytes`; beside them the acknowledged-LSN watermark ([`crate::watermark`]).
+//!
+//! One reader ([`SegmentFile`]) and one rule for where a log's valid data ends
+//! ([`end_of_valid`]) serve the sink's open, [`LocalSegmentSource`] and `millpond wal inspect`.
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use crate::batch::{self, Decoded};
+use crate::batch::{self, BatchHeader, Decoded, HEADER_BYTES};
 use crate::error::{Error, Result};
 use crate::settings::SegmentSettings;
-use crate::sink::{Batch, StoredBatch, WalPosition, WalSink, WalSource};
+use crate::sink::{Batch, StoredBatch, TornTail, WalPosition, WalSink, WalSource};
+use crate::watermark::{self, Watermark};
 
 const SUFFIX: &str = ".wal";
+/// Bytes a segment is read ahead by: replay reads many small batches.
+const READ_AHEAD_BYTES: usize = 1 << 20;
+/// Bytes of a payload checked at a time when a batch is verified without being kept.
+const VERIFY_CHUNK_BYTES: usize = 64 << 10;
 
 fn segment_name(first_lsn: u64) -> String {
     format!("{first_lsn:020}{SUFFIX}")
 }
 
-/// The segments in `dir`, sorted by first LSN.
+/// The segments in `dir`, sorted by first LSN. A file named like a segment that is not a
+/// regular file (a FIFO, a directory, a device, a symlink to one) is refused with
+/// [`Error::Invalid`] naming it: opening a FIFO would block forever. Other names are ignored.
 pub(crate) fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
     let mut out = Vec::new();
     let entries = match std::fs::read_dir(dir) {
@@ -30,14 +41,69 @@ pub(crate) fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
         let entry = entry.map_err(Error::io(dir))?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        if let Some(stem) = name.strip_suffix(SUFFIX) {
-            if let (20, Ok(lsn)) = (stem.len(), stem.parse::<u64>()) {
-                out.push((lsn, entry.path()));
-            }
+        let Some(stem) = name.strip_suffix(SUFFIX) else {
+            continue;
+        };
+        let (20, Ok(lsn)) = (stem.len(), stem.parse::<u64>()) else {
+            continue;
+        };
+        let path = entry.path();
+        let mut kind = entry.file_type().map_err(Error::io(&path))?;
+        if kind.is_symlink() {
+            kind = std::fs::metadata(&path).map_err(Error::io(&path))?.file_type();
         }
+        if !kind.is_file() {
+            return Err(not_regular(&path, kind));
+        }
+        out.push((lsn, path));
     }
     out.sort();
     Ok(out)
+}
+
+fn not_regular(path: &Path, kind: std::fs::FileType) -> Error {
+    use std::os::unix::fs::FileTypeExt;
+    let name = if kind.is_dir() {
+        "directory"
+    } else if kind.is_fifo() {
+        "FIFO"
+    } else if kind.is_socket() {
+        "socket"
+    } else if kind.is_block_device() || kind.is_char_device() {
+        "device"
+    } else {
+        "special file"
+    };
+    Error::Invalid {
+        reason: format!(
+            "{} is a {name} where the WAL expects a regular file: remove or rename it",
+            path.display()
+        ),
+    }
+}
+
+/// Opens `path` with `options`, non-blocking, and checks that it is a regular file: a name
+/// swapped for a FIFO after [`list_segments`] looked at it cannot hang the open either.
+fn open_checked(path: &Path, options: &OpenOptions) -> Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut options = options.clone();
+    options.custom_flags(libc::O_NONBLOCK);
+    let file = options.open(path).map_err(Error::io(path))?;
+    let kind = file.metadata().map_err(Error::io(path))?.file_type();
+    if !kind.is_file() {
+        return Err(not_regular(path, kind));
+    }
+    Ok(file)
+}
+
+/// Opens an existing regular file, refusing anything else before opening it (see
+/// [`open_checked`]).
+pub(crate) fn open_regular(path: &Path, options: &OpenOptions) -> Result<File> {
+    let kind = std::fs::metadata(path).map_err(Error::io(path))?.file_type();
+    if !kind.is_file() {
+        return Err(not_regular(path, kind));
+    }
+    open_checked(path, options)
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {
@@ -46,56 +112,259 @@ fn sync_dir(dir: &Path) -> Result<()> {
         .map_err(Error::io(dir))
 }
 
-/// Where the valid data of a segment ends, and the last LSN in it.
-struct Scan {
-    valid_len: u64,
-    torn: bool,
+/// A segment file opened for reading, at its length when opened (a writer may still be
+/// appending; what it adds later is not read), with a read-ahead window.
+struct SegmentFile {
+    first_lsn: u64,
+    path: PathBuf,
+    file: File,
+    len: u64,
+    window: Vec<u8>,
+    window_at: u64,
 }
 
-/// Reads a whole segment to find where its valid batches end. A damaged batch counts as a torn
-/// tail only if nothing valid could follow it: it reaches the end of the file, or only zeros
-/// follow (a crash can leave a file extended with zeros). Anything else is corruption.
-fn scan(path: &Path, bytes: &[u8]) -> Result<Scan> {
-    let mut off = 0usize;
-    while off < bytes.len() {
-        let location = || format!("{} at byte {off}", path.display());
-        match batch::decode(&bytes[off..], location) {
-            Ok(Decoded::Batch(h, _)) => off += h.framed_len(),
-            Ok(Decoded::Incomplete) => {
-                return Ok(Scan {
-                    valid_len: off as u64,
-                    torn: true,
-                })
+/// What a [`SegmentFile`] holds at an offset.
+enum At {
+    /// A whole batch that passed every check.
+    Batch(BatchHeader),
+    /// No batch: reading stops here.
+    Stop(Stop),
+}
+
+/// Why reading a segment stopped.
+enum Stop {
+    /// The end of the file.
+    End,
+    /// Not a valid batch: damage (`Some`, the failed check) or a batch that the file ends
+    /// inside (`None`).
+    Damaged(Option<Error>),
+}
+
+impl SegmentFile {
+    fn open(first_lsn: u64, path: &Path) -> Result<SegmentFile> {
+        let file = open_regular(path, OpenOptions::new().read(true))?;
+        let len = file.metadata().map_err(Error::io(path))?.len();
+        Ok(SegmentFile {
+            first_lsn,
+            path: path.to_owned(),
+            file,
+            len,
+            window: Vec::new(),
+            window_at: 0,
+        })
+    }
+
+    fn location(&self, offset: u64) -> String {
+        format!("{} at byte {offset}", self.path.display())
+    }
+
+    /// Fills `dst` from `offset` (inside the file's length), through the read-ahead window.
+    fn read_at(&mut self, dst: &mut [u8], offset: u64) -> Result<()> {
+        let end = offset + dst.len() as u64;
+        let in_window =
+            offset >= self.window_at && end <= self.window_at + self.window.len() as u64;
+        if !in_window {
+            if dst.len() >= READ_AHEAD_BYTES {
+                return self
+                    .file
+                    .read_exact_at(dst, offset)
+                    .map_err(Error::io(&self.path));
             }
-            Err(e) => {
-                if is_torn_tail(&bytes[off..]) {
-                    return Ok(Scan {
-                        valid_len: off as u64,
-                        torn: true,
-                    });
+            let n = (self.len - offset).min(READ_AHEAD_BYTES as u64) as usize;
+            self.window.resize(n, 0);
+            self.window_at = offset;
+            if let Err(e) = self.file.read_exact_at(&mut self.window, offset) {
+                self.window.clear();
+                return Err(Error::io(&self.path)(e));
+            }
+        }
+        let start = (offset - self.window_at) as usize;
+        dst.copy_from_slice(&self.window[start..start + dst.len()]);
+        Ok(())
+    }
+
+    /// What lies at `offset`. A whole batch is verified (framing, LSNs, checksum); with `out`
+    /// its framed bytes are kept there, without it they are checked a chunk at a time. Lengths
+    /// are checked against the file before anything is allocated from them.
+    fn batch_at(&mut self, offset: u64, out: Option<&mut Vec<u8>>) -> Result<At> {
+        let remaining = self.len.saturating_sub(offset);
+        if remaining == 0 {
+            return Ok(At::Stop(Stop::End));
+        }
+        let mut head = [0u8; HEADER_BYTES];
+        let head_len = HEADER_BYTES.min(remaining as usize);
+        self.read_at(&mut head[..head_len], offset)?;
+        let path = self.path.clone();
+        let location = || format!("{} at byte {offset}", path.display());
+        let header = match batch::header(&head[..head_len], &location) {
+            Ok(Some(h)) => h,
+            Ok(None) => return Ok(At::Stop(Stop::Damaged(None))),
+            Err(e) => return Ok(At::Stop(Stop::Damaged(Some(e)))),
+        };
+        let framed = header.framed_len() as u64;
+        if framed > remaining {
+            return Ok(At::Stop(Stop::Damaged(None)));
+        }
+        let checksum_failed = || {
+            At::Stop(Stop::Damaged(Some(Error::Corrupt {
+                what: "WAL batch checksum",
+                location: location(),
+            })))
+        };
+        match out {
+            Some(buf) => {
+                buf.clear();
+                buf.resize(framed as usize, 0);
+                self.read_at(buf, offset)?;
+                match batch::decode(buf, &location) {
+                    Ok(Decoded::Batch(..)) => Ok(At::Batch(header)),
+                    Ok(Decoded::Incomplete) => Ok(At::Stop(Stop::Damaged(None))),
+                    Err(e) => Ok(At::Stop(Stop::Damaged(Some(e)))),
                 }
-                return Err(e);
+            }
+            None => {
+                let mut crc = batch::checksum_start(&head);
+                let mut chunk = vec![0u8; VERIFY_CHUNK_BYTES.min(header.payload_len as usize)];
+                let mut at = offset + HEADER_BYTES as u64;
+                while at < offset + framed {
+                    let n = ((offset + framed - at) as usize).min(chunk.len());
+                    self.read_at(&mut chunk[..n], at)?;
+                    crc = crc32c::crc32c_append(crc, &chunk[..n]);
+                    at += n as u64;
+                }
+                if crc == batch::stored_checksum(&head) {
+                    Ok(At::Batch(header))
+                } else {
+                    Ok(checksum_failed())
+                }
             }
         }
     }
-    Ok(Scan {
-        valid_len: off as u64,
-        torn: false,
-    })
-}
 
-/// Whether a damaged batch at the start of `rest`, the rest of a segment, is a torn tail:
-/// nothing valid could follow it, because only zeros do or it claims to reach the end.
-fn is_torn_tail(rest: &[u8]) -> bool {
-    rest.iter().all(|b| *b == 0) || declared_end_reaches_eof(rest)
-}
-
-/// Whether a (damaged) batch at the start of `rest` claims to extend to the end of the file.
-fn declared_end_reaches_eof(rest: &[u8]) -> bool {
-    match batch::peek_payload_len(rest) {
-        Some(payload) => batch::HEADER_BYTES + payload >= rest.len(),
-        None => true,
+    /// Reads the valid batches from the start: where they end, the last LSN in them (the one
+    /// before the segment's first if none), and what stopped the reading.
+    fn scan(&mut self) -> Result<(u64, u64, Stop)> {
+        let mut offset = 0;
+        let mut last_lsn = self.first_lsn.saturating_sub(1);
+        loop {
+            match self.batch_at(offset, None)? {
+                At::Batch(h) => {
+                    offset += h.framed_len() as u64;
+                    last_lsn = h.last_lsn;
+                }
+                At::Stop(stop) => return Ok((offset, last_lsn, stop)),
+            }
+        }
     }
+
+    /// The first offset after `from` where a whole valid batch starts, if any: a batch that
+    /// a crash could not have left after a torn one.
+    fn valid_batch_after(&mut self, from: u64) -> Result<Option<(u64, BatchHeader)>> {
+        const MAGIC: &[u8] = b"MPWB";
+        let mut chunk = vec![0u8; READ_AHEAD_BYTES];
+        let mut at = from;
+        while at + HEADER_BYTES as u64 <= self.len {
+            let n = ((self.len - at) as usize).min(chunk.len());
+            self.file
+                .read_exact_at(&mut chunk[..n], at)
+                .map_err(Error::io(&self.path))?;
+            for i in 0..n.saturating_sub(MAGIC.len() - 1) {
+                if &chunk[i..i + MAGIC.len()] != MAGIC {
+                    continue;
+                }
+                // Most false magics fail the header check here, before any more is read.
+                if i + HEADER_BYTES <= n
+                    && batch::header(&chunk[i..i + HEADER_BYTES], String::new).is_err()
+                {
+                    continue;
+                }
+                if let At::Batch(h) = self.batch_at(at + i as u64, None)? {
+                    return Ok(Some((at + i as u64, h)));
+                }
+            }
+            // The next chunk overlaps this one by a magic's length less one byte.
+            at += (n - (MAGIC.len() - 1)) as u64;
+        }
+        Ok(None)
+    }
+}
+
+/// The one rule for where a log's valid data ends (docs/wal.md, "Torn tail"), applied where
+/// reading `seg` stopped: at `offset`, after LSN `last_lsn`, because of `stop`. `newest`: whether `seg` is the log's newest segment; `acked`: the
+/// acknowledged-LSN watermark, if the log has one.
+///
+/// - Damage is a torn tail only at the end of the newest segment, when no valid batch follows
+///   it and everything it could have held lies above the acknowledged LSN: `Ok(Some(_))`.
+/// - Anything else that is damaged is [`Error::Corrupt`], and so is a log that ends (cleanly)
+///   before its acknowledged LSN: a newer segment was lost or replaced by an older copy.
+fn end_of_valid(
+    seg: &mut SegmentFile,
+    offset: u64,
+    last_lsn: u64,
+    stop: Stop,
+    newest: bool,
+    acked: Option<u64>,
+) -> Result<Option<TornTail>> {
+    let acked_above = acked.filter(|a| *a > last_lsn);
+    let damage = match stop {
+        Stop::End => {
+            if let (true, Some(acked)) = (newest, acked_above) {
+                return Err(Error::Corrupt {
+                    what: "WAL (ends before its acknowledged LSN)",
+                    location: format!(
+                        "{}: the log ends at LSN {last_lsn}, but LSNs up to {acked} were \
+                         acknowledged as durable (a newer segment is missing, or this one was \
+                         replaced by an older copy)",
+                        seg.location(offset)
+                    ),
+                });
+            }
+            return Ok(None);
+        }
+        Stop::Damaged(Some(e)) => e.to_string(),
+        Stop::Damaged(None) => "a batch cut short by the end of the file".to_owned(),
+    };
+    if !newest {
+        return Err(Error::Corrupt {
+            what: "WAL segment (damaged before a later segment)",
+            location: format!("{}: {damage}", seg.location(offset)),
+        });
+    }
+    if let Some((at, h)) = seg.valid_batch_after(offset + 1)? {
+        return Err(Error::Corrupt {
+            what: "WAL segment (damage with a valid batch after it)",
+            location: format!(
+                "{}: {damage}; a valid batch (LSN {}..={}) follows at byte {at}, so this is \
+                 not a torn tail; the segment was left as it is",
+                seg.location(offset),
+                h.first_lsn,
+                h.last_lsn
+            ),
+        });
+    }
+    if let Some(acked) = acked_above {
+        return Err(Error::Corrupt {
+            what: "WAL segment (damage in acknowledged data)",
+            location: format!(
+                "{}: {damage}, after LSN {last_lsn}, but LSNs up to {acked} were acknowledged \
+                 as durable; the segment was left as it is",
+                seg.location(offset)
+            ),
+        });
+    }
+    let mut head = [0u8; HEADER_BYTES];
+    let head_len = HEADER_BYTES.min((seg.len - offset) as usize);
+    seg.read_at(&mut head[..head_len], offset)?;
+    Ok(Some(TornTail {
+        position: WalPosition::Local {
+            segment: seg.first_lsn,
+            offset,
+        },
+        bytes: seg.len - offset,
+        last_lsn,
+        declared_first_lsn: batch::peek_first_lsn(&head[..head_len]),
+        acknowledged_lsn: acked,
+    }))
 }
 
 /// The local segment sink.
@@ -103,35 +372,79 @@ pub struct LocalSegmentSink {
     dir: PathBuf,
     settings: SegmentSettings,
     file: Option<(u64, File, u64)>,
+    watermark: Watermark,
+    torn_tail: Option<TornTail>,
 }
 
 impl LocalSegmentSink {
     /// Opens the segment directory for appending, creating it if needed. A torn tail left by a
-    /// crash is cut off the last segment first, so that new batches follow valid ones.
+    /// crash is cut off the newest segment first, so that new batches follow valid ones, and
+    /// reported ([`WalSink::take_torn_tail`]); damage that is not a torn tail (a valid batch
+    /// follows it, or it lies at or below the acknowledged LSN) is [`Error::Corrupt`], and
+    /// nothing is changed.
     pub fn open(dir: impl AsRef<Path>, settings: SegmentSettings) -> Result<Self> {
         let dir = dir.as_ref().to_owned();
         std::fs::create_dir_all(&dir).map_err(Error::io(&dir))?;
+        // Read before the segments (as the source does), though no writer runs now.
+        let acked = watermark::read(&dir)?;
         let mut file = None;
-        if let Some((first, path)) = list_segments(&dir)?.pop() {
-            let bytes = std::fs::read(&path).map_err(Error::io(&path))?;
-            let s = scan(&path, &bytes)?;
-            let mut f = OpenOptions::new()
-                .write(true)
-                .open(&path)
-                .map_err(Error::io(&path))?;
-            if s.torn {
-                f.set_len(s.valid_len).map_err(Error::io(&path))?;
-                f.sync_all().map_err(Error::io(&path))?;
+        let mut torn_tail = None;
+        let mut last_lsn = 0;
+        match list_segments(&dir)?.pop() {
+            None => {
+                if let Some(acked) = acked.filter(|a| *a > 0) {
+                    return Err(Error::Corrupt {
+                        what: "WAL (no segments, but an acknowledged LSN)",
+                        location: format!(
+                            "{}: LSNs up to {acked} were acknowledged as durable, and no \
+                             segment file is left",
+                            dir.display()
+                        ),
+                    });
+                }
             }
-            f.seek(SeekFrom::Start(s.valid_len))
-                .map_err(Error::io(&path))?;
-            file = Some((first, f, s.valid_len));
+            Some((first, path)) => {
+                let mut seg = SegmentFile::open(first, &path)?;
+                let (valid_len, last, stop) = seg.scan()?;
+                torn_tail = end_of_valid(&mut seg, valid_len, last, stop, true, acked)?;
+                let mut f = open_checked(&path, OpenOptions::new().write(true))?;
+                if let Some(torn) = &torn_tail {
+                    tracing::warn!(
+                        segment = %path.display(),
+                        offset = valid_len,
+                        bytes = torn.bytes,
+                        last_lsn = last,
+                        acknowledged_lsn = ?acked,
+                        "cutting a torn tail off the WAL"
+                    );
+                    f.set_len(valid_len).map_err(Error::io(&path))?;
+                    f.sync_all().map_err(Error::io(&path))?;
+                } else if settings.sync {
+                    // What a killed writer wrote may still be only in the page cache; the
+                    // watermark is raised over it below, so it must be durable first.
+                    f.sync_data().map_err(Error::io(&path))?;
+                }
+                f.seek(SeekFrom::Start(valid_len))
+                    .map_err(Error::io(&path))?;
+                file = Some((first, f, valid_len));
+                last_lsn = last;
+            }
         }
+        // Everything recovered counts as acknowledged from now on: replay hands its commit to
+        // the job, which may act on it.
+        let watermark = Watermark::open(&dir, last_lsn, settings.sync)?;
         Ok(LocalSegmentSink {
             dir,
             settings,
             file,
+            watermark,
+            torn_tail,
         })
+    }
+
+    /// The acknowledged LSN: every LSN up to it was durable when an append returned.
+    pub fn acknowledged_lsn(&self) -> u64 {
+        self.watermark.lsn()
     }
 }
 
@@ -144,15 +457,15 @@ impl LocalSegmentSink {
             Some((_, _, len)) => *len >= self.settings.segment_bytes,
         };
         if roll {
-            // Everything in the old segment is durable before anything in the new one.
+            // Everything in the old segment is durable before anything in the new one, and
+            // so is the watermark over it.
             self.sync()?;
+            self.watermark.sync_now()?;
             let path = self.dir.join(segment_name(batch.first_lsn));
-            let f = OpenOptions::new()
-                .create(true)
-                .truncate(true)
-                .write(true)
-                .open(&path)
-                .map_err(Error::io(&path))?;
+            let f = open_checked(
+                &path,
+                OpenOptions::new().create(true).truncate(true).write(true),
+            )?;
             // The new name must survive a crash before anything in it counts as durable.
             sync_dir(&self.dir)?;
             self.file = Some((batch.first_lsn, f, 0));
@@ -182,22 +495,29 @@ impl WalSink for LocalSegmentSink {
     fn append(&mut self, batch: Batch<'_>) -> Result<WalPosition> {
         let position = self.write(batch)?;
         self.sync()?;
+        // Only after the sync, and before the caller learns of it: the watermark never
+        // claims more than is durable, and covers everything acknowledged.
+        self.watermark.raise(batch.last_lsn)?;
         Ok(position)
     }
 
-    /// Group commit: all the batches, then one `fdatasync`.
+    /// Group commit: all the batches, then one `fdatasync`, then the watermark.
     fn append_all(&mut self, batches: &[Batch<'_>]) -> Result<Vec<WalPosition>> {
         let positions = batches
             .iter()
             .map(|b| self.write(*b))
             .collect::<Result<Vec<_>>>()?;
         self.sync()?;
+        if let Some(last) = batches.last() {
+            self.watermark.raise(last.last_lsn)?;
+        }
         Ok(positions)
     }
 
     fn truncate_below(&mut self, lsn: u64) -> Result<()> {
         let segments = list_segments(&self.dir)?;
-        // A segment is wholly below `lsn` if the next one starts at or below it.
+        // A segment is wholly below `lsn` if the next one starts at or below it. The newest
+        // segment is never removed, and the watermark stays: it speaks of LSNs, not files.
         for pair in segments.windows(2) {
             let ((_, path), (next_first, _)) = (&pair[0], &pair[1]);
             if *next_first <= lsn {
@@ -206,31 +526,47 @@ impl WalSink for LocalSegmentSink {
         }
         sync_dir(&self.dir)
     }
+
+    fn take_torn_tail(&mut self) -> Option<TornTail> {
+        self.torn_tail.take()
+    }
 }
 
 /// Reads batches back from local segments, in order, a batch at a time: memory stays at one
-/// batch (plus a read buffer) however large the segments are.
+/// batch (plus a read-ahead window) however large the segments are. Where the valid data ends
+/// follows the same rule as [`LocalSegmentSink::open`], without changing anything: a torn tail
+/// ends the log and is reported ([`WalSource::torn_tail`]), other damage is
+/// [`Error::Corrupt`].
 pub struct LocalSegmentSource {
     segments: Vec<(u64, PathBuf)>,
     index: usize,
-    current: Option<OpenSegment>,
-}
-
-/// The segment being read: its length when it was opened (a writer may still be appending;
-/// what it adds later is not read), and where the next batch starts.
-struct OpenSegment {
-    first_lsn: u64,
-    path: PathBuf,
-    reader: std::io::BufReader<File>,
-    len: u64,
-    offset: u64,
+    /// The segment being read, where its next batch starts, and the last LSN read from it.
+    current: Option<(SegmentFile, u64, u64)>,
+    acked: Option<u64>,
+    torn_tail: Option<TornTail>,
 }
 
 impl LocalSegmentSource {
     /// Reads the segments of `dir`, starting with the one that holds `from_lsn` (earlier
     /// batches of that segment are returned too; replay skips them by LSN).
     pub fn open(dir: impl AsRef<Path>, from_lsn: u64) -> Result<Self> {
-        let segments = list_segments(dir.as_ref())?;
+        let dir = dir.as_ref();
+        // The watermark first: a writer appending meanwhile writes it only after the batches
+        // it covers, so every one of them is in the files listed and read after it.
+        let acked = watermark::read(dir)?;
+        let segments = list_segments(dir)?;
+        if segments.is_empty() {
+            if let Some(acked) = acked.filter(|a| *a > 0) {
+                return Err(Error::Corrupt {
+                    what: "WAL (no segments, but an acknowledged LSN)",
+                    location: format!(
+                        "{}: LSNs up to {acked} were acknowledged as durable, and no segment \
+                         file is left",
+                        dir.display()
+                    ),
+                });
+            }
+        }
         let start = segments
             .iter()
             .rposition(|(first, _)| *first <= from_lsn)
@@ -239,101 +575,56 @@ impl LocalSegmentSource {
             segments,
             index: start,
             current: None,
+            acked,
+            torn_tail: None,
         })
     }
 
-    /// The damaged or incomplete batch at `seg.offset` ends the segment if it is a torn tail
-    /// (see [`scan`]); anything else is corruption. A torn tail is an error too unless this
-    /// is the newest segment: only that one can have been cut short by a crash.
-    fn end_of_segment(&self, seg: &mut OpenSegment, damage: Option<Error>) -> Result<()> {
-        let mut rest = Vec::new();
-        seg.reader
-            .seek(SeekFrom::Start(seg.offset))
-            .and_then(|_| {
-                (&mut seg.reader)
-                    .take(seg.len - seg.offset)
-                    .read_to_end(&mut rest)
-            })
-            .map_err(Error::io(&seg.path))?;
-        let torn = is_torn_tail(&rest);
-        match damage {
-            Some(e) if !torn => Err(e),
-            _ if self.index + 1 < self.segments.len() => Err(Error::Corrupt {
-                what: "WAL segment (cut short before a later segment)",
-                location: format!("{} at byte {}", seg.path.display(), seg.offset),
-            }),
-            _ => Ok(()),
-        }
+    /// The acknowledged-LSN watermark read when the source was opened (`None`: the directory
+    /// has no watermark file, a log written by an older version or never opened for writing).
+    pub fn acknowledged_lsn(&self) -> Option<u64> {
+        self.acked
     }
 }
 
 impl WalSource for LocalSegmentSource {
     fn next_batch(&mut self) -> Result<Option<StoredBatch>> {
         loop {
-            let mut seg = match self.current.take() {
-                Some(seg) => seg,
+            let (mut seg, offset, last_lsn) = match self.current.take() {
+                Some(current) => current,
                 None => {
                     let Some((first, path)) = self.segments.get(self.index) else {
                         return Ok(None);
                     };
-                    let file = File::open(path).map_err(Error::io(path))?;
-                    let len = file.metadata().map_err(Error::io(path))?.len();
-                    OpenSegment {
-                        first_lsn: *first,
-                        path: path.clone(),
-                        reader: std::io::BufReader::with_capacity(1 << 20, file),
-                        len,
-                        offset: 0,
-                    }
+                    (
+                        SegmentFile::open(*first, path)?,
+                        0,
+                        first.saturating_sub(1),
+                    )
                 }
             };
-            if seg.offset >= seg.len {
-                self.index += 1;
-                continue;
-            }
-            match self.read_batch(&mut seg) {
-                Ok(Some(bytes)) => {
+            let mut bytes = Vec::new();
+            match seg.batch_at(offset, Some(&mut bytes))? {
+                At::Batch(h) => {
                     let position = WalPosition::Local {
                         segment: seg.first_lsn,
-                        offset: seg.offset,
+                        offset,
                     };
-                    seg.offset += bytes.len() as u64;
-                    self.current = Some(seg);
+                    self.current = Some((seg, offset + bytes.len() as u64, h.last_lsn));
                     return Ok(Some(StoredBatch { position, bytes }));
                 }
-                Ok(None) => self.end_of_segment(&mut seg, None)?,
-                Err(e) => self.end_of_segment(&mut seg, Some(e))?,
+                At::Stop(stop) => {
+                    let newest = self.index + 1 == self.segments.len();
+                    let torn = end_of_valid(&mut seg, offset, last_lsn, stop, newest, self.acked)?;
+                    self.torn_tail = torn.or(self.torn_tail.take());
+                    self.index += 1;
+                }
             }
-            // A torn tail of the newest segment: the log ends here.
-            self.index += 1;
         }
     }
-}
 
-impl LocalSegmentSource {
-    /// The whole, verified batch at `seg.offset`, or `None` if the segment ends inside it.
-    fn read_batch(&self, seg: &mut OpenSegment) -> Result<Option<Vec<u8>>> {
-        let remaining = seg.len - seg.offset;
-        let location = || format!("{} at byte {}", seg.path.display(), seg.offset);
-        let mut buf = vec![0u8; batch::HEADER_BYTES.min(remaining as usize)];
-        seg.reader
-            .read_exact(&mut buf)
-            .map_err(Error::io(&seg.path))?;
-        let Some(header) = batch::header(&buf, location)? else {
-            return Ok(None);
-        };
-        let framed = header.framed_len();
-        if framed as u64 > remaining {
-            return Ok(None);
-        }
-        buf.resize(framed, 0);
-        seg.reader
-            .read_exact(&mut buf[batch::HEADER_BYTES..])
-            .map_err(Error::io(&seg.path))?;
-        match batch::decode(&buf, location)? {
-            Decoded::Batch(..) => Ok(Some(buf)),
-            Decoded::Incomplete => Ok(None),
-        }
+    fn torn_tail(&self) -> Option<TornTail> {
+        self.torn_tail.clone()
     }
 }
 

@@ -26,6 +26,48 @@ pub enum WalPosition {
     },
 }
 
+/// The end of a log that a crash cut short inside a batch, found when the log was opened or
+/// read: the bytes after the last valid batch of the newest segment, when no valid batch follows
+/// them and they lie above the acknowledged LSN (docs/wal.md, "Torn tail"). The batch they
+/// started was never acknowledged, so its changes were never committed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TornTail {
+    /// Where the valid data ends and the torn bytes start.
+    pub position: WalPosition,
+    /// Bytes from there to the end of the segment (cut off, if a sink opened the log).
+    pub bytes: u64,
+    /// The last LSN before them (0 if the log holds none).
+    pub last_lsn: u64,
+    /// The first LSN the torn batch's header declares, if enough of it survived to read it
+    /// (unverified: it failed its checks).
+    pub declared_first_lsn: Option<u64>,
+    /// The acknowledged LSN that the log's watermark held (`None`: no watermark file, a log
+    /// written by an older version).
+    pub acknowledged_lsn: Option<u64>,
+}
+
+impl std::fmt::Display for TornTail {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.position {
+            WalPosition::Local { segment, offset } => write!(
+                f,
+                "{} bytes at byte {offset} of segment {segment:020}.wal",
+                self.bytes
+            )?,
+            other => write!(f, "{} bytes at {other:?}", self.bytes)?,
+        }
+        write!(f, ", after LSN {}", self.last_lsn)?;
+        if let Some(first) = self.declared_first_lsn {
+            write!(f, " (a batch declaring LSN {first} on)")?;
+        }
+        match self.acknowledged_lsn {
+            Some(acked) => write!(f, "; acknowledged up to LSN {acked}"),
+            None => write!(f, "; no acknowledged-LSN watermark"),
+        }
+    }
+}
+
 /// A framed batch on its way to a sink.
 #[derive(Debug, Clone, Copy)]
 pub struct Batch<'a> {
@@ -53,6 +95,12 @@ pub trait WalSink: Send + 'static {
 
     /// Drops what lies wholly below `lsn` (a snapshot covers it), if the sink can.
     fn truncate_below(&mut self, lsn: u64) -> Result<()>;
+
+    /// What opening this sink cut off the end of the log (a torn tail), once: recovery reports
+    /// it in [`ReplayOutcome::torn_tail`](crate::ReplayOutcome::torn_tail). `None` by default.
+    fn take_torn_tail(&mut self) -> Option<TornTail> {
+        None
+    }
 }
 
 impl<S: WalSink + ?Sized> WalSink for Box<S> {
@@ -66,6 +114,10 @@ impl<S: WalSink + ?Sized> WalSink for Box<S> {
 
     fn truncate_below(&mut self, lsn: u64) -> Result<()> {
         (**self).truncate_below(lsn)
+    }
+
+    fn take_torn_tail(&mut self) -> Option<TornTail> {
+        (**self).take_torn_tail()
     }
 }
 
@@ -83,6 +135,12 @@ pub trait WalSource {
     /// The next batch, or `None` at the end of the log. A torn tail (a batch cut short at the
     /// very end) ends the log; corruption before the end is `Error::Corrupt`.
     fn next_batch(&mut self) -> Result<Option<StoredBatch>>;
+
+    /// The torn tail that ended the log, once [`next_batch`](WalSource::next_batch) returned
+    /// `None` because of one. `None` by default.
+    fn torn_tail(&self) -> Option<TornTail> {
+        None
+    }
 }
 
 /// Reads `source` up to the batch holding LSN `last_lsn` and stops there, however far the log
@@ -126,11 +184,19 @@ impl<S: WalSource> WalSource for UpTo<S> {
             _ => Ok(Some(batch)),
         }
     }
+
+    fn torn_tail(&self) -> Option<TornTail> {
+        self.source.torn_tail()
+    }
 }
 
 impl<S: WalSource + ?Sized> WalSource for Box<S> {
     fn next_batch(&mut self) -> Result<Option<StoredBatch>> {
         (**self).next_batch()
+    }
+
+    fn torn_tail(&self) -> Option<TornTail> {
+        (**self).torn_tail()
     }
 }
 

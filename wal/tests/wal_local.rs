@@ -8,8 +8,10 @@ use std::sync::Arc;
 use millpond_state::{
     Change, ChangeOp, StateKind, Store, StringCodec, U64Codec, ValueStateDescriptor,
 };
+use millpond_wal::batch::{self, Decoded};
 use millpond_wal::{
-    open_local, Error, OwnedChange, ReplayOutcome, SegmentSettings, SourceOffset, Wal, WalSettings,
+    open_local, watermark, Error, OwnedChange, ReplayOutcome, SegmentSettings, SourceOffset, Wal,
+    WalPosition, WalSettings,
 };
 
 fn small_segments() -> SegmentSettings {
@@ -142,9 +144,21 @@ fn last_segment(dir: &Path) -> std::path::PathBuf {
     let mut files: Vec<_> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "wal"))
         .collect();
     files.sort();
     files.pop().unwrap()
+}
+
+/// The last LSN in the valid batches of the segment at `path`.
+fn last_lsn_in(path: &Path) -> u64 {
+    let bytes = std::fs::read(path).unwrap();
+    let (mut off, mut last) = (0, 0);
+    while let Ok(Decoded::Batch(h, _)) = batch::decode(&bytes[off..], String::new) {
+        off += h.framed_len();
+        last = h.last_lsn;
+    }
+    last
 }
 
 #[test]
@@ -157,7 +171,46 @@ fn a_torn_tail_is_dropped_and_the_log_continues() {
     wal.commit(&offsets(2)).unwrap();
     wal.close().unwrap();
 
-    // Cut the last batch in half, as a crash during its write would.
+    // Half of a next batch, never acknowledged, as a crash during its write would leave it.
+    let path = last_segment(dir.path());
+    let next = last_lsn_in(&path) + 1;
+    let mut framed = Vec::new();
+    batch::encode(next, 1, 0, &[0u8; 64], &mut framed);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let valid_len = bytes.len() as u64;
+    bytes.extend_from_slice(&framed[..framed.len() / 2]);
+    std::fs::write(&path, &bytes).unwrap();
+
+    let (wal, outcome, model) = recover(dir.path(), 0);
+    assert_eq!(model.get(&b"a"[..]).unwrap(), b"2");
+    assert_eq!(outcome.last_commit.unwrap().offsets, offsets(2));
+    let torn = outcome.torn_tail.expect("the cut is reported");
+    assert_eq!(
+        (torn.bytes, torn.last_lsn, torn.declared_first_lsn),
+        ((framed.len() / 2) as u64, next - 1, Some(next))
+    );
+    assert!(
+        matches!(torn.position, WalPosition::Local { offset, .. } if offset == valid_len),
+        "{torn}"
+    );
+    put(&wal, b"a", b"3");
+    wal.commit(&offsets(3)).unwrap();
+    wal.close().unwrap();
+    let (_wal, _, model) = recover(dir.path(), 0);
+    assert_eq!(model.get(&b"a"[..]).unwrap(), b"3");
+}
+
+#[test]
+fn without_a_watermark_a_cut_last_batch_is_a_torn_tail() {
+    // A log written before the watermark existed: only "nothing valid follows" decides.
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _, _) = recover(dir.path(), 0);
+    put(&wal, b"a", b"1");
+    wal.commit(&offsets(1)).unwrap();
+    put(&wal, b"a", b"2");
+    wal.commit(&offsets(2)).unwrap();
+    wal.close().unwrap();
+    std::fs::remove_file(dir.path().join(watermark::FILE_NAME)).unwrap();
     let path = last_segment(dir.path());
     let len = std::fs::metadata(&path).unwrap().len();
     let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
@@ -167,11 +220,11 @@ fn a_torn_tail_is_dropped_and_the_log_continues() {
     let (wal, outcome, model) = recover(dir.path(), 0);
     assert_eq!(model.get(&b"a"[..]).unwrap(), b"1");
     assert_eq!(outcome.last_commit.unwrap().offsets, offsets(1));
-    put(&wal, b"a", b"3");
-    wal.commit(&offsets(3)).unwrap();
+    let torn = outcome.torn_tail.expect("the cut is reported");
+    assert_eq!(torn.acknowledged_lsn, None);
     wal.close().unwrap();
-    let (_wal, _, model) = recover(dir.path(), 0);
-    assert_eq!(model.get(&b"a"[..]).unwrap(), b"3");
+    // The reopened log has a watermark again.
+    assert!(watermark::read(dir.path()).unwrap().is_some());
 }
 
 #[test]
