@@ -111,8 +111,6 @@ struct Tally {
     /// Changes a rollback discarded.
     rolled_back: u64,
     last_commit: Option<Commit>,
-    /// Where the last batch of the last local segment ends.
-    local_end: Option<(u64, u64)>,
 }
 
 fn inspect(
@@ -133,9 +131,6 @@ fn inspect(
         };
         t.batches += 1;
         t.bytes += stored.bytes.len() as u64;
-        if let WalPosition::Local { segment, offset } = stored.position {
-            t.local_end = Some((segment, offset + stored.bytes.len() as u64));
-        }
         if t.first_lsn.is_some() && h.last_lsn <= t.seen {
             t.duplicates += 1;
             outln!(
@@ -313,7 +308,9 @@ fn summary(t: &Tally, out: &mut Out) -> Result<()> {
     Ok(())
 }
 
-/// `wal inspect DIR`: a local segment directory.
+/// `wal inspect DIR`: a local segment directory, read by the same source as recovery, so the
+/// same rule decides where its valid data ends: a torn tail is reported (where, how many bytes,
+/// after which LSN), anything else damaged is an error naming the segment (exit 1).
 pub fn inspect_dir(dir: &Path, opts: &InspectOptions, out: &mut Out) -> Result<()> {
     if !dir.is_dir() {
         return Err(CliError::new(format!(
@@ -326,25 +323,31 @@ pub fn inspect_dir(dir: &Path, opts: &InspectOptions, out: &mut Out) -> Result<(
     if t.batches == 0 {
         outln!(
             out,
-            "no batches (no *.wal segment files, or only empty ones, in {})",
+            "no batches (no *.wal segment files, or only empty or torn ones, in {})",
             dir.display()
         )?;
     }
     summary(&t, out)?;
-    // The source stops at a torn tail (a batch cut short by a crash); say so.
-    if let Some((segment, end)) = t.local_end {
-        let path = dir.join(format!("{segment:020}.wal"));
-        if let Ok(meta) = std::fs::metadata(&path) {
-            if meta.len() > end {
-                outln!(
-                    out,
-                    "  torn tail        {} bytes after the last whole batch of {} (a crash cut a \
-                     batch short; the writer cuts them off when it reopens the log)",
-                    meta.len() - end,
-                    path.display()
-                )?;
+    let acknowledged = match source.acknowledged_lsn() {
+        Some(lsn) => format!("LSN {lsn} (damage at or below it is corruption, never cut)"),
+        None => "unknown (no ACKED file: a log of an older version or never written)".to_owned(),
+    };
+    outln!(out, "  {:<16} {acknowledged}", "acknowledged")?;
+    if let Some(torn) = source.torn_tail() {
+        let place = match torn.position {
+            WalPosition::Local { segment, offset } => {
+                format!("at byte {offset} of {}", dir.join(format!("{segment:020}.wal")).display())
             }
-        }
+            other => position_text(&other),
+        };
+        outln!(
+            out,
+            "  {:<16} {} bytes {place}, after LSN {} (a batch cut short by a crash before it was \
+             acknowledged; the writer cuts them off when it reopens the log)",
+            "torn tail",
+            torn.bytes,
+            torn.last_lsn
+        )?;
     }
     Ok(())
 }

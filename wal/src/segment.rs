@@ -321,6 +321,8 @@ fn end_of_valid(
             }
             return Ok(None);
         }
+        // The location is said once, by the error below.
+        Stop::Damaged(Some(Error::Corrupt { what, .. })) => format!("bad {what}"),
         Stop::Damaged(Some(e)) => e.to_string(),
         Stop::Damaged(None) => "a batch cut short by the end of the file".to_owned(),
     };

@@ -1,0 +1,243 @@
+//! `millpond wal inspect` on damaged local WALs: it reads them with the same source as recovery,
+//! so it never exits 0 past a damaged segment. Corruption (a flipped length with batches after
+//! it, a flipped byte in an acknowledged batch, a garbage segment) is exit 1 with an `error:`
+//! line naming the segment; a real torn tail is reported with its bytes and position; a FIFO
+//! named like a segment is refused at once instead of hanging the command.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use millpond_state::{Change, ChangeOp, StateKind};
+use millpond_wal::batch::{self, Decoded};
+use millpond_wal::{open_local, SegmentSettings, SourceOffset, Wal, WalSettings};
+
+fn millpond(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_millpond"))
+        .args(args)
+        .env_remove("MILLPOND_STORE")
+        .output()
+        .unwrap()
+}
+
+fn inspect(dir: &Path) -> Output {
+    millpond(&["wal", "inspect", dir.to_str().unwrap()])
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn assert_refused(o: &Output, segment: &Path) {
+    let err = stderr(o);
+    assert_eq!(o.status.code(), Some(1), "stdout:\n{}\nstderr:\n{err}", stdout(o));
+    assert!(err.starts_with("error: "), "{err}");
+    let name = segment.file_name().unwrap().to_string_lossy();
+    assert!(err.contains(&*name), "the error names {name}: {err}");
+}
+
+/// A WAL in `dir` of `commits` acknowledged commits, one batch each, in 4 KiB segments.
+fn write_log(dir: &Path, commits: usize) {
+    let (wal, _) = open_local(
+        dir,
+        0,
+        WalSettings::default(),
+        SegmentSettings {
+            segment_bytes: 4096,
+            sync: true,
+        },
+        |_c| Ok::<(), std::io::Error>(()),
+    )
+    .unwrap();
+    for i in 0..commits {
+        put(&wal, format!("k{i}").as_bytes());
+        wal.commit(&[SourceOffset {
+            topic: "in".into(),
+            partition: 0,
+            next_offset: i as i64 + 1,
+        }])
+        .unwrap()
+        .wait()
+        .unwrap();
+    }
+    wal.close().unwrap();
+}
+
+fn put(wal: &Wal, key: &[u8]) {
+    wal.append_change(&Change {
+        state: "s",
+        kind: StateKind::Value,
+        key_group: 0,
+        key,
+        op: ChangeOp::Put {
+            value: b"v",
+            expires_at_ms: 0,
+        },
+    })
+    .unwrap();
+}
+
+fn newest_segment(dir: &Path) -> PathBuf {
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "wal"))
+        .collect();
+    v.sort();
+    v.pop().unwrap()
+}
+
+/// Offsets and last LSNs of the valid batches of a segment.
+fn batches_in(path: &Path) -> Vec<(usize, u64)> {
+    let bytes = std::fs::read(path).unwrap();
+    let (mut off, mut out) = (0, Vec::new());
+    while let Ok(Decoded::Batch(h, _)) = batch::decode(&bytes[off..], String::new) {
+        out.push((off, h.last_lsn));
+        off += h.framed_len();
+    }
+    out
+}
+
+/// A batch for `lsn` as a writer could have been writing it when it crashed.
+fn unacknowledged_batch(lsn: u64) -> Vec<u8> {
+    let mut framed = Vec::new();
+    batch::encode(lsn, 1, 0, &[0u8; 80], &mut framed);
+    framed
+}
+
+fn edit(path: &Path, f: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+    let mut bytes = std::fs::read(path).unwrap();
+    f(&mut bytes);
+    std::fs::write(path, &bytes).unwrap();
+    bytes
+}
+
+#[test]
+fn wal_inspect_refuses_a_flipped_length_with_batches_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    write_log(dir.path(), 60);
+    let segment = newest_segment(dir.path());
+    assert!(batches_in(&segment).len() >= 2);
+    for bit in [31, 24, 20, 12, 3] {
+        let bytes = edit(&segment, |b| b[8 + bit / 8] ^= 1 << (bit % 8));
+        let o = inspect(dir.path());
+        assert_refused(&o, &segment);
+        assert_eq!(std::fs::read(&segment).unwrap(), bytes, "inspect changes nothing");
+        edit(&segment, |b| b[8 + bit / 8] ^= 1 << (bit % 8));
+    }
+    let o = inspect(dir.path());
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+}
+
+#[test]
+fn wal_inspect_refuses_a_flipped_byte_in_the_last_acknowledged_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    write_log(dir.path(), 10);
+    let segment = newest_segment(dir.path());
+    let (last_off, _) = *batches_in(&segment).last().unwrap();
+    edit(&segment, |b| b[last_off + 50] ^= 0x01);
+    assert_refused(&inspect(dir.path()), &segment);
+}
+
+#[test]
+fn wal_inspect_refuses_a_garbage_newest_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    write_log(dir.path(), 60);
+    let segment = newest_segment(dir.path());
+    edit(&segment, |b| {
+        for (i, x) in b.iter_mut().enumerate() {
+            *x = (i as u8).wrapping_mul(151).wrapping_add(7);
+        }
+    });
+    assert_refused(&inspect(dir.path()), &segment);
+}
+
+#[test]
+fn wal_inspect_reports_a_torn_tail_with_its_bytes_and_lsn() {
+    let dir = tempfile::tempdir().unwrap();
+    write_log(dir.path(), 5);
+    let segment = newest_segment(dir.path());
+    let (_, last) = *batches_in(&segment).last().unwrap();
+    let before = edit(&segment, |b| {
+        let len = b.len();
+        b.extend_from_slice(&unacknowledged_batch(last + 1)[..70]);
+        assert!(len > 0);
+    });
+    let valid = before.len() - 70;
+    let o = inspect(dir.path());
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = stdout(&o);
+    let expect = format!(
+        "torn tail        70 bytes at byte {valid} of {}, after LSN {last}",
+        segment.display()
+    );
+    assert!(out.contains(&expect), "{expect}\n{out}");
+    assert!(
+        out.contains(&format!("acknowledged     LSN {last}")),
+        "{out}"
+    );
+    assert_eq!(std::fs::read(&segment).unwrap(), before, "inspect cuts nothing");
+}
+
+#[test]
+fn wal_inspect_reports_a_log_that_is_only_a_partial_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let segment = dir.path().join(format!("{:020}.wal", 1));
+    std::fs::write(&segment, &unacknowledged_batch(1)[..20]).unwrap();
+    let o = inspect(dir.path());
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = stdout(&o);
+    let expect = format!(
+        "torn tail        20 bytes at byte 0 of {}, after LSN 0",
+        segment.display()
+    );
+    assert!(out.contains(&expect), "{expect}\n{out}");
+    assert!(out.contains("acknowledged     unknown"), "{out}");
+}
+
+#[test]
+fn wal_inspect_reports_a_tear_inside_a_segments_first_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    write_log(dir.path(), 60);
+    let (_, last) = *batches_in(&newest_segment(dir.path())).last().unwrap();
+    let segment = dir.path().join(format!("{:020}.wal", last + 1));
+    std::fs::write(&segment, &unacknowledged_batch(last + 1)[..50]).unwrap();
+    let o = inspect(dir.path());
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = stdout(&o);
+    let expect = format!(
+        "torn tail        50 bytes at byte 0 of {}, after LSN {last}",
+        segment.display()
+    );
+    assert!(out.contains(&expect), "{expect}\n{out}");
+}
+
+#[test]
+fn wal_inspect_refuses_a_fifo_named_like_a_segment_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    write_log(dir.path(), 3);
+    let fifo = dir.path().join(format!("{:020}.wal", 1_000_000));
+    let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_millpond"))
+        .args(["wal", "inspect", dir.path().to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > Duration::from_secs(5) {
+            child.kill().unwrap();
+            panic!("wal inspect hangs on a FIFO");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let o = child.wait_with_output().unwrap();
+    assert_refused(&o, &fifo);
+    assert!(stderr(&o).contains("FIFO"), "{}", stderr(&o));
+}
