@@ -267,6 +267,7 @@ impl Recovering {
             replayed = outcome.applied,
             discarded = outcome.uncommitted,
             fenced_batches = outcome.fenced,
+            torn_tail = outcome.torn_tail.as_ref().map(tracing::field::display),
             epoch,
             seconds,
             "recovered"
@@ -303,6 +304,7 @@ impl Recovering {
                 replayed: outcome.applied,
                 discarded: outcome.uncommitted,
                 fenced_batches: outcome.fenced,
+                wal_torn_tail: outcome.torn_tail,
                 epoch,
                 seconds,
             },
@@ -331,6 +333,11 @@ pub struct Recovery {
     pub discarded: u64,
     /// WAL batches ignored as an older instance's, written after a newer one took over.
     pub fenced_batches: u64,
+    /// What recovery cut off the end of a local WAL: a batch that a crash cut short before it
+    /// was acknowledged (where, how many bytes, the last LSN kept; logged as a warning too).
+    /// Never committed data: damage to acknowledged data fails the open instead
+    /// (docs/wal.md, "Torn tail").
+    pub wal_torn_tail: Option<crate::wal::TornTail>,
     /// This instance's writer epoch (higher than any instance before it).
     pub epoch: u64,
     /// Seconds from `open` to the end of the replay.
