@@ -20,8 +20,6 @@ use crate::watermark::{self, Watermark};
 const SUFFIX: &str = ".wal";
 /// Bytes a segment is read ahead by: replay reads many small batches.
 const READ_AHEAD_BYTES: usize = 1 << 20;
-/// Bytes of a payload checked at a time when a batch is verified without being kept.
-const VERIFY_CHUNK_BYTES: usize = 64 << 10;
 
 fn segment_name(first_lsn: u64) -> String {
     format!("{first_lsn:020}{SUFFIX}")
@@ -158,18 +156,15 @@ impl SegmentFile {
         format!("{} at byte {offset}", self.path.display())
     }
 
-    /// Fills `dst` from `offset` (inside the file's length), through the read-ahead window.
-    fn read_at(&mut self, dst: &mut [u8], offset: u64) -> Result<()> {
-        let end = offset + dst.len() as u64;
-        let in_window =
-            offset >= self.window_at && end <= self.window_at + self.window.len() as u64;
-        if !in_window {
-            if dst.len() >= READ_AHEAD_BYTES {
-                return self
-                    .file
-                    .read_exact_at(dst, offset)
-                    .map_err(Error::io(&self.path));
-            }
+    /// `len` bytes (at most [`READ_AHEAD_BYTES`]) at `offset`, from the read-ahead window.
+    fn window_at(&mut self, offset: u64, len: usize) -> Result<&[u8]> {
+        let end = offset + len as u64;
+        if len > READ_AHEAD_BYTES || end > self.len {
+            let e = std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "read past the end");
+            return Err(Error::io(&self.path)(e));
+        }
+        let window_end = self.window_at + self.window.len() as u64;
+        if offset < self.window_at || end > window_end {
             let n = (self.len - offset).min(READ_AHEAD_BYTES as u64) as usize;
             self.window.resize(n, 0);
             self.window_at = offset;
@@ -179,13 +174,24 @@ impl SegmentFile {
             }
         }
         let start = (offset - self.window_at) as usize;
-        dst.copy_from_slice(&self.window[start..start + dst.len()]);
+        Ok(&self.window[start..start + len])
+    }
+
+    /// Fills `dst` from `offset` (inside the file's length).
+    fn read_at(&mut self, dst: &mut [u8], offset: u64) -> Result<()> {
+        if dst.len() > READ_AHEAD_BYTES {
+            return self
+                .file
+                .read_exact_at(dst, offset)
+                .map_err(Error::io(&self.path));
+        }
+        dst.copy_from_slice(self.window_at(offset, dst.len())?);
         Ok(())
     }
 
     /// What lies at `offset`. A whole batch is verified (framing, LSNs, checksum); with `out`
-    /// its framed bytes are kept there, without it they are checked a chunk at a time. Lengths
-    /// are checked against the file before anything is allocated from them.
+    /// its framed bytes are kept there, without it they are checked a window at a time.
+    /// Lengths are checked against the file before anything is allocated from them.
     fn batch_at(&mut self, offset: u64, out: Option<&mut Vec<u8>>) -> Result<At> {
         let remaining = self.len.saturating_sub(offset);
         if remaining == 0 {
@@ -194,9 +200,7 @@ impl SegmentFile {
         let mut head = [0u8; HEADER_BYTES];
         let head_len = HEADER_BYTES.min(remaining as usize);
         self.read_at(&mut head[..head_len], offset)?;
-        let path = self.path.clone();
-        let location = || format!("{} at byte {offset}", path.display());
-        let header = match batch::header(&head[..head_len], &location) {
+        let header = match batch::header(&head[..head_len], || self.location(offset)) {
             Ok(Some(h)) => h,
             Ok(None) => return Ok(At::Stop(Stop::Damaged(None))),
             Err(e) => return Ok(At::Stop(Stop::Damaged(Some(e)))),
@@ -205,39 +209,30 @@ impl SegmentFile {
         if framed > remaining {
             return Ok(At::Stop(Stop::Damaged(None)));
         }
-        let checksum_failed = || {
-            At::Stop(Stop::Damaged(Some(Error::Corrupt {
+        if let Some(buf) = out {
+            buf.clear();
+            buf.resize(framed as usize, 0);
+            self.read_at(buf, offset)?;
+            return Ok(match batch::decode(buf, || self.location(offset)) {
+                Ok(Decoded::Batch(..)) => At::Batch(header),
+                Ok(Decoded::Incomplete) => At::Stop(Stop::Damaged(None)),
+                Err(e) => At::Stop(Stop::Damaged(Some(e))),
+            });
+        }
+        let mut crc = batch::checksum_start(&head);
+        let (mut at, end) = (offset + HEADER_BYTES as u64, offset + framed);
+        while at < end {
+            let n = ((end - at) as usize).min(READ_AHEAD_BYTES);
+            crc = crc32c::crc32c_append(crc, self.window_at(at, n)?);
+            at += n as u64;
+        }
+        if crc == batch::stored_checksum(&head) {
+            Ok(At::Batch(header))
+        } else {
+            Ok(At::Stop(Stop::Damaged(Some(Error::Corrupt {
                 what: "WAL batch checksum",
-                location: location(),
-            })))
-        };
-        match out {
-            Some(buf) => {
-                buf.clear();
-                buf.resize(framed as usize, 0);
-                self.read_at(buf, offset)?;
-                match batch::decode(buf, &location) {
-                    Ok(Decoded::Batch(..)) => Ok(At::Batch(header)),
-                    Ok(Decoded::Incomplete) => Ok(At::Stop(Stop::Damaged(None))),
-                    Err(e) => Ok(At::Stop(Stop::Damaged(Some(e)))),
-                }
-            }
-            None => {
-                let mut crc = batch::checksum_start(&head);
-                let mut chunk = vec![0u8; VERIFY_CHUNK_BYTES.min(header.payload_len as usize)];
-                let mut at = offset + HEADER_BYTES as u64;
-                while at < offset + framed {
-                    let n = ((offset + framed - at) as usize).min(chunk.len());
-                    self.read_at(&mut chunk[..n], at)?;
-                    crc = crc32c::crc32c_append(crc, &chunk[..n]);
-                    at += n as u64;
-                }
-                if crc == batch::stored_checksum(&head) {
-                    Ok(At::Batch(header))
-                } else {
-                    Ok(checksum_failed())
-                }
-            }
+                location: self.location(offset),
+            }))))
         }
     }
 
@@ -706,5 +701,57 @@ mod tests {
         std::fs::write(&path, &bytes).unwrap();
         let err = read_all(dir.path()).unwrap_err();
         assert!(matches!(err, Error::Corrupt { .. }), "{err}");
+    }
+
+    /// One framed batch of `payload_bytes` for `lsn` (one record, any bytes).
+    fn big_batch(lsn: u64, payload_bytes: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        batch::encode(lsn, 1, 0, &vec![lsn as u8; payload_bytes], &mut out);
+        out
+    }
+
+    #[test]
+    fn batches_larger_than_the_read_ahead_window_are_read_and_verified() {
+        let dir = tempfile::tempdir().unwrap();
+        let framed: Vec<_> = [(1, 100), (2, 3 * READ_AHEAD_BYTES + 17), (3, 100)]
+            .into_iter()
+            .map(|(lsn, n)| big_batch(lsn, n))
+            .collect();
+        std::fs::write(dir.path().join(segment_name(1)), framed.concat()).unwrap();
+        assert_eq!(read_all(dir.path()).unwrap(), framed);
+        let mut seg = SegmentFile::open(1, &dir.path().join(segment_name(1))).unwrap();
+        let (end, last, stop) = seg.scan().unwrap();
+        assert_eq!((end, last), (framed.concat().len() as u64, 3));
+        assert!(matches!(stop, Stop::End));
+        // A flip deep inside the large payload fails its checksum.
+        let mut bytes = framed.concat();
+        bytes[framed[0].len() + 2 * READ_AHEAD_BYTES] ^= 1;
+        std::fs::write(dir.path().join(segment_name(1)), &bytes).unwrap();
+        let mut seg = SegmentFile::open(1, &dir.path().join(segment_name(1))).unwrap();
+        let (end, _, stop) = seg.scan().unwrap();
+        assert_eq!(end, framed[0].len() as u64);
+        assert!(matches!(stop, Stop::Damaged(Some(Error::Corrupt { .. }))));
+    }
+
+    #[test]
+    fn a_valid_batch_is_found_after_damage_wherever_it_starts() {
+        // Around the search's chunk boundary too: the magic split across two chunks.
+        for at in [1, 43, 44, READ_AHEAD_BYTES - 2, READ_AHEAD_BYTES, READ_AHEAD_BYTES + 5] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join(segment_name(1));
+            let mut bytes = vec![0xee; at];
+            bytes.extend_from_slice(&big_batch(9, 10));
+            std::fs::write(&path, &bytes).unwrap();
+            let mut seg = SegmentFile::open(1, &path).unwrap();
+            let found = seg.valid_batch_after(1).unwrap().map(|(o, h)| (o, h.first_lsn));
+            assert_eq!(found, Some((at as u64, 9)), "at {at}");
+            // Not a torn tail, for the sink or the source.
+            let err = LocalSegmentSink::open(dir.path(), SegmentSettings::default())
+                .err()
+                .unwrap();
+            assert!(matches!(err, Error::Corrupt { .. }), "{err}");
+            assert!(matches!(read_all(dir.path()), Err(Error::Corrupt { .. })));
+            assert_eq!(std::fs::read(&path).unwrap(), bytes);
+        }
     }
 }
