@@ -34,7 +34,12 @@ fn stderr(o: &Output) -> String {
 
 fn assert_refused(o: &Output, segment: &Path) {
     let err = stderr(o);
-    assert_eq!(o.status.code(), Some(1), "stdout:\n{}\nstderr:\n{err}", stdout(o));
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "stdout:\n{}\nstderr:\n{err}",
+        stdout(o)
+    );
     assert!(err.starts_with("error: "), "{err}");
     let name = segment.file_name().unwrap().to_string_lossy();
     assert!(err.contains(&*name), "the error names {name}: {err}");
@@ -126,7 +131,11 @@ fn wal_inspect_refuses_a_flipped_length_with_batches_after_it() {
         let bytes = edit(&segment, |b| b[8 + bit / 8] ^= 1 << (bit % 8));
         let o = inspect(dir.path());
         assert_refused(&o, &segment);
-        assert_eq!(std::fs::read(&segment).unwrap(), bytes, "inspect changes nothing");
+        assert_eq!(
+            std::fs::read(&segment).unwrap(),
+            bytes,
+            "inspect changes nothing"
+        );
         edit(&segment, |b| b[8 + bit / 8] ^= 1 << (bit % 8));
     }
     let o = inspect(dir.path());
@@ -180,7 +189,11 @@ fn wal_inspect_reports_a_torn_tail_with_its_bytes_and_lsn() {
         out.contains(&format!("acknowledged     LSN {last}")),
         "{out}"
     );
-    assert_eq!(std::fs::read(&segment).unwrap(), before, "inspect cuts nothing");
+    assert_eq!(
+        std::fs::read(&segment).unwrap(),
+        before,
+        "inspect cuts nothing"
+    );
 }
 
 #[test]

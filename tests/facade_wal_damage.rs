@@ -101,7 +101,11 @@ fn recovery_reports_the_torn_tail_it_cut() {
     job.close().unwrap();
 
     let (job, _) = open(dir.path()).unwrap();
-    assert_eq!(job.recovery().wal_torn_tail, None, "a clean log reports none");
+    assert_eq!(
+        job.recovery().wal_torn_tail,
+        None,
+        "a clean log reports none"
+    );
     job.close().unwrap();
 }
 

@@ -336,7 +336,10 @@ pub fn inspect_dir(dir: &Path, opts: &InspectOptions, out: &mut Out) -> Result<(
     if let Some(torn) = source.torn_tail() {
         let place = match torn.position {
             WalPosition::Local { segment, offset } => {
-                format!("at byte {offset} of {}", dir.join(format!("{segment:020}.wal")).display())
+                format!(
+                    "at byte {offset} of {}",
+                    dir.join(format!("{segment:020}.wal")).display()
+                )
             }
             other => position_text(&other),
         };

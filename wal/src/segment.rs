@@ -48,7 +48,9 @@ pub(crate) fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
         let path = entry.path();
         let mut kind = entry.file_type().map_err(Error::io(&path))?;
         if kind.is_symlink() {
-            kind = std::fs::metadata(&path).map_err(Error::io(&path))?.file_type();
+            kind = std::fs::metadata(&path)
+                .map_err(Error::io(&path))?
+                .file_type();
         }
         if !kind.is_file() {
             return Err(not_regular(&path, kind));
@@ -97,7 +99,9 @@ fn open_checked(path: &Path, options: &OpenOptions) -> Result<File> {
 /// Opens an existing regular file, refusing anything else before opening it (see
 /// [`open_checked`]).
 pub(crate) fn open_regular(path: &Path, options: &OpenOptions) -> Result<File> {
-    let kind = std::fs::metadata(path).map_err(Error::io(path))?.file_type();
+    let kind = std::fs::metadata(path)
+        .map_err(Error::io(path))?
+        .file_type();
     if !kind.is_file() {
         return Err(not_regular(path, kind));
     }
@@ -593,11 +597,7 @@ impl WalSource for LocalSegmentSource {
                     let Some((first, path)) = self.segments.get(self.index) else {
                         return Ok(None);
                     };
-                    (
-                        SegmentFile::open(*first, path)?,
-                        0,
-                        first.saturating_sub(1),
-                    )
+                    (SegmentFile::open(*first, path)?, 0, first.saturating_sub(1))
                 }
             };
             let mut bytes = Vec::new();
@@ -736,14 +736,24 @@ mod tests {
     #[test]
     fn a_valid_batch_is_found_after_damage_wherever_it_starts() {
         // Around the search's chunk boundary too: the magic split across two chunks.
-        for at in [1, 43, 44, READ_AHEAD_BYTES - 2, READ_AHEAD_BYTES, READ_AHEAD_BYTES + 5] {
+        for at in [
+            1,
+            43,
+            44,
+            READ_AHEAD_BYTES - 2,
+            READ_AHEAD_BYTES,
+            READ_AHEAD_BYTES + 5,
+        ] {
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join(segment_name(1));
             let mut bytes = vec![0xee; at];
             bytes.extend_from_slice(&big_batch(9, 10));
             std::fs::write(&path, &bytes).unwrap();
             let mut seg = SegmentFile::open(1, &path).unwrap();
-            let found = seg.valid_batch_after(1).unwrap().map(|(o, h)| (o, h.first_lsn));
+            let found = seg
+                .valid_batch_after(1)
+                .unwrap()
+                .map(|(o, h)| (o, h.first_lsn));
             assert_eq!(found, Some((at as u64, 9)), "at {at}");
             // Not a torn tail, for the sink or the source.
             let err = LocalSegmentSink::open(dir.path(), SegmentSettings::default())

@@ -110,7 +110,8 @@ pub fn read(dir: &Path) -> Result<Option<u64>> {
         });
     }
     let mut bytes = [0u8; FILE_BYTES];
-    file.read_exact_at(&mut bytes, 0).map_err(Error::io(&path))?;
+    file.read_exact_at(&mut bytes, 0)
+        .map_err(Error::io(&path))?;
     match decode(&bytes)? {
         Some((lsn, _)) => Ok(Some(lsn)),
         None => Err(Error::Corrupt {
@@ -169,7 +170,8 @@ impl Watermark {
         }
         let file = open_regular(&path, OpenOptions::new().read(true).write(true))?;
         let mut bytes = [0u8; FILE_BYTES];
-        file.read_exact_at(&mut bytes, 0).map_err(Error::io(&path))?;
+        file.read_exact_at(&mut bytes, 0)
+            .map_err(Error::io(&path))?;
         let (held, slot) = decode(&bytes)?.unwrap_or((0, 1));
         let mut w = Watermark {
             path,

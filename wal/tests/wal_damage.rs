@@ -11,9 +11,8 @@ use std::time::Duration;
 use millpond_state::{Change, ChangeOp, StateKind};
 use millpond_wal::batch::{self, Decoded};
 use millpond_wal::{
-    open_local, watermark, Error, LocalSegmentSink, LocalSegmentSource, OwnedChange,
-    ReplayOutcome, SegmentSettings, SourceOffset, TornTail, Wal, WalPosition, WalSettings,
-    WalSink, WalSource,
+    open_local, watermark, Error, LocalSegmentSink, LocalSegmentSource, OwnedChange, ReplayOutcome,
+    SegmentSettings, SourceOffset, TornTail, Wal, WalPosition, WalSettings, WalSink, WalSource,
 };
 
 fn segments(segment_bytes: u64) -> SegmentSettings {
@@ -32,11 +31,11 @@ fn settings() -> WalSettings {
     }
 }
 
+/// One value state: key → last value.
+type Model = BTreeMap<Vec<u8>, Vec<u8>>;
+
 /// Opens the log in `dir`, replaying it into a model of one value state (key → last value).
-fn open(
-    dir: &Path,
-    segment_bytes: u64,
-) -> millpond_wal::Result<(Wal, ReplayOutcome, BTreeMap<Vec<u8>, Vec<u8>>)> {
+fn open(dir: &Path, segment_bytes: u64) -> millpond_wal::Result<(Wal, ReplayOutcome, Model)> {
     let mut model = BTreeMap::new();
     let (wal, outcome) = open_local(
         dir,
@@ -86,7 +85,7 @@ fn write_commits(dir: &Path, segment_bytes: u64, from: usize, commits: usize) ->
     wal
 }
 
-fn expected(commits: usize) -> BTreeMap<Vec<u8>, Vec<u8>> {
+fn expected(commits: usize) -> Model {
     (0..commits)
         .map(|i| (format!("k{i}").into_bytes(), format!("v{i}").into_bytes()))
         .collect()
@@ -211,7 +210,11 @@ fn flipping_any_bit_of_the_first_batch_length_with_batches_after_is_corrupt() {
             let mut bytes = std::fs::read(&path).unwrap();
             bytes[8 + bit / 8] ^= 1 << (bit % 8);
             std::fs::write(&path, &bytes).unwrap();
-            assert_refused(dir.path(), 4096, &format!("bit {bit}, watermark {watermark}"));
+            assert_refused(
+                dir.path(),
+                4096,
+                &format!("bit {bit}, watermark {watermark}"),
+            );
         }
     }
 }
@@ -423,13 +426,15 @@ fn a_deleted_or_older_newest_segment_below_the_watermark_is_corrupt() {
     let wal = write_commits(base.path(), 4096, 0, 100);
     assert!(segment_paths(base.path()).len() > 1);
     // A copy of the newest segment, and then more acknowledged commits in that same segment.
-    let (newest, older_copy) = (100..).find_map(|i| {
-        let newest = newest_segment(base.path());
-        let copy = std::fs::read(&newest).unwrap();
-        put(&wal, format!("k{i}").as_bytes(), b"later");
-        wal.commit(&offsets(i + 1)).unwrap().wait().unwrap();
-        (newest_segment(base.path()) == newest).then_some((newest, copy))
-    }).unwrap();
+    let (newest, older_copy) = (100..)
+        .find_map(|i| {
+            let newest = newest_segment(base.path());
+            let copy = std::fs::read(&newest).unwrap();
+            put(&wal, format!("k{i}").as_bytes(), b"later");
+            wal.commit(&offsets(i + 1)).unwrap().wait().unwrap();
+            (newest_segment(base.path()) == newest).then_some((newest, copy))
+        })
+        .unwrap();
     wal.close().unwrap();
 
     let dir = tempfile::tempdir().unwrap();
