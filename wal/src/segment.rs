@@ -289,8 +289,9 @@ impl SegmentFile {
 }
 
 /// The one rule for where a log's valid data ends (docs/wal.md, "Torn tail"), applied where
-/// reading `seg` stopped: at `offset`, after LSN `last_lsn`, because of `stop`. `newest`: whether `seg` is the log's newest segment; `acked`: the
-/// acknowledged-LSN watermark, if the log has one.
+/// reading `seg` stopped: at `offset`, after LSN `last_lsn`, because of `stop`. `newest`:
+/// whether `seg` is the log's newest segment; `acked`: the acknowledged-LSN watermark, if the
+/// log has one. (A directory without segments is [`no_segments`]'s case.)
 ///
 /// - Damage is a torn tail only at the end of the newest segment, when no valid batch follows
 ///   it and everything it could have held lies above the acknowledged LSN: `Ok(Some(_))`.
@@ -368,6 +369,21 @@ fn end_of_valid(
     }))
 }
 
+/// The same rule for a directory without segments: nothing may have been acknowledged.
+fn no_segments(dir: &Path, acked: Option<u64>) -> Result<()> {
+    match acked.filter(|a| *a > 0) {
+        Some(acked) => Err(Error::Corrupt {
+            what: "WAL (no segments, but an acknowledged LSN)",
+            location: format!(
+                "{}: LSNs up to {acked} were acknowledged as durable, and no segment file is \
+                 left",
+                dir.display()
+            ),
+        }),
+        None => Ok(()),
+    }
+}
+
 /// The local segment sink.
 pub struct LocalSegmentSink {
     dir: PathBuf,
@@ -392,18 +408,7 @@ impl LocalSegmentSink {
         let mut torn_tail = None;
         let mut last_lsn = 0;
         match list_segments(&dir)?.pop() {
-            None => {
-                if let Some(acked) = acked.filter(|a| *a > 0) {
-                    return Err(Error::Corrupt {
-                        what: "WAL (no segments, but an acknowledged LSN)",
-                        location: format!(
-                            "{}: LSNs up to {acked} were acknowledged as durable, and no \
-                             segment file is left",
-                            dir.display()
-                        ),
-                    });
-                }
-            }
+            None => no_segments(&dir, acked)?,
             Some((first, path)) => {
                 let mut seg = SegmentFile::open(first, &path)?;
                 let (valid_len, last, stop) = seg.scan()?;
@@ -557,16 +562,7 @@ impl LocalSegmentSource {
         let acked = watermark::read(dir)?;
         let segments = list_segments(dir)?;
         if segments.is_empty() {
-            if let Some(acked) = acked.filter(|a| *a > 0) {
-                return Err(Error::Corrupt {
-                    what: "WAL (no segments, but an acknowledged LSN)",
-                    location: format!(
-                        "{}: LSNs up to {acked} were acknowledged as durable, and no segment \
-                         file is left",
-                        dir.display()
-                    ),
-                });
-            }
+            no_segments(dir, acked)?;
         }
         let start = segments
             .iter()
