@@ -127,7 +127,7 @@ fn wal_inspect_refuses_a_flipped_length_with_batches_after_it() {
     write_log(dir.path(), 60);
     let segment = newest_segment(dir.path());
     assert!(batches_in(&segment).len() >= 2);
-    for bit in [31, 24, 20, 12, 3] {
+    for bit in 0..32 {
         let bytes = edit(&segment, |b| b[8 + bit / 8] ^= 1 << (bit % 8));
         let o = inspect(dir.path());
         assert_refused(&o, &segment);

@@ -7,7 +7,10 @@
 //!   `pulsar::PulsarSink`.
 //! - [`Wal::commit`] appends a commit marker with the Kafka offsets the state reflects.
 //! - [`replay`] reads a [`WalSource`] back and applies every committed change;
-//!   [`open_local`] does recovery and reopening in one call.
+//!   [`open_local`] does recovery and reopening in one call. A torn tail (a batch a crash cut
+//!   short before it was acknowledged) is cut and reported ([`TornTail`]); damage to anything
+//!   acknowledged, which the local sink records in a [`watermark`] beside its segments, is
+//!   [`Error::Corrupt`] and is never cut.
 //!
 //! Record format: `proto/millpond/wal/v1/wal.proto`; batch framing: [`batch`]; both byte by
 //! byte, and why replay is exactly-once, in `docs/wal.md`.
