@@ -8,9 +8,14 @@
 //!                                  len, u32 uncompressed len, u32 entries, u8 flags, u32
 //!                                  CRC-32C of the stored bytes, varint len + first key,
 //!                                  varint len + last key
-//! footer (48 bytes)                magic "MPDF", version, index offset/len/CRC, entry count,
-//!                                  first/last key group, CRC-32C of footer bytes 0..44
+//! footer (64 bytes, version 2)     16-byte file id, then magic "MPDF", version, index
+//!                                  offset/len/CRC, entry count, first/last key group, CRC-32C
+//!                                  of footer bytes 0..60
 //! ```
+//!
+//! Version 1 files (before the file id) end in the same 48 bytes without the id, their CRC
+//! over footer bytes 0..44; they are still read. The version sits 44 bytes before the end in
+//! both, so a reader knows which footer it has before it checks it.
 //!
 //! The writer streams blocks to any `Write`. The reader reads through any [`ReadAt`] (a local
 //! file, object-store range reads, memory): footer and index once, when it opens the file
@@ -23,13 +28,19 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use crate::block_cache::{Block, BlockCache};
+use crate::digest::{FileDigest, FileHasher};
 use crate::error::{Error, Result};
 use crate::read_at::{InMemory, ReadAt};
 
-/// Bytes of the footer at the end of every data file.
-pub const FOOTER_BYTES: usize = 48;
+/// Bytes of the footer at the end of a version-2 data file (what the writer writes).
+pub const FOOTER_BYTES: usize = FOOTER_V1_BYTES + FILE_ID_BYTES;
+/// Bytes of the footer of a version-1 data file (no file id).
+pub const FOOTER_V1_BYTES: usize = 48;
+const FILE_ID_BYTES: usize = 16;
 const MAGIC: [u8; 4] = *b"MPDF";
-const VERSION: u16 = 1;
+/// Version 2 added the file id.
+const VERSION: u16 = 2;
+const VERSION_1: u16 = 1;
 /// Largest uncompressed block (and so largest single entry, framing included). Bounds what a
 /// reader allocates for one block, whatever a damaged index says.
 pub const MAX_BLOCK_BYTES: usize = 1 << 30;
@@ -72,6 +83,33 @@ impl Default for DataFileSettings {
     }
 }
 
+/// 16 bytes that name one data file, written in its footer (version 2 on) and recorded in the
+/// manifest, so that a reader can tell that the file under a name is the one the manifest
+/// means and not another version of it (a stale copy, a file of another snapshot).
+///
+/// The writer picks 128 random bits; a byte-for-byte copy (a rescale's) keeps them.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FileId(pub [u8; 16]);
+
+impl FileId {
+    /// A new random id.
+    pub fn random() -> FileId {
+        FileId(rand::random::<u128>().to_be_bytes())
+    }
+}
+
+impl std::fmt::Display for FileId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:032x}", u128::from_be_bytes(self.0))
+    }
+}
+
+impl std::fmt::Debug for FileId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "FileId({self})")
+    }
+}
+
 /// What [`DataFileWriter::finish`] wrote.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DataFileInfo {
@@ -85,8 +123,13 @@ pub struct DataFileInfo {
     pub last_key: Option<Vec<u8>>,
     /// The key groups of the first and last keys (inclusive), if any entry was written.
     pub key_groups: Option<(u16, u16)>,
-    /// CRC-32C of the whole file, for the manifest and for checking a download end to end.
+    /// CRC-32C of the whole file. Not enough alone to tell two versions of a file apart
+    /// (see [`digest`](Self::digest)); kept for version-1 readers' tools and as a second check.
     pub crc32c: u32,
+    /// XXH3-128 of the whole file, for the manifest: what binds the manifest to this content.
+    pub digest: FileDigest,
+    /// The id written in the footer.
+    pub file_id: FileId,
 }
 
 /// Where a block is and what the index says about it.
@@ -201,8 +244,9 @@ pub struct DataFileWriter<W: Write> {
     index: Vec<BlockHandle>,
     /// Bytes written so far.
     offset: u64,
-    /// CRC-32C of the bytes written so far.
-    file_crc: u32,
+    /// Size, CRC-32C and digest of the bytes written so far.
+    hasher: FileHasher,
+    file_id: FileId,
     entries: u64,
     first_key: Option<Vec<u8>>,
     last_key: Option<Vec<u8>>,
@@ -223,11 +267,22 @@ impl<W: Write> DataFileWriter<W> {
             block_first_key: Vec::new(),
             index: Vec::new(),
             offset: 0,
-            file_crc: 0,
+            hasher: FileHasher::new(),
+            file_id: FileId::random(),
             entries: 0,
             first_key: None,
             last_key: None,
             failed: false,
+        }
+    }
+
+    /// The same writer with `id` in the footer instead of a random one (tests, tools that
+    /// must write the same bytes twice). Two files with the same id are taken for the same
+    /// file: give every new file its own.
+    pub fn with_file_id(self, id: FileId) -> Self {
+        DataFileWriter {
+            file_id: id,
+            ..self
         }
     }
 
@@ -308,6 +363,7 @@ impl<W: Write> DataFileWriter<W> {
         };
         let (first_group, last_group) = key_groups.unwrap_or((0, 0));
         let mut footer = Vec::with_capacity(FOOTER_BYTES);
+        footer.extend_from_slice(&self.file_id.0);
         footer.extend_from_slice(&MAGIC);
         footer.extend_from_slice(&VERSION.to_le_bytes());
         footer.extend_from_slice(&[0, 0]);
@@ -318,6 +374,7 @@ impl<W: Write> DataFileWriter<W> {
         footer.extend_from_slice(&first_group.to_le_bytes());
         footer.extend_from_slice(&last_group.to_le_bytes());
         footer.extend_from_slice(&[0; 4]);
+        // Covers the id too: a footer is checked whole.
         let footer_crc = crc32c::crc32c(&footer);
         footer.extend_from_slice(&footer_crc.to_le_bytes());
         debug_assert_eq!(footer.len(), FOOTER_BYTES);
@@ -329,7 +386,9 @@ impl<W: Write> DataFileWriter<W> {
             first_key: self.first_key,
             last_key: self.last_key,
             key_groups,
-            crc32c: self.file_crc,
+            crc32c: self.hasher.crc32c(),
+            digest: self.hasher.digest(),
+            file_id: self.file_id,
         };
         Ok((info, self.out))
     }
@@ -356,7 +415,7 @@ impl<W: Write> DataFileWriter<W> {
             return Err(self.io_error(source));
         }
         self.offset += bytes.len() as u64;
-        self.file_crc = crc32c::crc32c_append(self.file_crc, bytes);
+        self.hasher.update(bytes);
         Ok(())
     }
 
@@ -434,35 +493,67 @@ struct Footer {
     entries: u64,
     index_crc: u32,
     key_groups: (u16, u16),
+    /// `None` in a version-1 file.
+    file_id: Option<FileId>,
+    /// Where the footer starts: where the index ends.
+    at: u64,
 }
 
-/// Checks and parses the footer read from `footer_at` (= file length − 48).
-fn parse_footer(footer: &[u8], footer_at: u64) -> Result<Footer> {
+/// Checks and parses the footer in `tail`, the last `tail.len()` bytes (48 to 64) of a file of
+/// `size` bytes. The version, 44 bytes before the end in both versions, says how long the
+/// footer is; its checksum is then checked before anything else in it is trusted. A damaged
+/// version fails either as an unknown version or as the other version's checksum.
+fn parse_footer(tail: &[u8], size: u64) -> Result<Footer> {
+    let v1 = &tail[tail.len() - FOOTER_V1_BYTES..];
+    let version = u16::from_le_bytes([v1[4], v1[5]]);
+    let footer_bytes = match version {
+        VERSION => FOOTER_BYTES,
+        VERSION_1 => FOOTER_V1_BYTES,
+        _ => FOOTER_V1_BYTES.min(tail.len()),
+    };
+    let footer_at = size - footer_bytes.min(tail.len()) as u64;
     let at = || format!("footer at byte {footer_at}");
-    let u16_at = |i: usize| u16::from_le_bytes([footer[i], footer[i + 1]]);
-    let u32_at =
-        |i: usize| u32::from_le_bytes([footer[i], footer[i + 1], footer[i + 2], footer[i + 3]]);
+    if version != VERSION && version != VERSION_1 {
+        return Err(corrupt("data file version", at()));
+    }
+    if tail.len() < footer_bytes {
+        return Err(corrupt(
+            "data file footer",
+            format!("file of {size} bytes, shorter than the {footer_bytes}-byte footer"),
+        ));
+    }
+    let footer = &tail[tail.len() - footer_bytes..];
+    let id_bytes = footer_bytes - FOOTER_V1_BYTES;
+    let u16_at = |i: usize| u16::from_le_bytes([v1[i], v1[i + 1]]);
+    let u32_at = |i: usize| u32::from_le_bytes([v1[i], v1[i + 1], v1[i + 2], v1[i + 3]]);
     let u64_at = |i: usize| {
         let mut b = [0; 8];
-        b.copy_from_slice(&footer[i..i + 8]);
+        b.copy_from_slice(&v1[i..i + 8]);
         u64::from_le_bytes(b)
     };
     // Checksum first: a damaged footer says nothing trustworthy, magic included.
-    if crc32c::crc32c(&footer[..44]) != u32_at(44) {
+    if crc32c::crc32c(&footer[..footer_bytes - 4]) != u32_at(44) {
         return Err(corrupt("data file footer checksum", at()));
     }
-    if footer[..4] != MAGIC {
+    if v1[..4] != MAGIC {
         return Err(corrupt("data file magic", at()));
     }
-    if u16_at(4) != VERSION || footer[6..8] != [0, 0] || footer[40..44] != [0; 4] {
+    if v1[6..8] != [0, 0] || v1[40..44] != [0; 4] {
         return Err(corrupt("data file version", at()));
     }
+    let file_id = (id_bytes > 0).then(|| {
+        let mut id = [0; FILE_ID_BYTES];
+        id.copy_from_slice(&footer[..FILE_ID_BYTES]);
+        FileId(id)
+    });
     let footer = Footer {
         index_offset: u64_at(8),
         index_len: u64_at(16),
         entries: u64_at(24),
         index_crc: u32_at(32),
         key_groups: (u16_at(36), u16_at(38)),
+        file_id,
+        at: footer_at,
     };
     // The index ends where the footer starts.
     if footer.index_offset.checked_add(footer.index_len) != Some(footer_at) {
@@ -510,6 +601,7 @@ struct Inner {
     entries: u64,
     key_groups: Option<(u16, u16)>,
     size: u64,
+    file_id: Option<FileId>,
 }
 
 impl std::fmt::Debug for DataFile {
@@ -521,6 +613,7 @@ impl std::fmt::Debug for DataFile {
             .field("blocks", &self.inner.index.blocks.len())
             .field("entries", &self.inner.entries)
             .field("key_groups", &self.inner.key_groups)
+            .field("file_id", &self.inner.file_id)
             .field("cache_file_id", &self.cache.as_ref().map(|(_, id)| *id))
             .finish()
     }
@@ -533,8 +626,8 @@ impl DataFile {
         DataFile::open_source(Arc::new(InMemory::new(bytes)))
     }
 
-    /// Opens a data file through positional reads: the footer (the last 48 bytes) and then
-    /// the index, two reads in all. Checks the footer, the index and their checksums and that
+    /// Opens a data file through positional reads: the footer (the last 64 bytes, or 48 in a
+    /// version-1 file) and then the index, two reads in all. Checks the footer, the index and their checksums and that
     /// the index describes contiguous, ordered blocks. Data blocks are read and checked as
     /// they are needed ([`get`](Self::get), [`iter`](Self::iter)) or all at once by
     /// [`verify`](Self::verify).
@@ -559,14 +652,17 @@ impl DataFile {
     /// ```
     pub fn open_source(source: Arc<dyn ReadAt>) -> Result<DataFile> {
         let size = source.size();
-        if size < FOOTER_BYTES as u64 {
+        if size < FOOTER_V1_BYTES as u64 {
             return Err(corrupt(
                 "data file footer",
-                format!("file of {size} bytes, shorter than the {FOOTER_BYTES}-byte footer"),
+                format!("file of {size} bytes, shorter than the {FOOTER_V1_BYTES}-byte footer"),
             ));
         }
-        let footer_at = size - FOOTER_BYTES as u64;
-        let footer = parse_footer(&read_source(&*source, footer_at, FOOTER_BYTES)?, footer_at)?;
+        // Enough for either version's footer, in one read.
+        let tail_len = usize::try_from(size).map_or(FOOTER_BYTES, |s| s.min(FOOTER_BYTES));
+        let tail = read_source(&*source, size - tail_len as u64, tail_len)?;
+        let footer = parse_footer(&tail, size)?;
+        let footer_at = footer.at;
         let at = || format!("footer at byte {footer_at}");
         // No larger than the source, which `size` says exists; only a 32-bit target can fail.
         let index_len = usize::try_from(footer.index_len)
@@ -601,6 +697,7 @@ impl DataFile {
                 entries: footer.entries,
                 key_groups,
                 size,
+                file_id: footer.file_id,
             }),
             cache: None,
         })
@@ -615,6 +712,11 @@ impl DataFile {
             cache: Some((cache, file_id)),
             ..self
         }
+    }
+
+    /// The id in the footer; `None` for a version-1 file, which has none.
+    pub fn file_id(&self) -> Option<FileId> {
+        self.inner.file_id
     }
 
     /// Number of entries.
@@ -1082,13 +1184,14 @@ mod tests {
     fn with_index_edited(bytes: &[u8], edit: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
         let footer_at = bytes.len() - FOOTER_BYTES;
         let mut footer = bytes[footer_at..].to_vec();
-        let index_offset = u64::from_le_bytes(footer[8..16].try_into().unwrap()) as usize;
+        // Offsets in the version-2 footer: the 16-byte id, then the version-1 layout.
+        let index_offset = u64::from_le_bytes(footer[24..32].try_into().unwrap()) as usize;
         let mut index = bytes[index_offset..footer_at].to_vec();
         edit(&mut index);
-        footer[16..24].copy_from_slice(&(index.len() as u64).to_le_bytes());
-        footer[32..36].copy_from_slice(&crc32c::crc32c(&index).to_le_bytes());
-        let crc = crc32c::crc32c(&footer[..44]);
-        footer[44..48].copy_from_slice(&crc.to_le_bytes());
+        footer[32..40].copy_from_slice(&(index.len() as u64).to_le_bytes());
+        footer[48..52].copy_from_slice(&crc32c::crc32c(&index).to_le_bytes());
+        let crc = crc32c::crc32c(&footer[..60]);
+        footer[60..64].copy_from_slice(&crc.to_le_bytes());
         let mut out = bytes[..index_offset].to_vec();
         out.extend_from_slice(&index);
         out.extend_from_slice(&footer);

@@ -60,6 +60,7 @@
 mod archive;
 pub mod block_cache;
 pub mod data_file;
+mod digest;
 mod error;
 mod fetch;
 mod gc;
@@ -74,7 +75,8 @@ mod writer;
 pub use archive::{Archive, ArchiveSettings, VerifyReport};
 pub use block_cache::{BlockCache, BlockCacheStats};
 pub use data_file::DataFileIter;
-pub use data_file::{DataFile, DataFileInfo, DataFileSettings, DataFileWriter};
+pub use data_file::{DataFile, DataFileInfo, DataFileSettings, DataFileWriter, FileId};
+pub use digest::FileDigest;
 pub use error::{Error, Result};
 pub use gc::{GcReport, MAX_GC_GRACE};
 pub use manifest::{FileRef, Manifest, ManifestKind};

@@ -4,7 +4,7 @@
 //! inside a checksummed frame; byte by byte in docs/snapshot.md ("Manifest").
 //!
 //! ```text
-//! magic "MPMF" | version u16 LE | reserved u16 (0) | payload length u32 LE | payload (protobuf)
+//! magic "MPMF" | version u16 LE (2; 1 still read) | reserved u16 (0) | payload length u32 LE | payload (protobuf)
 //! | CRC-32C u32 LE of everything before it
 //! ```
 
@@ -14,6 +14,8 @@ use millpond_state::{StateKind, StateSchema, TtlConfig, TtlUpdateType, TtlVisibi
 use millpond_wal::{SourceOffset, WalPosition};
 use prost::Message;
 
+use crate::data_file::{DataFile, FileId};
+use crate::digest::FileDigest;
 use crate::error::{Error, Result};
 
 /// Generated from `proto/millpond/snapshot/v1/manifest.proto`.
@@ -23,7 +25,10 @@ pub mod proto {
 }
 
 const MAGIC: [u8; 4] = *b"MPMF";
-const VERSION: u16 = 1;
+/// Version 2 added each file's digest and id. An older reader refuses it rather than skip
+/// the checks it cannot make; version 1 is still read (its files have neither).
+const VERSION: u16 = 2;
+const VERSION_1: u16 = 1;
 const HEADER_BYTES: usize = 12;
 /// A manifest larger than this is refused as damaged (it would name millions of files).
 pub const MAX_MANIFEST_BYTES: usize = 256 << 20;
@@ -50,16 +55,51 @@ pub struct FileRef {
     pub bytes: u64,
     /// Entries in it.
     pub entries: u64,
-    /// CRC-32C of the whole file.
+    /// CRC-32C of the whole file. Cannot tell two versions of a file apart on its own (see
+    /// [`digest`](Self::digest)).
     pub crc32c: u32,
     /// Sequence of the manifest that wrote it (older than the manifest: reused).
     pub written_by: u64,
+    /// XXH3-128 of the whole file: any change of content changes it. `None` for a file
+    /// written before manifest version 2, which only the CRC-32C checks.
+    pub digest: Option<FileDigest>,
+    /// The id in the file's footer. `None` for a version-1 file, which has none.
+    pub file_id: Option<FileId>,
 }
 
 impl FileRef {
     /// Whether the file holds keys of any key group in `start..end`.
     pub fn overlaps(&self, start: u16, end: u16) -> bool {
         self.first_key_group < end && self.last_key_group >= start
+    }
+
+    /// Checks that `file`, just opened from this entry's object, is the file this entry
+    /// names: its id (when the manifest has one), size, key groups and entry count. What
+    /// every reader for a manifest calls before it serves anything from the file; the
+    /// whole-file digest is checked where the whole file is read (downloads, verify).
+    pub fn check_opened(&self, file: &DataFile) -> Result<()> {
+        let corrupt = |what| Error::Corrupt {
+            what,
+            location: self.path.clone(),
+        };
+        if let Some(id) = self.file_id {
+            if file.file_id() != Some(id) {
+                return Err(corrupt(
+                    "data file (file id differs from the manifest: another version of the file)",
+                ));
+            }
+        }
+        if file.len_bytes() != self.bytes {
+            return Err(corrupt("data file (size differs from the manifest)"));
+        }
+        if file.key_groups() != Some((self.first_key_group, self.last_key_group))
+            || file.entries() != self.entries
+        {
+            return Err(corrupt(
+                "data file (key groups or entries differ from the manifest)",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -156,7 +196,8 @@ impl Manifest {
         if body[..4] != MAGIC {
             return Err(corrupt("manifest magic"));
         }
-        if u16::from_le_bytes([body[4], body[5]]) != VERSION || body[6..8] != [0, 0] {
+        let version = u16::from_le_bytes([body[4], body[5]]);
+        if (version != VERSION && version != VERSION_1) || body[6..8] != [0, 0] {
             return Err(corrupt("manifest version"));
         }
         let len = u32::from_le_bytes([body[8], body[9], body[10], body[11]]) as usize;
@@ -238,6 +279,8 @@ impl Manifest {
                     entries: f.entries,
                     crc32c: f.crc32c,
                     written_by: f.written_by,
+                    xxh3_128: f.digest.map(|d| d.0.to_vec()).unwrap_or_default(),
+                    file_id: f.file_id.map(|id| id.0.to_vec()).unwrap_or_default(),
                 })
                 .collect(),
             total_entries: self.total_entries(),
@@ -301,6 +344,8 @@ impl Manifest {
                 entries: f.entries,
                 crc32c: f.crc32c,
                 written_by: f.written_by,
+                digest: optional_16(&f.xxh3_128)?.map(FileDigest),
+                file_id: optional_16(&f.file_id)?.map(FileId),
             };
             let ordered = files
                 .last()
@@ -337,6 +382,19 @@ impl Manifest {
             files,
         };
         (m.total_entries() == p.total_entries && m.total_bytes() == p.total_bytes).then_some(m)
+    }
+}
+
+/// An optional 16-byte field: empty is `None`; any other length is damage (`None` outside).
+fn optional_16(bytes: &[u8]) -> Option<Option<[u8; 16]>> {
+    match bytes.len() {
+        0 => Some(None),
+        16 => {
+            let mut b = [0; 16];
+            b.copy_from_slice(bytes);
+            Some(Some(b))
+        }
+        _ => None,
     }
 }
 

@@ -221,14 +221,17 @@ pub fn rescale(
     for piece in &plan {
         let source = &sources[piece.source];
         let local = temp_file(&temp_dir)?;
-        download_to(source.archive, &piece.file, &local)?;
+        let digest = download_to(source.archive, &piece.file, &local)?;
         if piece.whole {
             out.close()?;
             let path = data_path(&id, out.written.len());
             upload_copy(dest, &local, &path)?;
+            // The same bytes: the same id and digest. A file of a version-1 manifest gets the
+            // digest of what was downloaded (and checked by CRC-32C) from here on.
             out.written.push(FileRef {
                 path,
                 written_by: sequence,
+                digest: Some(digest),
                 ..piece.file.clone()
             });
             files_copied += 1;
@@ -240,6 +243,7 @@ pub fn rescale(
                 source,
             }
         })?))?;
+        piece.file.check_opened(&file)?;
         for entry in file.iter_from(&piece.first.to_be_bytes()) {
             let (key, value) = entry?;
             let (kg, _, _) = split_composite_key(&key).ok_or_else(|| Error::Corrupt {

@@ -19,7 +19,7 @@ use crate::data_file::DataFile;
 use crate::error::{Error, Result};
 use crate::fetch::{download_to, ArchiveObject};
 use crate::manifest::{FileRef, Manifest};
-use crate::read_at::{LocalFile, ReadAt};
+use crate::read_at::LocalFile;
 
 /// Settings of a restore.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -247,43 +247,33 @@ type OpenSlot = Mutex<Option<Result<(DataFile, bool)>>>;
 /// Threads that open files (footer and index reads) at once.
 const OPEN_THREADS: usize = 16;
 
-/// Opens one file of the snapshot: the local copy if a whole one is there, else through the
-/// archive. Returns whether it is remote.
+/// Opens one file of the snapshot: the local copy if a whole one is there and is the file
+/// the manifest names, else through the archive. Returns whether it is remote.
+///
+/// Range reads cannot check a file's digest: the file must prove at open that it is the
+/// manifest's (its footer's id, size, key groups and entries: [`FileRef::check_opened`]),
+/// or the object under that name is another file, perhaps an older version of it, whose
+/// entries would be served as this snapshot's. Its digest is checked when it is downloaded.
 fn open_file(archive: &Archive, dir: &Path, meta: &FileRef) -> Result<(DataFile, bool)> {
     let local = local_path(dir, meta);
-    let (source, remote): (Arc<dyn ReadAt>, bool) = match LocalFile::open(&local) {
-        Ok(f) if f.size() == meta.bytes => (Arc::new(f), false),
-        _ => {
-            let object = ArchiveObject {
-                archive: archive.clone(),
-                path: meta.path.clone(),
-                size: meta.bytes,
-            };
-            (Arc::new(object), true)
+    if let Ok(f) = LocalFile::open(&local) {
+        // A local copy that is not the manifest's file (left by a restore of another
+        // snapshot, or damaged) is passed over: the archive's is read and downloaded again.
+        if let Ok(file) = DataFile::open_source(Arc::new(f)) {
+            if meta.check_opened(&file).is_ok() {
+                return Ok((file, false));
+            }
         }
-    };
-    let file = match DataFile::open_source(source) {
-        Ok(file) => file,
-        Err(e) if remote => return Err(classify_open_failure(archive, meta, e)),
-        Err(e) => return Err(e),
-    };
-    check_against_manifest(&file, meta)?;
-    Ok((file, remote))
-}
-
-/// Range reads cannot check a file's CRC-32C: at least its key groups and entry count must be
-/// the manifest's, or the object under that name is another file (served, it would answer
-/// "absent" for the keys it should hold).
-fn check_against_manifest(file: &DataFile, meta: &FileRef) -> Result<()> {
-    if file.key_groups() != Some((meta.first_key_group, meta.last_key_group))
-        || file.entries() != meta.entries
-    {
-        return Err(Error::Corrupt {
-            what: "data file (key groups or entries differ from the manifest)",
-            location: meta.path.clone(),
-        });
     }
-    Ok(())
+    let object = ArchiveObject {
+        archive: archive.clone(),
+        path: meta.path.clone(),
+        size: meta.bytes,
+    };
+    let file = DataFile::open_source(Arc::new(object))
+        .map_err(|e| classify_open_failure(archive, meta, e))?;
+    meta.check_opened(&file)?;
+    Ok((file, true))
 }
 
 /// A file read through the archive failed to open with an I/O error, which callers retry: if

@@ -566,6 +566,7 @@ impl<'a> ParentEntries<'a> {
                 source,
             })?;
             let file = DataFile::open_source(Arc::new(source))?;
+            f.check_opened(&file)?;
             self.current = Some((file.iter(), tmp));
         }
     }
@@ -642,6 +643,8 @@ impl<'a> FileSplitter<'a> {
             entries: info.entries,
             crc32c: info.crc32c,
             written_by: self.sequence,
+            digest: Some(info.digest),
+            file_id: Some(info.file_id),
         });
         Ok(())
     }

@@ -341,7 +341,16 @@ pub fn verify(archive: &Archive, id: &str, out: &mut Out) -> Result<()> {
         report.files,
         report.entries,
         size(report.bytes)
-    )
+    )?;
+    if report.files_crc_only > 0 {
+        // Files of a version-1 manifest have no digest: an older version of one would pass.
+        outln!(
+            out,
+            "note: {} of the files were written before digests (manifest version 1) and were              checked by CRC-32C only, which cannot tell an older version of a file from the              right one",
+            report.files_crc_only
+        )?;
+    }
+    Ok(())
 }
 
 /// `snapshot restore`: downloads into a new directory beside `to`, checks it, and only then
