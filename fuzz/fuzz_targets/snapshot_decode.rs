@@ -1,13 +1,21 @@
-//! Snapshot readers are fed whatever is in object storage: a manifest, a data file (footer,
-//! index, blocks) and an entry must each decode or fail with an error, never panic.
+//! Snapshot readers are fed whatever is in object storage: a manifest (frame versions 1 and
+//! 2), a data file (footer versions 1 and 2, index, blocks) and an entry must each decode or
+//! fail with an error, never panic.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use millpond_snapshot::{DataFile, Manifest};
 
 fuzz_target!(|data: &[u8]| {
-    let _ = Manifest::decode(data, "fuzz");
+    let manifest = Manifest::decode(data, "fuzz");
     if let Ok(file) = DataFile::open(data.to_vec()) {
+        // Version-1 and version-2 footers; the id check any reader for a manifest makes.
+        let _ = file.file_id();
+        if let Ok(m) = &manifest {
+            for f in &m.files {
+                let _ = f.check_opened(&file);
+            }
+        }
         let _ = file.verify();
         for entry in file.iter().take(1000) {
             if let Ok((_, value)) = entry {

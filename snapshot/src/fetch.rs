@@ -244,7 +244,10 @@ impl ReadAt for StreamedSource {
             drop(s);
             return self.ranges.read_at(offset, len);
         }
-        if offset.checked_add(len as u64).is_none_or(|end| end > self.size) {
+        if offset
+            .checked_add(len as u64)
+            .is_none_or(|end| end > self.size)
+        {
             return Err(std::io::ErrorKind::UnexpectedEof.into());
         }
         // Bounded by the size checked above, and a block by the reader's own limits.

@@ -218,7 +218,8 @@ impl SnapshotBase {
     }
 
     /// Every entry of key groups `range` of the snapshot, in key order (for dumps and
-    /// checks).
+    /// checks). A file that its download found damaged yields that error instead of its
+    /// entries.
     pub fn entries(
         &self,
         range: KeyGroupRange,
@@ -228,7 +229,15 @@ impl SnapshotBase {
         self.files
             .iter()
             .filter(move |f| f.meta.overlaps(r.start, r.end))
-            .flat_map(move |f| f.file.read().clone().iter_from(&start))
+            .flat_map(move |f| -> Box<dyn Iterator<Item = _>> {
+                match f.damaged.get() {
+                    Some(reason) => Box::new(std::iter::once(Err(Error::Corrupt {
+                        what: "data file (its download found it damaged)",
+                        location: reason.clone(),
+                    }))),
+                    None => Box::new(f.file.read().clone().iter_from(&start)),
+                }
+            })
             .take_while(move |e| match e {
                 Ok((k, _)) => u16::from_be_bytes([k[0], k[1]]) < r.end,
                 Err(_) => true,

@@ -3,6 +3,8 @@
 //! files counted as checked by CRC-32C only, restores to the values it was written with, and
 //! a rescale of it records digests for the files it copies.
 
+// Shared helpers, not all used here.
+#[allow(dead_code)]
 mod common;
 
 use std::collections::BTreeMap;

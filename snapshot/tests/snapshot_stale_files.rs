@@ -5,6 +5,8 @@
 //! older manifest under a newer one's name is refused; every flipped byte of a small data file
 //! is caught; and an object larger than the manifest says is refused before it is read.
 
+// Shared helpers, not all used here.
+#[allow(dead_code)]
 mod common;
 
 use std::path::{Path, PathBuf};
@@ -132,6 +134,7 @@ impl TwoVersions {
 }
 
 fn open(root: &Path, access: Access) -> Archive {
+    std::fs::create_dir_all(root).unwrap();
     match access {
         Access::File => Archive::open(&format!("file://{}", root.display())).unwrap(),
         Access::Store => Archive::from_store(
@@ -193,7 +196,8 @@ fn both_versions_verify_and_restore_before_any_swap() {
                 .iter()
                 .all(|f| f.digest.is_some() && f.file_id.is_some()));
             let dir = tempfile::tempdir().unwrap();
-            let base = SnapshotBase::open(&archive, m, dir.path(), &restore_settings(true)).unwrap();
+            let base =
+                SnapshotBase::open(&archive, m, dir.path(), &restore_settings(true)).unwrap();
             base.wait_local().unwrap();
             let n = base
                 .entries(KeyGroupRange::all(KEY_GROUPS))
@@ -231,7 +235,12 @@ fn an_older_version_of_a_data_file_is_refused_by_verify_restore_and_rescale() {
             for download in [false, true] {
                 let dir = tempfile::tempdir().unwrap();
                 assert_corrupt(
-                    SnapshotBase::open(&archive, &tv.newer, dir.path(), &restore_settings(download)),
+                    SnapshotBase::open(
+                        &archive,
+                        &tv.newer,
+                        dir.path(),
+                        &restore_settings(download),
+                    ),
                     &new.path,
                     "file id",
                     &format!("{ctx}: restore (download {download})"),
@@ -270,9 +279,14 @@ fn a_download_refuses_an_older_version_by_its_digest() {
         let (archive, root) = tv.copy("download", access);
         std::fs::copy(root.join(&old.path), root.join(&new.path)).unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let base =
-            SnapshotBase::open(&archive, &without_ids, dir.path(), &restore_settings(true)).unwrap();
-        assert_corrupt(base.wait_local(), &new.path, "XXH3-128 digest", &format!("{access:?}"));
+        let base = SnapshotBase::open(&archive, &without_ids, dir.path(), &restore_settings(true))
+            .unwrap();
+        assert_corrupt(
+            base.wait_local(),
+            &new.path,
+            "XXH3-128 digest",
+            &format!("{access:?}"),
+        );
         let entries: Vec<_> = base.entries(KeyGroupRange::all(KEY_GROUPS)).collect();
         assert!(entries.iter().any(Result::is_err), "{access:?}");
         // Nothing of the damaged file was kept locally under its name.
@@ -292,7 +306,12 @@ fn an_older_manifest_under_a_newer_ones_name_is_refused() {
         let path = "manifests/00000000000000000003.mpm";
         assert_corrupt(archive.manifest_at(3), path, what, &format!("{access:?}"));
         assert_corrupt(archive.latest(), path, what, &format!("{access:?}"));
-        assert_corrupt(archive.find(&tv.newer.id), path, what, &format!("{access:?}"));
+        assert_corrupt(
+            archive.find(&tv.newer.id),
+            path,
+            what,
+            &format!("{access:?}"),
+        );
     }
 }
 

@@ -346,7 +346,9 @@ pub fn verify(archive: &Archive, id: &str, out: &mut Out) -> Result<()> {
         // Files of a version-1 manifest have no digest: an older version of one would pass.
         outln!(
             out,
-            "note: {} of the files were written before digests (manifest version 1) and were              checked by CRC-32C only, which cannot tell an older version of a file from the              right one",
+            "note: {} of the files were written before digests (manifest version 1) and were \
+             checked by CRC-32C only, which cannot tell an older version of a file from the \
+             right one",
             report.files_crc_only
         )?;
     }

@@ -1,0 +1,157 @@
+//! The `millpond snapshot` commands refuse an older version of a data file under the newer
+//! one's name (same size, same key groups: its CRC-32Cs all match): `verify`, `dump` and
+//! `restore` exit 1 naming the file, `dump` printing no entry. And a version-1 archive
+//! verifies, with a note that its files were checked by CRC-32C only.
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::sync::Arc;
+
+use millpond_snapshot::{Archive, DataFileSettings, Manifest, SnapshotSettings, SnapshotWriter};
+use millpond_state::{Store, StoreSettings, StringCodec, U64Codec, ValueStateDescriptor};
+use millpond_wal::{open_local, LocalSegmentSource, SegmentSettings, SourceOffset, WalSettings};
+
+const KEY_GROUPS: u16 = 128;
+
+fn millpond(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_millpond"))
+        .args(args)
+        .env_remove("MILLPOND_STORE")
+        .output()
+        .unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Exit code 1, an `error: …` line containing `needle`, nothing on stdout.
+#[track_caller]
+fn assert_refused(o: &Output, needle: &str) {
+    let (out, err) = (text(&o.stdout), text(&o.stderr));
+    assert_eq!(o.status.code(), Some(1), "stdout:\n{out}\nstderr:\n{err}");
+    assert!(err.starts_with("error: "), "stderr: {err}");
+    assert!(err.contains(needle), "expected {needle:?} in: {err}");
+    assert!(out.is_empty(), "printed: {out}");
+}
+
+/// Snapshots 2 and 3 of the same keys, every value changed to another of the same length.
+fn two_versions(root: &Path) -> (Manifest, Manifest) {
+    let (wal, _) = open_local(
+        root.join("wal"),
+        0,
+        WalSettings::default(),
+        SegmentSettings::default(),
+        |_c| Ok::<(), std::io::Error>(()),
+    )
+    .unwrap();
+    let wal = Arc::new(wal);
+    let store = Store::builder(root.join("state"))
+        .settings(StoreSettings {
+            max_key_groups: KEY_GROUPS,
+            ..StoreSettings::default()
+        })
+        .change_sink_arc(wal.clone())
+        .open()
+        .unwrap();
+    let counts = store
+        .value_state(ValueStateDescriptor::new("counts", StringCodec, U64Codec))
+        .unwrap();
+    let archive = Archive::open(&format!("file://{}", root.join("archive").display())).unwrap();
+    let settings = SnapshotSettings {
+        target_file_bytes: 1 << 10,
+        data_file: DataFileSettings {
+            block_bytes: 256,
+            compress: false,
+        },
+        ..SnapshotSettings::default()
+    };
+    let mut writer = SnapshotWriter::claim(archive, KEY_GROUPS, settings).unwrap();
+    let mut manifests = Vec::new();
+    for round in 0..2u64 {
+        for i in 0..100u64 {
+            counts
+                .update(&format!("key-{i:03}"), &(i * 10_000 + 1000 + round))
+                .unwrap();
+        }
+        wal.commit(&[SourceOffset {
+            topic: "in".into(),
+            partition: 0,
+            next_offset: round as i64 + 1,
+        }])
+        .unwrap()
+        .wait()
+        .unwrap();
+        let mut log = LocalSegmentSource::open(root.join("wal"), writer.parent().lsn + 1).unwrap();
+        manifests.push(
+            writer
+                .snapshot_from_wal(&mut log, &store.schemas())
+                .unwrap()
+                .unwrap()
+                .manifest,
+        );
+    }
+    wal.close().unwrap();
+    store.close().unwrap();
+    let newer = manifests.pop().unwrap();
+    (manifests.pop().unwrap(), newer)
+}
+
+#[test]
+fn verify_dump_and_restore_refuse_an_older_version_of_a_data_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (older, newer) = two_versions(dir.path());
+    let archive = dir.path().join("archive");
+    let url = format!("file://{}", archive.display());
+    let (old, new) = (&older.files[0], &newer.files[0]);
+    assert_eq!(
+        (old.bytes, old.first_key_group, old.last_key_group),
+        (new.bytes, new.first_key_group, new.last_key_group)
+    );
+    let o = millpond(&["snapshot", "verify", "latest", "--store", &url]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    std::fs::copy(archive.join(&old.path), archive.join(&new.path)).unwrap();
+
+    let o = millpond(&["snapshot", "verify", "latest", "--store", &url]);
+    assert_refused(&o, "file id differs");
+    assert!(text(&o.stderr).contains(&new.path), "{}", text(&o.stderr));
+    let o = millpond(&[
+        "snapshot", "dump", "latest", "--state", "counts", "--store", &url,
+    ]);
+    assert_refused(&o, "file id differs");
+    let to = dir.path().join("restored");
+    let o = millpond(&[
+        "snapshot",
+        "restore",
+        "latest",
+        "--to",
+        to.to_str().unwrap(),
+        "--store",
+        &url,
+    ]);
+    assert_refused(&o, "file id differs");
+}
+
+#[test]
+fn a_version_1_archive_verifies_with_a_note() {
+    let dir = tempfile::tempdir().unwrap();
+    let from = Path::new(env!("CARGO_MANIFEST_DIR")).join("snapshot/tests/fixtures/v1-archive");
+    let to = dir.path().join("v1");
+    for sub in ["manifests", "data"] {
+        std::fs::create_dir_all(to.join(sub)).unwrap();
+        for e in std::fs::read_dir(from.join(sub)).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), to.join(sub).join(e.file_name())).unwrap();
+        }
+    }
+    let url = format!("file://{}", to.display());
+    let o = millpond(&["snapshot", "verify", "latest", "--store", &url]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let out = text(&o.stdout);
+    assert!(out.starts_with("ok: "), "{out}");
+    assert!(out.contains("4 files, 50 entries"), "{out}");
+    assert!(
+        out.contains("note: 4 of the files were written before digests"),
+        "{out}"
+    );
+}
