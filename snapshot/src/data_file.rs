@@ -1124,6 +1124,43 @@ mod tests {
     }
 
     #[test]
+    fn the_footer_carries_the_file_id_and_version_1_footers_still_open() {
+        let id = FileId(*b"0123456789abcdef");
+        let mut bytes = Vec::new();
+        let mut w = DataFileWriter::new(&mut bytes, DataFileSettings::default()).with_file_id(id);
+        w.add(b"\x00\x01k", b"v").unwrap();
+        let info = w.finish().unwrap();
+        assert_eq!(info.file_id, id);
+        assert_eq!(
+            &bytes[bytes.len() - FOOTER_BYTES..][..16],
+            b"0123456789abcdef"
+        );
+        let file = DataFile::open(bytes.clone()).unwrap();
+        assert_eq!(file.file_id(), Some(id));
+        // The same file as version 1 wrote it: no id, version 1, CRC over footer bytes 0..44.
+        let at = bytes.len() - FOOTER_BYTES;
+        let mut v1 = bytes[..at].to_vec();
+        v1.extend_from_slice(&bytes[at + 16..bytes.len() - 4]);
+        let f = v1.len() - 44;
+        v1[f + 4..f + 6].copy_from_slice(&VERSION_1.to_le_bytes());
+        let crc = crc32c::crc32c(&v1[f..]);
+        v1.extend_from_slice(&crc.to_le_bytes());
+        let old = DataFile::open(v1.clone()).unwrap();
+        assert_eq!(old.file_id(), None);
+        assert_eq!(old.get(b"\x00\x01k").unwrap(), Some(b"v".to_vec()));
+        old.verify().unwrap();
+        // An unknown version is refused.
+        v1[f + 4] = 3;
+        assert!(matches!(
+            DataFile::open(v1),
+            Err(Error::Corrupt {
+                what: "data file version",
+                ..
+            })
+        ));
+    }
+
+    #[test]
     fn incompressible_blocks_are_stored_raw() {
         let mut bytes = Vec::new();
         let mut w = DataFileWriter::new(&mut bytes, DataFileSettings::default());

@@ -4,8 +4,8 @@
 //! inside a checksummed frame; byte by byte in docs/snapshot.md ("Manifest").
 //!
 //! ```text
-//! magic "MPMF" | version u16 LE (2; 1 still read) | reserved u16 (0) | payload length u32 LE | payload (protobuf)
-//! | CRC-32C u32 LE of everything before it
+//! magic "MPMF" | version u16 LE (2; 1 still read) | reserved u16 (0)
+//! | payload length u32 LE | payload (protobuf) | CRC-32C u32 LE of everything before it
 //! ```
 
 use std::time::Duration;
@@ -417,4 +417,90 @@ fn kind_from_proto(kind: proto::StateKind) -> Option<StateKind> {
         proto::StateKind::Aggregating => StateKind::Aggregating,
         proto::StateKind::Unspecified => return None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Manifest {
+        let mut m = Manifest::empty(16);
+        m.sequence = 2;
+        m.id = "00000000000000000002-0000000000000001".into();
+        m.kind = ManifestKind::Snapshot;
+        m.files.push(FileRef {
+            path: "data/a.mpdf".into(),
+            first_key_group: 1,
+            last_key_group: 3,
+            bytes: 100,
+            entries: 7,
+            crc32c: 42,
+            written_by: 2,
+            digest: Some(FileDigest([7; 16])),
+            file_id: Some(FileId([9; 16])),
+        });
+        m
+    }
+
+    /// `encode` with the frame's version set to `version` and the CRC fixed up.
+    fn reframed(m: &Manifest, version: u16, edit: impl FnOnce(&mut proto::Manifest)) -> Vec<u8> {
+        let mut p = m.to_proto();
+        edit(&mut p);
+        let payload = p.encode_to_vec();
+        let mut out = MAGIC.to_vec();
+        out.extend_from_slice(&version.to_le_bytes());
+        out.extend_from_slice(&[0, 0]);
+        out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        out.extend_from_slice(&payload);
+        let crc = crc32c::crc32c(&out);
+        out.extend_from_slice(&crc.to_le_bytes());
+        out
+    }
+
+    #[test]
+    fn digests_and_ids_round_trip_in_version_2() {
+        let m = sample();
+        let bytes = m.encode();
+        assert_eq!(u16::from_le_bytes([bytes[4], bytes[5]]), 2);
+        assert_eq!(Manifest::decode(&bytes, "t").unwrap(), m);
+    }
+
+    #[test]
+    fn version_1_frames_are_read_without_digests_or_ids() {
+        let mut m = sample();
+        m.files[0].digest = None;
+        m.files[0].file_id = None;
+        let bytes = reframed(&m, 1, |_| {});
+        assert_eq!(Manifest::decode(&bytes, "t").unwrap(), m);
+        let bytes = reframed(&m, 3, |_| {});
+        assert!(matches!(
+            Manifest::decode(&bytes, "t"),
+            Err(Error::Corrupt {
+                what: "manifest version",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn a_digest_or_id_of_another_length_is_refused() {
+        for field in 0..2 {
+            let bytes = reframed(&sample(), 2, |p| {
+                let f = &mut p.files[0];
+                let v = if field == 0 {
+                    &mut f.xxh3_128
+                } else {
+                    &mut f.file_id
+                };
+                v.pop();
+            });
+            assert!(matches!(
+                Manifest::decode(&bytes, "t"),
+                Err(Error::Corrupt {
+                    what: "manifest fields",
+                    ..
+                })
+            ));
+        }
+    }
 }

@@ -82,8 +82,10 @@ impl std::fmt::Debug for SnapshotBase {
 impl SnapshotBase {
     /// Opens the snapshot `manifest` of `archive` as a base tier, keeping local copies of its
     /// files in `dir`. Files already in `dir` (from an earlier restore of the same snapshot)
-    /// are used as they are; the others start downloading in the background (see
-    /// [`RestoreSettings::download`]).
+    /// are used if they prove to be the manifest's (footer id, size, key groups, entries);
+    /// the others start downloading in the background (see [`RestoreSettings::download`]).
+    /// Every file, local or read in place, must pass that check before the base serves
+    /// anything: a file that is not the manifest's is `Error::Corrupt`.
     pub fn open(
         archive: &Archive,
         manifest: &Manifest,
