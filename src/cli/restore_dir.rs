@@ -687,6 +687,8 @@ mod tests {
             entries: 1,
             crc32c: 0,
             written_by: 1,
+            digest: None,
+            file_id: None,
         };
         let ok = [file("data/a.mpdf"), file("data/b.mpdf")];
         assert!(check_names(&ok.iter().collect::<Vec<_>>()).is_ok());
