@@ -493,20 +493,6 @@ impl Archive {
         }
     }
 
-    /// The whole object `relative`.
-    pub(crate) fn get(&self, relative: &str) -> Result<Vec<u8>> {
-        let path = self.path(relative);
-        let r = self.block_on(async {
-            let got = self.store.get(&path).await?;
-            got.bytes().await
-        });
-        match r {
-            Ok(b) => Ok(b.to_vec()),
-            Err(object_store::Error::NotFound { .. }) => Err(self.not_found(relative)),
-            Err(e) => Err(os_error("reading", relative, e)),
-        }
-    }
-
     /// The whole object `relative`, if it is at most `max_bytes`. The size comes with the
     /// answer's headers (the object's metadata on a local disk) and is checked before any of
     /// the body is read: a larger object is `Error::Corrupt` with `too_large` as its `what`,
