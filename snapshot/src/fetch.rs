@@ -113,7 +113,18 @@ pub(crate) fn download_to(archive: &Archive, file: &FileRef, to: &Path) -> Resul
     };
     let mut body = ObjectBody::open(archive, file)?;
     let part = to.with_extension("part");
-    let out = std::fs::File::create(&part).map_err(io)?;
+    // A `.part` left by a crash goes first. `remove_file` unlinks a symlink itself, and
+    // `create_new` refuses whatever appears there meanwhile: a restore into a directory
+    // someone else can write to never writes through their link to a file outside it.
+    match std::fs::remove_file(&part) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(e)),
+        _ => {}
+    }
+    let out = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&part)
+        .map_err(io)?;
     let mut out = std::io::BufWriter::with_capacity(4 << 20, out);
     let mut hasher = FileHasher::new();
     let copied = (|| {

@@ -285,3 +285,49 @@ fn round_trip(sort_buffer_bytes: usize, min_runs: usize) {
         part.store.close().unwrap();
     }
 }
+
+/// A restore into a directory someone else can write to: a `.part` name planted there as a
+/// symlink to a file outside must not make the download write through it.
+#[cfg(unix)]
+#[test]
+fn a_part_symlink_in_the_restore_directory_is_replaced_not_followed() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let archive = Archive::open(&format!("file://{}", root.join("archive").display())).unwrap();
+    let mut model = Model::default();
+    let job = open_job(root, &archive, "a", None);
+    let mut writer =
+        SnapshotWriter::claim(archive.clone(), 128, SnapshotSettings::default()).unwrap();
+    work(&job, &mut model, 0..300, 1);
+    commit(&job, 100);
+    let m = snapshot(root, &mut writer, &job).manifest;
+    job.wal.close().unwrap();
+    job.store.close().unwrap();
+    drop(job);
+
+    let outside = root.join("outside.txt");
+    std::fs::write(&outside, b"not yours").unwrap();
+    let base_dir = root.join("restore");
+    std::fs::create_dir_all(&base_dir).unwrap();
+    for f in &m.files {
+        let name = f.path.rsplit('/').next().unwrap();
+        let part = base_dir.join(Path::new(name).with_extension("part"));
+        std::os::unix::fs::symlink(&outside, &part).unwrap();
+    }
+
+    let base = SnapshotBase::open(&archive, &m, &base_dir, &RestoreSettings::default()).unwrap();
+    base.wait_local().unwrap();
+    assert!(base.is_local());
+    assert_eq!(std::fs::read(&outside).unwrap(), b"not yours");
+    for f in &m.files {
+        let name = f.path.rsplit('/').next().unwrap();
+        let local = base_dir.join(name);
+        let meta = std::fs::symlink_metadata(&local).unwrap();
+        assert!(meta.file_type().is_file(), "{}", local.display());
+        assert_eq!(meta.len(), f.bytes);
+        assert!(
+            std::fs::symlink_metadata(local.with_extension("part")).is_err(),
+            "no .part left"
+        );
+    }
+}
