@@ -254,3 +254,57 @@ fn wal_inspect_refuses_a_fifo_named_like_a_segment_at_once() {
     assert_refused(&o, &fifo);
     assert!(stderr(&o).contains("FIFO"), "{}", stderr(&o));
 }
+
+#[test]
+fn wal_inspect_escapes_control_characters_in_names() {
+    let root = tempfile::tempdir().unwrap();
+    // A directory, a state and a topic named by whoever wrote them: each could fake a line.
+    let dir = root.path().join("wal\nforged dir");
+    let (wal, _) = open_local(
+        &dir,
+        0,
+        WalSettings::default(),
+        SegmentSettings::default(),
+        |_c| Ok::<(), std::io::Error>(()),
+    )
+    .unwrap();
+    wal.append_change(&Change {
+        state: "s\nforged state",
+        kind: StateKind::Value,
+        key_group: 0,
+        key: b"k",
+        op: ChangeOp::Put {
+            value: b"v",
+            expires_at_ms: 0,
+        },
+    })
+    .unwrap();
+    wal.commit(&[SourceOffset {
+        topic: "in\nforged topic\x1b[2J".into(),
+        partition: 0,
+        next_offset: 1,
+    }])
+    .unwrap()
+    .wait()
+    .unwrap();
+    wal.close().unwrap();
+    let segment = newest_segment(&dir);
+    let (_, last) = *batches_in(&segment).last().unwrap();
+    edit(&segment, |b| {
+        b.extend_from_slice(&unacknowledged_batch(last + 1)[..70]);
+    });
+
+    let o = millpond(&["wal", "inspect", "--verbose", dir.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(
+        !out.lines().any(|l| l.starts_with("forged")),
+        "a name made a line of its own:\n{out}"
+    );
+    let shown_dir = format!("{}", root.path().join(r"wal\nforged dir").display());
+    assert!(out.starts_with(&format!("WAL {shown_dir}\n")), "{out}");
+    assert!(out.contains(r"state=s\nforged state (value)"), "{out}");
+    assert!(out.contains(r"in\nforged topic\x1b[2J/0=1"), "{out}");
+    let name = segment.file_name().unwrap().to_string_lossy();
+    assert!(out.contains(&format!("of {shown_dir}/{name}, after")), "{out}");
+}

@@ -10,7 +10,7 @@ use millpond_wal::proto::{self, record::Body, state_change::Op};
 use millpond_wal::{LocalSegmentSource, SourceOffset, WalPosition, WalSource};
 use prost::Message;
 
-use super::render::{rfc3339_ms, show, size, Render};
+use super::render::{escape, rfc3339_ms, show, size, Render};
 use super::{CliError, Out, Result};
 
 /// What `wal inspect` shows.
@@ -42,7 +42,7 @@ fn offsets_text(offsets: &[SourceOffset]) -> String {
     }
     offsets
         .iter()
-        .map(|o| format!("{}/{}={}", o.topic, o.partition, o.next_offset))
+        .map(|o| format!("{}/{}={}", escape(&o.topic), o.partition, o.next_offset))
         .collect::<Vec<_>>()
         .join(" ")
 }
@@ -120,7 +120,7 @@ fn inspect(
     out: &mut Out,
 ) -> Result<Tally> {
     let mut t = Tally::default();
-    outln!(out, "WAL {what}")?;
+    outln!(out, "WAL {}", escape(what))?;
     while let Some(stored) = source.next_batch()? {
         let pos = position_text(&stored.position);
         let damage = |what: &str| CliError::new(format!("corrupt WAL: {what} at {pos}"));
@@ -179,7 +179,7 @@ fn inspect(
                         );
                         lines.push(format!(
                             "  LSN {lsn}  change  state={} ({kind}) key_group={} key={key}  {}",
-                            c.state,
+                            escape(&c.state),
                             c.key_group,
                             op_text(c.op.as_ref(), opts.value_as)
                         ));
@@ -315,7 +315,7 @@ pub fn inspect_dir(dir: &Path, opts: &InspectOptions, out: &mut Out) -> Result<(
     if !dir.is_dir() {
         return Err(CliError::new(format!(
             "{}: not a directory (expected the WAL's segment directory)",
-            dir.display()
+            escape(&dir.to_string_lossy())
         )));
     }
     let mut source = LocalSegmentSource::open(dir, 0)?;
@@ -324,7 +324,7 @@ pub fn inspect_dir(dir: &Path, opts: &InspectOptions, out: &mut Out) -> Result<(
         outln!(
             out,
             "no batches (no *.wal segment files, or only empty or torn ones, in {})",
-            dir.display()
+            escape(&dir.to_string_lossy())
         )?;
     }
     summary(&t, out)?;
@@ -338,7 +338,7 @@ pub fn inspect_dir(dir: &Path, opts: &InspectOptions, out: &mut Out) -> Result<(
             WalPosition::Local { segment, offset } => {
                 format!(
                     "at byte {offset} of {}",
-                    dir.join(format!("{segment:020}.wal")).display()
+                    escape(&dir.join(format!("{segment:020}.wal")).to_string_lossy())
                 )
             }
             other => position_text(&other),
@@ -374,7 +374,9 @@ pub fn inspect_pulsar(
         ..PulsarSettings::for_topic(url, topic)
     };
     let mut source = PulsarSource::open(settings, None)
-        .map_err(|e| CliError::from(e).context(format!("reading {topic} at {url}")))?;
+        .map_err(|e| {
+            CliError::from(e).context(format!("reading {} at {}", escape(topic), escape(url)))
+        })?;
     let t = inspect(&mut source, topic, opts, out)?;
     if t.batches == 0 {
         outln!(out, "no batches (the topic is empty)")?;
