@@ -277,6 +277,11 @@ fn inspect_shows_the_manifest() {
         assert_eq!(j["crc32c"], m.crc32c);
         assert_eq!(j["entries"], m.entries);
         assert_eq!(j["written_by"], m.written_by);
+        let digest = m.digest.expect("a version-2 file has a digest").to_string();
+        let id = m.file_id.expect("a version-2 file has an id").to_string();
+        assert_eq!(digest.len(), 32);
+        assert_eq!(j["digest"], digest.as_str());
+        assert_eq!(j["file_id"], id.as_str());
     }
     // Some files are the first snapshot's, reused.
     assert!(files.iter().any(|j| j["written_by"] == f.first.sequence));
@@ -291,6 +296,17 @@ fn inspect_shows_the_manifest() {
         "{out}"
     );
     assert!(out.contains("counts") && out.contains("data/"), "{out}");
+    // Each file's row: its path, digest and file id (hex).
+    assert!(out.contains("XXH3_128") && out.contains("FILE_ID"), "{out}");
+    for file in &f.first.files {
+        let row = out
+            .lines()
+            .find(|l| l.contains(&file.path))
+            .unwrap_or_else(|| panic!("no row for {}: {out}", file.path));
+        assert!(row.contains(&file.digest.unwrap().to_string()), "{row}");
+        assert!(row.contains(&file.file_id.unwrap().to_string()), "{row}");
+        assert!(!row.contains("crc32c only"), "{row}");
+    }
 }
 
 #[test]
@@ -513,6 +529,46 @@ fn bad_input_is_an_error_not_a_panic() {
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     let o = millpond(&["snapshot", "frobnicate"]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+}
+
+/// A manifest's id is whatever its writer put there: rewrites manifest `m` in the fixture's
+/// archive with `id`; returns the manifest as rewritten.
+fn rename_snapshot(f: &Fixture, m: &Manifest, id: &str) -> Manifest {
+    let mut m = m.clone();
+    m.id = id.to_owned();
+    let path = f
+        .archive_dir()
+        .join(format!("manifests/{:020}.mpm", m.sequence));
+    std::fs::write(path, m.encode()).unwrap();
+    m
+}
+
+#[test]
+fn verify_escapes_a_snapshot_id_with_control_characters() {
+    let f = fixture();
+    rename_snapshot(&f, &f.latest, "00000000000000000003-evil\n\x1b[2Jforged line");
+    let o = f.snapshot(&["verify", "latest"]);
+    assert_ok(&o);
+    let out = stdout(&o);
+    assert!(
+        out.starts_with(r"ok: snapshot 00000000000000000003-evil\n\x1b[2Jforged line: "),
+        "{out}"
+    );
+    assert_eq!(out.lines().count(), 1, "{out}");
+}
+
+#[test]
+fn gc_escapes_a_deleted_snapshot_id_with_control_characters() {
+    let f = fixture();
+    rename_snapshot(&f, &f.first, "00000000000000000002-evil\n\x1b[2Jforged line");
+    let o = f.snapshot(&["gc", "--retain", "1", "--grace-seconds", "0"]);
+    assert_ok(&o);
+    let out = stdout(&o);
+    assert!(
+        out.contains("deleted manifest 00000000000000000002-evil\\n\\x1b[2Jforged line\n"),
+        "{out}"
+    );
+    assert!(!out.lines().any(|l| l.starts_with("forged")), "{out}");
 }
 
 #[test]

@@ -132,11 +132,10 @@ fn verify_dump_and_restore_refuse_an_older_version_of_a_data_file() {
     assert_refused(&o, "file id differs");
 }
 
-#[test]
-fn a_version_1_archive_verifies_with_a_note() {
-    let dir = tempfile::tempdir().unwrap();
+/// A copy of the version-1 fixture archive in `dir`; its URL.
+fn v1_archive(dir: &Path) -> String {
     let from = Path::new(env!("CARGO_MANIFEST_DIR")).join("snapshot/tests/fixtures/v1-archive");
-    let to = dir.path().join("v1");
+    let to = dir.join("v1");
     for sub in ["manifests", "data"] {
         std::fs::create_dir_all(to.join(sub)).unwrap();
         for e in std::fs::read_dir(from.join(sub)).unwrap() {
@@ -144,7 +143,13 @@ fn a_version_1_archive_verifies_with_a_note() {
             std::fs::copy(e.path(), to.join(sub).join(e.file_name())).unwrap();
         }
     }
-    let url = format!("file://{}", to.display());
+    format!("file://{}", to.display())
+}
+
+#[test]
+fn a_version_1_archive_verifies_with_a_note() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = v1_archive(dir.path());
     let o = millpond(&["snapshot", "verify", "latest", "--store", &url]);
     assert!(o.status.success(), "{}", text(&o.stderr));
     let out = text(&o.stdout);
@@ -154,4 +159,28 @@ fn a_version_1_archive_verifies_with_a_note() {
         out.contains("note: 4 of the files were written before digests"),
         "{out}"
     );
+}
+
+#[test]
+fn inspect_says_crc32c_only_for_version_1_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = v1_archive(dir.path());
+    let o = millpond(&["snapshot", "inspect", "latest", "--store", &url]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let out = text(&o.stdout);
+    let rows: Vec<&str> = out.lines().filter(|l| l.contains("data/")).collect();
+    assert_eq!(rows.len(), 4, "{out}");
+    for row in rows {
+        assert!(row.contains("crc32c only"), "{row}");
+    }
+
+    let o = millpond(&["snapshot", "inspect", "latest", "--json", "--store", &url]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let files = v["files"].as_array().unwrap();
+    assert_eq!(files.len(), 4);
+    for f in files {
+        assert!(f["digest"].is_null() && f["file_id"].is_null(), "{f}");
+        assert!(f["crc32c"].is_u64(), "{f}");
+    }
 }

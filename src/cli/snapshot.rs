@@ -166,6 +166,10 @@ pub fn manifest_json(m: &Manifest) -> Value {
                 "bytes": f.bytes,
                 "entries": f.entries,
                 "crc32c": f.crc32c,
+                // null: a file written before digests (manifest version 1), checked by its
+                // CRC-32C only.
+                "digest": f.digest.map(|d| d.to_string()),
+                "file_id": f.file_id.map(|id| id.to_string()),
                 "written_by": f.written_by,
             })
         })
@@ -296,6 +300,8 @@ pub fn inspect(archive: &Archive, id: &str, as_json: bool, out: &mut Out) -> Res
         ">BYTES",
         ">ENTRIES",
         "CRC32C",
+        "XXH3_128",
+        "FILE_ID",
         ">WRITTEN_BY",
     ]);
     for f in &m.files {
@@ -305,6 +311,11 @@ pub fn inspect(archive: &Archive, id: &str, as_json: bool, out: &mut Out) -> Res
             f.bytes.to_string(),
             f.entries.to_string(),
             format!("{:08x}", f.crc32c),
+            // A file written before digests (manifest version 1) has only its CRC-32C, which
+            // cannot tell an older version of the file from the right one.
+            f.digest
+                .map_or_else(|| "crc32c only".to_owned(), |d| d.to_string()),
+            f.file_id.map_or_else(|| "-".to_owned(), |id| id.to_string()),
             f.written_by.to_string(),
         ]);
     }
@@ -329,15 +340,15 @@ pub fn verify(archive: &Archive, id: &str, out: &mut Out) -> Result<()> {
         );
         let e = CliError::from(e);
         if damaged {
-            e.context(format!("snapshot {} is damaged", m.id))
+            e.context(format!("snapshot {} is damaged", escape(&m.id)))
         } else {
-            e.context(format!("verifying snapshot {}", m.id))
+            e.context(format!("verifying snapshot {}", escape(&m.id)))
         }
     })?;
     outln!(
         out,
         "ok: snapshot {}: {} files, {} entries, {} checked",
-        m.id,
+        escape(&m.id),
         report.files,
         report.entries,
         size(report.bytes)
@@ -746,26 +757,32 @@ pub fn rescale(args: &RescaleArgs, out: &mut Out) -> Result<()> {
 pub fn gc(archive: &Archive, retain: usize, grace: Duration, out: &mut Out) -> Result<()> {
     let report = archive.gc(retain, grace)?;
     for id in &report.manifests_deleted {
-        outln!(out, "deleted manifest {id}")?;
+        outln!(out, "deleted manifest {}", escape(id))?;
     }
     for path in &report.files_deleted {
-        outln!(out, "deleted file {path}")?;
+        outln!(out, "deleted file {}", escape(path))?;
     }
     for id in &report.markers_deleted {
-        outln!(out, "deleted stale pending marker of snapshot {id}")?;
+        outln!(
+            out,
+            "deleted stale pending marker of snapshot {}",
+            escape(id)
+        )?;
     }
     for id in &report.pending {
         outln!(
             out,
-            "snapshot {id} is being written (or its writer stopped before committing it, and \
-             no writer has claimed the archive since): its files are kept"
+            "snapshot {} is being written (or its writer stopped before committing it, and \
+             no writer has claimed the archive since): its files are kept",
+            escape(id)
         )?;
     }
     for path in &report.markers_unreadable {
         outln!(
             out,
-            "unreadable pending marker {path}: kept, with its snapshot's files (delete it by \
-             hand once no writer writes that snapshot)"
+            "unreadable pending marker {}: kept, with its snapshot's files (delete it by \
+             hand once no writer writes that snapshot)",
+            escape(path)
         )?;
     }
     outln!(
