@@ -17,7 +17,7 @@ use crate::error::{io, Error, Result};
 use crate::metrics;
 use crate::settings::Settings;
 use crate::snapshot::{
-    Archive, Manifest, RestoreSettings, SnapshotBase, SnapshotReport, SnapshotWriter,
+    Archive, ArchiveSettings, Manifest, RestoreSettings, SnapshotBase, SnapshotReport, SnapshotWriter,
 };
 use crate::snapshotter::{Request, Shared, Snapshotter};
 use crate::state::{
@@ -39,6 +39,7 @@ pub struct Builder {
     clock: Arc<dyn Clock>,
     archive: Option<Archive>,
     archive_url: Option<String>,
+    archive_settings: ArchiveSettings,
     #[cfg(feature = "pulsar")]
     pulsar: Option<crate::wal::pulsar::PulsarSettings>,
 }
@@ -49,6 +50,7 @@ impl std::fmt::Debug for Builder {
             .field("dir", &self.dir)
             .field("settings", &self.settings)
             .field("archive_url", &self.archive_url)
+            .field("archive_settings", &self.archive_settings)
             .finish()
     }
 }
@@ -61,6 +63,7 @@ impl Builder {
             clock: Arc::new(SystemClock),
             archive: None,
             archive_url: None,
+            archive_settings: ArchiveSettings::default(),
             #[cfg(feature = "pulsar")]
             pulsar: None,
         }
@@ -82,7 +85,43 @@ impl Builder {
     /// from the `AWS_*` environment variables, see [`Archive::open`]). Default:
     /// `file://{data_dir}/snapshots`.
     pub fn snapshots_url(mut self, url: impl Into<String>) -> Self {
+        self.snapshots_url_with(url, ArchiveSettings::default())
+    }
+
+    /// Keeps snapshots at `url` as [`Builder::snapshots_url`] does, talking to S3 with
+    /// `settings`: connect and request timeouts, retries ([`ArchiveSettings`]; a local
+    /// archive ignores them). A zero timeout fails [`Builder::open`] with
+    /// [`Error::Invalid`]. Default: [`ArchiveSettings::default`] (5 s to connect, 30 s per
+    /// request, 3 retries started within 10 s). Flink's S3 file system has the same knobs
+    /// as `s3.connection.establish.timeout`, `s3.connection.timeout` and
+    /// `s3.attempts.maximum` (passed on to Hadoop's `fs.s3a.*`).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use millpond::snapshot::ArchiveSettings;
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let slow_link = ArchiveSettings {
+    ///     request_timeout: Duration::from_secs(120), // a 16 MiB part needs longer
+    ///     ..ArchiveSettings::default()
+    /// };
+    /// let archive = format!("file://{}", dir.path().join("snapshots").display());
+    /// let job = millpond::Millpond::builder(dir.path().join("data"))
+    ///     .snapshots_url_with(archive, slow_link)
+    ///     .open()?
+    ///     .recover()?;
+    /// job.close()?;
+    ///
+    /// let never = ArchiveSettings { request_timeout: Duration::ZERO, ..ArchiveSettings::default() };
+    /// let refused = millpond::Millpond::builder(dir.path().join("other"))
+    ///     .snapshots_url_with("s3://bucket/job", never)
+    ///     .open();
+    /// assert!(matches!(refused, Err(millpond::Error::Invalid { reason }) if reason.contains("request_timeout")));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn snapshots_url_with(mut self, url: impl Into<String>, settings: ArchiveSettings) -> Self {
         self.archive_url = Some(url.into());
+        self.archive_settings = settings;
         self.archive = None;
         self
     }
@@ -127,7 +166,7 @@ impl Builder {
         }
         let archive = match (self.archive, self.archive_url) {
             (Some(a), _) => a,
-            (None, Some(url)) => Archive::open(&url)?,
+            (None, Some(url)) => Archive::open_with(&url, &self.archive_settings)?,
             (None, None) => Archive::open(&format!(
                 "file://{}",
                 abs(&dir)?.join("snapshots").display()

@@ -44,8 +44,13 @@ pub struct Settings {
     /// Snapshots kept in the archive; older ones are deleted after each new snapshot.
     /// Default: 3 (at least 1 is kept whatever the value).
     pub snapshot_retain: usize,
-    /// A data file not named by any kept snapshot is deleted only once it is this old (it may
-    /// belong to a snapshot another writer is still uploading). Default: 10 minutes.
+    /// A data file or manifest no kept snapshot names is deleted only once it is this old.
+    /// It is not what protects a snapshot in progress: a writer puts a pending marker in the
+    /// archive before uploading, and garbage collection keeps every file of a sequence that
+    /// has a marker, however old (docs/snapshot.md "Garbage collection"). The grace covers
+    /// the rest: a writer whose marker GC judged stale (older than the grace and past the
+    /// latest snapshot) and that still uploads. Keep it above the longest snapshot upload.
+    /// Default: 10 minutes.
     pub snapshot_gc_grace: Duration,
     /// Threads that apply the WAL's changes to the store during recovery (the log is read and
     /// decoded on one more). The changes of a key group go to one thread, so each key's stay
