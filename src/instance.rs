@@ -17,7 +17,8 @@ use crate::error::{io, Error, Result};
 use crate::metrics;
 use crate::settings::Settings;
 use crate::snapshot::{
-    Archive, ArchiveSettings, Manifest, RestoreSettings, SnapshotBase, SnapshotReport, SnapshotWriter,
+    Archive, ArchiveSettings, Manifest, RestoreSettings, SnapshotBase, SnapshotReport,
+    SnapshotWriter,
 };
 use crate::snapshotter::{Request, Shared, Snapshotter};
 use crate::state::{

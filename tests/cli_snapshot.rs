@@ -546,7 +546,11 @@ fn rename_snapshot(f: &Fixture, m: &Manifest, id: &str) -> Manifest {
 #[test]
 fn verify_escapes_a_snapshot_id_with_control_characters() {
     let f = fixture();
-    rename_snapshot(&f, &f.latest, "00000000000000000003-evil\n\x1b[2Jforged line");
+    rename_snapshot(
+        &f,
+        &f.latest,
+        "00000000000000000003-evil\n\x1b[2Jforged line",
+    );
     let o = f.snapshot(&["verify", "latest"]);
     assert_ok(&o);
     let out = stdout(&o);
@@ -560,7 +564,11 @@ fn verify_escapes_a_snapshot_id_with_control_characters() {
 #[test]
 fn gc_escapes_a_deleted_snapshot_id_with_control_characters() {
     let f = fixture();
-    rename_snapshot(&f, &f.first, "00000000000000000002-evil\n\x1b[2Jforged line");
+    rename_snapshot(
+        &f,
+        &f.first,
+        "00000000000000000002-evil\n\x1b[2Jforged line",
+    );
     let o = f.snapshot(&["gc", "--retain", "1", "--grace-seconds", "0"]);
     assert_ok(&o);
     let out = stdout(&o);

@@ -306,5 +306,8 @@ fn wal_inspect_escapes_control_characters_in_names() {
     assert!(out.contains(r"state=s\nforged state (value)"), "{out}");
     assert!(out.contains(r"in\nforged topic\x1b[2J/0=1"), "{out}");
     let name = segment.file_name().unwrap().to_string_lossy();
-    assert!(out.contains(&format!("of {shown_dir}/{name}, after")), "{out}");
+    assert!(
+        out.contains(&format!("of {shown_dir}/{name}, after")),
+        "{out}"
+    );
 }

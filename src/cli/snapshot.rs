@@ -315,7 +315,8 @@ pub fn inspect(archive: &Archive, id: &str, as_json: bool, out: &mut Out) -> Res
             // cannot tell an older version of the file from the right one.
             f.digest
                 .map_or_else(|| "crc32c only".to_owned(), |d| d.to_string()),
-            f.file_id.map_or_else(|| "-".to_owned(), |id| id.to_string()),
+            f.file_id
+                .map_or_else(|| "-".to_owned(), |id| id.to_string()),
             f.written_by.to_string(),
         ]);
     }

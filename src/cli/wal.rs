@@ -373,10 +373,9 @@ pub fn inspect_pulsar(
         operation_timeout: std::time::Duration::from_secs(10),
         ..PulsarSettings::for_topic(url, topic)
     };
-    let mut source = PulsarSource::open(settings, None)
-        .map_err(|e| {
-            CliError::from(e).context(format!("reading {} at {}", escape(topic), escape(url)))
-        })?;
+    let mut source = PulsarSource::open(settings, None).map_err(|e| {
+        CliError::from(e).context(format!("reading {} at {}", escape(topic), escape(url)))
+    })?;
     let t = inspect(&mut source, topic, opts, out)?;
     if t.batches == 0 {
         outln!(out, "no batches (the topic is empty)")?;
