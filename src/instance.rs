@@ -85,7 +85,7 @@ impl Builder {
     /// Keeps snapshots at `url`: `file:///absolute/dir` or `s3://bucket/prefix` (S3 configured
     /// from the `AWS_*` environment variables, see [`Archive::open`]). Default:
     /// `file://{data_dir}/snapshots`.
-    pub fn snapshots_url(mut self, url: impl Into<String>) -> Self {
+    pub fn snapshots_url(self, url: impl Into<String>) -> Self {
         self.snapshots_url_with(url, ArchiveSettings::default())
     }
 
