@@ -119,6 +119,25 @@ pub enum Error {
         reason: String,
     },
 
+    /// The cold tier's background writer failed to write `path` (a full disk, a file size
+    /// limit, a failing disk: `source`, whose `kind()` is for example
+    /// [`StorageFull`](std::io::ErrorKind::StorageFull)) and stopped. This call and every
+    /// later one on the store report the same failure, which changed nothing. The state is
+    /// not lost (the cold tier is a cache; the WAL and snapshots hold the state), but the
+    /// store can no longer evict: close it, free space or mend the disk, and reopen it from a
+    /// snapshot and the WAL.
+    #[error("the cold tier's writer failed ({step}) on {path}: {source}")]
+    SpillFailed {
+        /// The cold tier's file.
+        path: String,
+        /// What the writer was doing (`spill commit`, `cleanup write`, ...).
+        step: &'static str,
+        /// The I/O error (for a failure that was not an I/O error, one of kind `Other`
+        /// describing it).
+        #[source]
+        source: std::io::Error,
+    },
+
     /// Another store has this directory open. Close it first, or use another directory.
     #[error("the state directory {path} is in use by another store")]
     Locked {
@@ -136,7 +155,7 @@ pub enum Error {
         source: std::io::Error,
     },
 
-    /// The store was closed. Open it again.
+    /// The store was closed (by [`Store::close`](crate::Store::close)). Open it again.
     #[error("the store is closed")]
     Closed,
 }

@@ -36,7 +36,49 @@ pub(crate) type Shards = Arc<[crossbeam_utils::CachePadded<Mutex<Shard>>]>;
 
 pub(crate) enum Msg {
     Batch(Vec<SpillOp>),
-    Flush(Sender<Result<(), String>>),
+    Flush(Sender<Result<(), Failure>>),
+}
+
+/// Why the writer stopped: kept apart from [`Error`] (which holds an `io::Error`, not
+/// `Clone`) so that every later call gets its own copy of the same failure.
+#[derive(Debug, Clone)]
+pub(crate) struct Failure {
+    step: &'static str,
+    os_code: Option<i32>,
+    kind: std::io::ErrorKind,
+    message: String,
+}
+
+impl Failure {
+    fn redb<E: Into<redb::Error>>(step: &'static str) -> impl FnOnce(E) -> Failure {
+        move |e| match e.into() {
+            redb::Error::Io(io) => Failure {
+                step,
+                os_code: io.raw_os_error(),
+                kind: io.kind(),
+                message: io.to_string(),
+            },
+            other => Failure {
+                step,
+                os_code: None,
+                kind: std::io::ErrorKind::Other,
+                message: other.to_string(),
+            },
+        }
+    }
+
+    fn to_error(&self, path: &Path) -> Error {
+        let source = match self.os_code {
+            // Rebuilt from the code, it displays and classifies as the original did.
+            Some(code) => std::io::Error::from_raw_os_error(code),
+            None => std::io::Error::new(self.kind, self.message.clone()),
+        };
+        Error::SpillFailed {
+            path: path.display().to_string(),
+            step: self.step,
+            source,
+        }
+    }
 }
 
 pub(crate) struct WriterConfig {
@@ -92,8 +134,8 @@ pub(crate) struct ColdTier {
     path: PathBuf,
     tx: Mutex<Option<Sender<Msg>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
-    /// Set once the writer has failed; every later spill or flush reports it.
-    failed: Arc<OnceLock<String>>,
+    /// Set once the writer has failed; every later call reports it.
+    failed: Arc<OnceLock<Failure>>,
     /// Read where the cold tier has nothing for a key.
     base: Option<Arc<dyn BaseTier>>,
 }
@@ -122,7 +164,13 @@ impl ColdTier {
         let db = Database::builder()
             .set_cache_size(cache_bytes)
             .create(path)
-            .map_err(|e| Error::storage(format!("creating {}: {e}", path.display())))?;
+            .map_err(|e| match redb::Error::from(e) {
+                redb::Error::Io(source) => Error::Io {
+                    path: path.display().to_string(),
+                    source,
+                },
+                e => Error::storage(format!("creating {}: {e}", path.display())),
+            })?;
         let db = Arc::new(db);
         // A second handle on the file, only to start the writeback of what redb wrote.
         let writeback = std::fs::File::open(path).ok();
@@ -145,7 +193,7 @@ impl ColdTier {
         };
         let handle = std::thread::Builder::new()
             .name("millpond-spill".into())
-            .spawn(move || writer.run())
+            .spawn(move || writer.run_reporting_panics())
             .map_err(|source| Error::Io {
                 path: path.display().to_string(),
                 source,
@@ -165,11 +213,18 @@ impl ColdTier {
         })
     }
 
-    fn check(&self) -> Result<()> {
+    /// The writer's failure, if it failed: the store reports it on every call from then on.
+    pub fn check(&self) -> Result<()> {
         match self.failed.get() {
-            Some(reason) => Err(Error::storage(reason)),
+            Some(failure) => Err(failure.to_error(&self.path)),
             None => Ok(()),
         }
+    }
+
+    /// Why the writer's channel is gone: its failure (set before the writer drops its end),
+    /// or `Closed` when `shutdown` took the channel.
+    fn stopped(&self) -> Error {
+        self.check().err().unwrap_or(Error::Closed)
     }
 
     /// Reads `key` from the cold tier, then from the base tier if the cold tier has nothing
@@ -227,7 +282,8 @@ impl ColdTier {
         self.check()?;
         let tx = self.tx.lock().clone();
         match tx {
-            Some(tx) => tx.send(Msg::Batch(batch)).map_err(|_| Error::Closed),
+            // The writer may fail while this waits on a full queue.
+            Some(tx) => tx.send(Msg::Batch(batch)).map_err(|_| self.stopped()),
             None => Err(Error::Closed),
         }
     }
@@ -237,11 +293,11 @@ impl ColdTier {
         self.check()?;
         let tx = self.tx.lock().clone().ok_or(Error::Closed)?;
         let (ack_tx, ack_rx) = crossbeam_channel::bounded(1);
-        tx.send(Msg::Flush(ack_tx)).map_err(|_| Error::Closed)?;
+        tx.send(Msg::Flush(ack_tx)).map_err(|_| self.stopped())?;
         match ack_rx.recv() {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(reason)) => Err(Error::storage(reason)),
-            Err(_) => Err(self.check().err().unwrap_or(Error::Closed)),
+            Ok(Err(failure)) => Err(failure.to_error(&self.path)),
+            Err(_) => Err(self.stopped()),
         }
     }
 
@@ -272,7 +328,7 @@ struct Writer {
     shards: Shards,
     clock: Arc<dyn Clock>,
     config: WriterConfig,
-    failed: Arc<OnceLock<String>>,
+    failed: Arc<OnceLock<Failure>>,
     last_durable: Instant,
     /// The redb file, to start writing back its dirty pages after each non-durable commit.
     writeback: Option<std::fs::File>,
@@ -283,7 +339,26 @@ struct Writer {
 }
 
 impl Writer {
-    fn run(mut self) {
+    /// Runs the writer; a panic is recorded as its failure (not reported as `Closed`), before
+    /// the channel's end is dropped.
+    fn run_reporting_panics(mut self) {
+        let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run()));
+        if let Err(panic) = run {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            let _ = self.failed.set(Failure {
+                step: "spill writer panicked",
+                os_code: None,
+                kind: std::io::ErrorKind::Other,
+                message,
+            });
+        }
+    }
+
+    fn run(&mut self) {
         loop {
             let msg = self.rx.recv_timeout(TICK);
             let mut batches = Vec::new();
@@ -325,8 +400,8 @@ impl Writer {
                     }
                 }
             }
-            if let Err(reason) = &result {
-                let _ = self.failed.set(reason.clone());
+            if let Err(failure) = &result {
+                let _ = self.failed.set(failure.clone());
             }
             for ack in acks {
                 let _ = ack.send(result.clone());
@@ -338,7 +413,7 @@ impl Writer {
         }
     }
 
-    fn write(&mut self, batches: &mut [Vec<SpillOp>]) -> Result<(), String> {
+    fn write(&mut self, batches: &mut [Vec<SpillOp>]) -> Result<(), Failure> {
         // Batches reach the writer in any order (callers send them after dropping the shard
         // lock), so an op may be older than a version already written. Write only the version
         // that is still the shard's pending one; a newer one comes in a later batch.
@@ -351,18 +426,18 @@ impl Writer {
         let mut txn = self
             .db
             .begin_write()
-            .map_err(|e| format!("spill transaction: {e}"))?;
+            .map_err(Failure::redb("spill transaction"))?;
         let durable = self.last_durable.elapsed() >= DURABLE_COMMIT_INTERVAL;
         txn.set_durability(if durable {
             Durability::Immediate
         } else {
             Durability::None
         })
-        .map_err(|e| format!("spill durability: {e}"))?;
+        .map_err(Failure::redb("spill durability"))?;
         {
             let mut table = txn
                 .open_table(TABLE)
-                .map_err(|e| format!("spill table: {e}"))?;
+                .map_err(Failure::redb("spill table"))?;
             // B-tree inserts in key order touch each page once; keep the newest of duplicates.
             let mut ops: Vec<&SpillOp> = batches.iter().flatten().collect();
             ops.sort_by(|a, b| a.key.cmp(&b.key).then(a.seq.cmp(&b.seq)));
@@ -383,10 +458,10 @@ impl Writer {
                     }
                     None => table.remove(&*op.key).map(|_| ()),
                 };
-                r.map_err(|e| format!("spill write: {e}"))?;
+                r.map_err(Failure::redb("spill write"))?;
             }
         }
-        txn.commit().map_err(|e| format!("spill commit: {e}"))?;
+        txn.commit().map_err(Failure::redb("spill commit"))?;
         self.epoch.fetch_add(1, Ordering::Release);
         if durable {
             self.last_durable = Instant::now();
@@ -403,7 +478,7 @@ impl Writer {
 
     /// One bounded step of TTL cleanup: the least recently used entries of one hot shard, and
     /// the next entries of the cold tier from where the last step stopped.
-    fn cleanup_step(&mut self) -> Result<(), String> {
+    fn cleanup_step(&mut self) -> Result<(), Failure> {
         let now = self.clock.now_ms();
         let max = self.config.ttl_cleanup_entries;
         if !self.shards.is_empty() {
@@ -415,20 +490,20 @@ impl Writer {
         let mut txn = self
             .db
             .begin_write()
-            .map_err(|e| format!("cleanup transaction: {e}"))?;
+            .map_err(Failure::redb("cleanup transaction"))?;
         txn.set_durability(Durability::None)
-            .map_err(|e| format!("cleanup durability: {e}"))?;
+            .map_err(Failure::redb("cleanup durability"))?;
         let mut rewrites: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
         let mut last = None;
         {
             let table = txn
                 .open_table(TABLE)
-                .map_err(|e| format!("cleanup table: {e}"))?;
+                .map_err(Failure::redb("cleanup table"))?;
             let range = table
                 .range::<&[u8]>(&self.cleanup_cursor[..]..)
-                .map_err(|e| format!("cleanup scan: {e}"))?;
+                .map_err(Failure::redb("cleanup scan"))?;
             for item in range.take(max) {
-                let (k, v) = item.map_err(|e| format!("cleanup scan: {e}"))?;
+                let (k, v) = item.map_err(Failure::redb("cleanup scan"))?;
                 let key = k.value().to_vec();
                 // Damage found here is reported by the read that needs the entry.
                 if let Ok(mut data) = decode(v.value(), String::new) {
@@ -446,7 +521,7 @@ impl Writer {
         {
             let mut table = txn
                 .open_table(TABLE)
-                .map_err(|e| format!("cleanup table: {e}"))?;
+                .map_err(Failure::redb("cleanup table"))?;
             let tombstone = tombstone();
             for (key, value) in &rewrites {
                 let kg = u16::from_be_bytes([key[0], key[1]]) as usize;
@@ -462,10 +537,10 @@ impl Writer {
                     }
                     None => table.remove(&key[..]).map(|_| ()),
                 };
-                r.map_err(|e| format!("cleanup write: {e}"))?;
+                r.map_err(Failure::redb("cleanup write"))?;
             }
         }
-        txn.commit().map_err(|e| format!("cleanup commit: {e}"))?;
+        txn.commit().map_err(Failure::redb("cleanup commit"))?;
         self.epoch.fetch_add(1, Ordering::Release);
         self.cleanup_cursor = match last {
             Some(mut k) => {

@@ -605,12 +605,13 @@ impl Store {
 }
 
 impl Inner {
+    /// Fails once the store is closed, or once its cold tier's writer failed: then every
+    /// call reports that failure, before it changes anything.
     fn check_open(&self) -> Result<()> {
         if self.closed.load(Ordering::Relaxed) {
-            Err(Error::Closed)
-        } else {
-            Ok(())
+            return Err(Error::Closed);
         }
+        self.cold.check()
     }
 
     /// Checks the composite key `ck` and fills in its key group, which it returns.
