@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use common::{GeneratedInput, Input, Record, CHILD_ENV};
+use common::{GeneratedInput, Input, Record, Soak, CHILD_ENV};
 use millpond::wal::pulsar::{wal_topic, PulsarSettings};
 use millpond::wal::SourceOffset;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -27,6 +27,15 @@ use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 const PARTITIONS: i32 = 4;
 const RECORDS: usize = 300_000;
 const KEYS: usize = 3_000;
+
+/// The records produced, and the model the checks compare the state with.
+fn model() -> GeneratedInput {
+    GeneratedInput::new(
+        PARTITIONS as usize,
+        Soak::from_env().records.unwrap_or(RECORDS),
+        KEYS,
+    )
+}
 /// Records per second the child processes at most: the input lasts long enough for 20 kills.
 const RATE: u64 = 8_000;
 
@@ -126,10 +135,9 @@ impl Input for KafkaInput {
     }
 }
 
-/// Creates the topic and produces the input: the same records as the embedded test's
-/// generated input (key `k` always in partition `k % 4`, its records numbered from 1). Returns
-/// each key's count and each partition's end offset.
-fn produce(topic: &str) -> (BTreeMap<String, u64>, BTreeMap<i32, i64>) {
+/// Creates the topic and produces the input: the records of [`model`] (key `k` always in
+/// partition `k % 4`, its records numbered from 1), each at the offset the model gives it.
+fn produce(topic: &str) {
     let mut config = ClientConfig::new();
     config.set("bootstrap.servers", common::env("KAFKA_BROKERS"));
     let admin: AdminClient<DefaultClientContext> = config.create().unwrap();
@@ -147,7 +155,7 @@ fn produce(topic: &str) -> (BTreeMap<String, u64>, BTreeMap<i32, i64>) {
         .set("linger.ms", "5")
         .create()
         .unwrap();
-    let mut input = GeneratedInput::new(PARTITIONS as usize, RECORDS, KEYS);
+    let mut input = model();
     while let Some(r) = input.poll() {
         let payload = r.seq.to_string();
         let mut record = BaseRecord::to(topic)
@@ -167,7 +175,6 @@ fn produce(topic: &str) -> (BTreeMap<String, u64>, BTreeMap<i32, i64>) {
         producer.poll(Duration::ZERO);
     }
     producer.flush(Duration::from_secs(60)).unwrap();
-    (input.expected(), input.ends())
 }
 
 /// The job, when this binary runs as a child; a no-op test otherwise.
@@ -178,7 +185,8 @@ fn child() {
     };
     let run = common::env("MILLPOND_E2E_RUN");
     let mut input = KafkaInput::new(&run);
-    common::run_job(builder(&dir, &run), &dir, &mut input, Some(RATE));
+    let rate = Soak::from_env().rate.unwrap_or(RATE);
+    common::run_job(builder(&dir, &run), &dir, &mut input, &model(), Some(rate));
 }
 
 #[test]
@@ -190,24 +198,26 @@ fn killed_at_random_moments_kafka_pulsar_s3_state_is_exactly_once() {
             .unwrap()
             .as_millis()
     );
-    let (expected, ends) = produce(&run);
+    produce(&run);
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("job");
     let prefix = format!("e2e/{run}");
     let (listing_archive, store) = common::s3_archive(&prefix);
+    let soak = Soak::from_env();
+    let kills = soak.kills.unwrap_or(20);
     let report = common::kill_loop(
         "child",
         &dir,
         &[("MILLPOND_E2E_RUN", run.clone())],
-        20,
-        1500..4000,
+        kills,
+        soak.alive_ms.unwrap_or(1500..4000),
         || common::unfinished_snapshot(&dir, &store, &prefix, &listing_archive),
     );
-    eprintln!("{report:?}");
-    assert!(report.kills >= 20);
+    eprintln!("{}", report.summary("kafka-pulsar-s3"));
+    assert!(report.kills >= kills);
     // Restored on another machine: a fresh data directory, everything from Pulsar and S3.
     let elsewhere = tmp.path().join("elsewhere");
-    common::check_exactly_once(builder(&elsewhere, &run), &expected, &ends, &run);
+    common::check_exactly_once(builder(&elsewhere, &run), &model(), &run);
     let latest = listing_archive
         .latest()
         .unwrap()

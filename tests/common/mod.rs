@@ -3,11 +3,17 @@
 //! Input: records `(partition, offset, key, seq)`, where `seq` numbers the records of each key
 //! from 1 (a key lives in one partition, as Kafka's keyed partitioning puts it). The job
 //! keeps, per key, the last sequence number applied (value state), every sequence number
-//! applied (list state) and their sum (reducing state); each record must be exactly the last
-//! plus one. A duplicate or a gap is a violation: the child reports it and exits at once.
+//! applied (list state), their sum (reducing state) and the offsets of its last
+//! [`MAP_SLOTS`] records (map state, `seq % MAP_SLOTS` → offset); each record must be exactly
+//! the last plus one. A duplicate or a gap is a violation: the child reports it and exits at
+//! once. Every restart also checks the whole restored state against the model of the input
+//! below the resume offsets ([`check_restored`]).
 //!
 //! The child runs in its own process (the test binary re-executed with `CHILD_ENV` set, see
 //! [`child_command`]), so the parent can kill it with SIGKILL at any moment.
+//!
+//! The tests run at CI size; `scripts/soak` runs the same tests much longer through the
+//! `MILLPOND_SOAK_*` variables ([`Soak`]).
 
 #![allow(dead_code)] // each test binary uses its own part of this module
 
@@ -18,8 +24,9 @@ use std::time::{Duration, Instant};
 
 use millpond::snapshot::Archive;
 use millpond::state::{
-    ListState, ListStateDescriptor, ReducingState, ReducingStateDescriptor, Store, StoreSettings,
-    StringCodec, U64Codec, ValueState, ValueStateDescriptor,
+    ListState, ListStateDescriptor, MapState, MapStateDescriptor, ReducingState,
+    ReducingStateDescriptor, Store, StoreSettings, StringCodec, U64Codec, ValueState,
+    ValueStateDescriptor,
 };
 use millpond::wal::{SegmentSettings, SourceOffset};
 use millpond::{Millpond, Settings};
@@ -32,6 +39,56 @@ use std::sync::Arc;
 pub const CHILD_ENV: &str = "MILLPOND_E2E_CHILD";
 /// Exit code of a child that found a duplicate or a gap.
 pub const EXIT_VIOLATION: i32 = 3;
+/// Exit code of a child whose instance failed with an error (in [`Soak::full_disk`] mode):
+/// the error is on its stderr.
+pub const EXIT_FAILED: i32 = 4;
+/// Set on the run the kill loop lets finish: it runs at full speed (no `rate`).
+const FINAL_RUN_ENV: &str = "MILLPOND_E2E_FINAL_RUN";
+/// Records whose offsets the map state keeps per key.
+pub const MAP_SLOTS: u64 = 8;
+
+/// How big a run is: the CI test's sizes unless `scripts/soak` sets `MILLPOND_SOAK_*`. The
+/// child inherits the parent's environment, so both see the same sizes.
+#[derive(Debug, Clone)]
+pub struct Soak {
+    /// `MILLPOND_SOAK_KILLS`: kills before the job may finish.
+    pub kills: Option<u32>,
+    /// `MILLPOND_SOAK_RECORDS`: records in the input.
+    pub records: Option<usize>,
+    /// `MILLPOND_SOAK_ALIVE_MS` (`200..2000`): how long after its start a child is killed.
+    pub alive_ms: Option<std::ops::Range<u64>>,
+    /// `MILLPOND_SOAK_RATE`: records per second while the child may be killed.
+    pub rate: Option<u64>,
+    /// `MILLPOND_SOAK_MEMORY_BUDGET`: the store's budget in bytes (small: state spills).
+    pub memory_budget: Option<usize>,
+    /// `MILLPOND_SOAK_FULL_DIR`: a directory on a small file system, for the full-disk run.
+    pub full_dir: Option<std::path::PathBuf>,
+}
+
+impl Soak {
+    pub fn from_env() -> Soak {
+        fn var<T: std::str::FromStr>(name: &str) -> Option<T> {
+            let v = std::env::var(name).ok()?;
+            Some(
+                v.parse()
+                    .unwrap_or_else(|_| panic!("{name}={v} is not a valid number")),
+            )
+        }
+        Soak {
+            kills: var("MILLPOND_SOAK_KILLS"),
+            records: var("MILLPOND_SOAK_RECORDS"),
+            alive_ms: std::env::var("MILLPOND_SOAK_ALIVE_MS").ok().map(|v| {
+                let (a, b) = v
+                    .split_once("..")
+                    .unwrap_or_else(|| panic!("MILLPOND_SOAK_ALIVE_MS={v}: expected MIN..MAX"));
+                a.parse().unwrap()..b.parse().unwrap()
+            }),
+            rate: var("MILLPOND_SOAK_RATE"),
+            memory_budget: var("MILLPOND_SOAK_MEMORY_BUDGET"),
+            full_dir: std::env::var_os("MILLPOND_SOAK_FULL_DIR").map(Into::into),
+        }
+    }
+}
 
 /// One input record.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,6 +114,8 @@ pub struct States {
     pub last: ValueState<String, u64>,
     pub seen: ListState<String, u64>,
     pub sum: ReducingState<String, u64>,
+    /// `seq % MAP_SLOTS` → the record's offset, for the key's last `MAP_SLOTS` records.
+    pub offsets: MapState<String, u64, u64>,
 }
 
 impl States {
@@ -76,7 +135,21 @@ impl States {
                     |a, b| a + b,
                 ))
                 .unwrap(),
+            offsets: store
+                .map_state(MapStateDescriptor::new(
+                    "offsets", StringCodec, U64Codec, U64Codec,
+                ))
+                .unwrap(),
         }
+    }
+
+    /// Applies one record (checked to be its key's next).
+    pub fn apply(&self, r: &Record) -> millpond::Result<()> {
+        self.last.update(&r.key, &r.seq)?;
+        self.seen.add(&r.key, &r.seq)?;
+        self.sum.add(&r.key, r.seq)?;
+        self.offsets.put(&r.key, &(r.seq % MAP_SLOTS), &(r.offset as u64))?;
+        Ok(())
     }
 }
 
@@ -85,7 +158,7 @@ impl States {
 pub fn job_settings() -> Settings {
     let mut settings = Settings {
         store: StoreSettings {
-            memory_budget_bytes: 4 << 20,
+            memory_budget_bytes: Soak::from_env().memory_budget.unwrap_or(4 << 20),
             ..StoreSettings::default()
         },
         segments: SegmentSettings {
@@ -103,30 +176,87 @@ pub fn job_settings() -> Settings {
     settings
 }
 
-/// Runs the job to the end of `input` (or until killed): recover, seek, process, commit every
-/// few records. Returns the number of records processed. Exits the process with
-/// [`EXIT_VIOLATION`] on a duplicate or a gap, after writing it to `{dir}/violations`.
+/// Runs the job to the end of `input` (or until killed): recover, check the restored state
+/// against `model` below the resume offsets, seek, process, commit every few records.
+/// Returns the number of records processed. Exits the process with [`EXIT_VIOLATION`] on a
+/// duplicate, a gap or a restored state that differs from the model, after writing it to
+/// `{dir}/violations`; with [`EXIT_FAILED`] on an error of the instance, written to stderr.
 ///
 /// `rate`: at most this many records per second (so that a small input lasts long enough to
-/// be killed many times).
+/// be killed many times), except on the kill loop's last run.
+///
+/// With `MILLPOND_E2E_ACKS` set, the offsets of each acknowledged commit are written to that
+/// file (the full-disk run keeps it outside the full file system).
 pub fn run_job(
     builder: millpond::Builder,
     dir: &Path,
     input: &mut dyn Input,
+    model: &GeneratedInput,
     rate: Option<u64>,
 ) -> u64 {
+    match try_run_job(builder, dir, input, model, rate) {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("the instance failed: {}", chain(&e));
+            eprintln!("{e:?}");
+            std::process::exit(EXIT_FAILED);
+        }
+    }
+}
+
+/// An error and its sources, on one line.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    s
+}
+
+fn violation(dir: &Path, line: &str) -> ! {
+    // The file may not be writable (a full disk): stderr has it too.
+    let _ = std::fs::write(dir.join("violations"), line);
+    eprintln!("violation: {line}");
+    std::process::exit(EXIT_VIOLATION);
+}
+
+fn try_run_job(
+    builder: millpond::Builder,
+    dir: &Path,
+    input: &mut dyn Input,
+    model: &GeneratedInput,
+    rate: Option<u64>,
+) -> millpond::Result<u64> {
+    let rate = rate.filter(|_| std::env::var_os(FINAL_RUN_ENV).is_none());
+    let acks = std::env::var_os("MILLPOND_E2E_ACKS").map(std::path::PathBuf::from);
     let started = Instant::now();
-    let opening = builder.open().expect("open");
+    let opening = builder.open()?;
     let states = States::register(opening.store());
-    let job = opening.recover().expect("recover");
-    input.seek(job.resume_offsets());
+    let job = opening.recover()?;
     let topic = input.topic().to_owned();
+    match check_restored(&states, model, job.resume_offsets(), &topic)? {
+        Ok(records) => {
+            use std::io::Write;
+            // Counted by the kill loop; a run killed before this line was not checked.
+            let line = format!("{records} {}\n", started.elapsed().as_millis());
+            let _ = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.join("checks"))
+                .and_then(|mut f| f.write_all(line.as_bytes()));
+        }
+        Err(v) => violation(dir, &format!("restored state: {v}\n")),
+    }
+    input.seek(job.resume_offsets());
     let mut rng = rand::rng();
     let mut pending: BTreeMap<i32, i64> = BTreeMap::new();
     let mut commit_in = rng.random_range(1..400);
     let mut processed = 0;
     while let Some(r) = input.poll() {
-        let last = states.last.get(&r.key).unwrap().unwrap_or(0);
+        let last = states.last.get(&r.key)?.unwrap_or(0);
         if r.seq != last + 1 {
             let line = format!(
                 "key {} at {}:{}: seq {} after {} ({})\n",
@@ -137,12 +267,9 @@ pub fn run_job(
                 last,
                 if r.seq <= last { "duplicate" } else { "gap" }
             );
-            std::fs::write(dir.join("violations"), line).unwrap();
-            std::process::exit(EXIT_VIOLATION);
+            violation(dir, &line);
         }
-        states.last.update(&r.key, &r.seq).unwrap();
-        states.seen.add(&r.key, &r.seq).unwrap();
-        states.sum.add(&r.key, r.seq).unwrap();
+        states.apply(&r)?;
         pending.insert(r.partition, r.offset + 1);
         processed += 1;
         if let Some(rate) = rate {
@@ -153,16 +280,21 @@ pub fn run_job(
         }
         commit_in -= 1;
         if commit_in == 0 {
-            commit(&job, &topic, &mut pending);
+            commit(&job, &topic, &mut pending, acks.as_deref())?;
             commit_in = rng.random_range(1..400);
         }
     }
-    commit(&job, &topic, &mut pending);
-    job.close().expect("close");
-    processed
+    commit(&job, &topic, &mut pending, acks.as_deref())?;
+    job.close()?;
+    Ok(processed)
 }
 
-fn commit(job: &Millpond, topic: &str, pending: &mut BTreeMap<i32, i64>) {
+fn commit(
+    job: &Millpond,
+    topic: &str,
+    pending: &mut BTreeMap<i32, i64>,
+    acks: Option<&Path>,
+) -> millpond::Result<()> {
     let offsets: Vec<SourceOffset> = std::mem::take(pending)
         .into_iter()
         .map(|(partition, next_offset)| SourceOffset {
@@ -171,7 +303,74 @@ fn commit(job: &Millpond, topic: &str, pending: &mut BTreeMap<i32, i64>) {
             next_offset,
         })
         .collect();
-    job.commit(&offsets).expect("commit");
+    job.commit(&offsets)?;
+    if let Some(path) = acks {
+        // All partitions' committed positions, replaced whole (write, then rename).
+        let mut acked = read_acks(path);
+        acked.extend(offsets.iter().map(|o| (o.partition, o.next_offset)));
+        let text: String = acked.iter().map(|(p, o)| format!("{p} {o}\n")).collect();
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, path).unwrap();
+    }
+    Ok(())
+}
+
+/// The positions of the last acknowledged commit (see `MILLPOND_E2E_ACKS`).
+pub fn read_acks(path: &Path) -> BTreeMap<i32, i64> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let (p, o) = l.split_once(' ')?;
+            Some((p.parse().ok()?, o.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Checks every key's restored state against `model` below `offsets` (the resume offsets):
+/// each key holds exactly its records there, each once. Returns the number of records
+/// checked, or what differs.
+pub fn check_restored(
+    states: &States,
+    model: &GeneratedInput,
+    offsets: &[SourceOffset],
+    topic: &str,
+) -> millpond::Result<Result<u64, String>> {
+    let below: BTreeMap<i32, i64> = offsets
+        .iter()
+        .filter(|o| o.topic == topic)
+        .map(|o| (o.partition, o.next_offset))
+        .collect();
+    let mut records = 0;
+    for (key, expected) in model.model_below(&below) {
+        let n = expected.n;
+        records += n;
+        let last = states.last.get(&key)?;
+        if last != (n > 0).then_some(n) {
+            return Ok(Err(format!("{key}: last seq {last:?}, expected {n}")));
+        }
+        let seen = states.seen.get(&key)?;
+        if !seen.iter().copied().eq(1..=n) {
+            return Ok(Err(format!(
+                "{key}: applied {} records, expected 1..={n} each once",
+                seen.len()
+            )));
+        }
+        let sum = states.sum.get(&key)?;
+        if sum != (n > 0).then_some(n * (n + 1) / 2) {
+            return Ok(Err(format!("{key}: sum {sum:?} for {n} records")));
+        }
+        let mut offsets = states.offsets.entries(&key)?;
+        offsets.sort();
+        if offsets != expected.offsets {
+            return Ok(Err(format!(
+                "{key}: map of offsets {offsets:?}, expected {:?}",
+                expected.offsets
+            )));
+        }
+    }
+    Ok(Ok(records))
 }
 
 /// The command that runs this test binary's `child` test as a child job on `dir`.
@@ -194,6 +393,31 @@ pub struct KillReport {
     /// files in the archive that no manifest names yet).
     pub during_snapshot: u32,
     pub runs: u32,
+    /// Runs that checked their restored state against the model (the others were killed
+    /// before the check ended), and the records those checks covered.
+    pub checked_restarts: u32,
+    pub records_checked: u64,
+    /// Mean time from a child's start to the end of its restart check.
+    pub mean_check_ms: u64,
+    pub elapsed: Duration,
+}
+
+impl KillReport {
+    /// One line for `scripts/soak` to print (it greps `SOAK `).
+    pub fn summary(&self, name: &str) -> String {
+        format!(
+            "SOAK {name}: kills={} kills_during_snapshot={} restarts={} restarts_checked={} \
+             records_checked={} recovery_and_check_ms_mean={} elapsed_s={:.0} per_cycle_ms={:.0}",
+            self.kills,
+            self.during_snapshot,
+            self.runs,
+            self.checked_restarts,
+            self.records_checked,
+            self.mean_check_ms,
+            self.elapsed.as_secs_f64(),
+            self.elapsed.as_secs_f64() * 1000.0 / self.runs.max(1) as f64,
+        )
+    }
 }
 
 /// Starts the child job on `dir` again and again, killing it with SIGKILL at a random moment
@@ -216,7 +440,11 @@ pub fn kill_loop(
     loop {
         report.runs += 1;
         let before = unfinished_snapshot();
-        let mut child = child_command(test_name, dir, envs).spawn().unwrap();
+        let mut cmd = child_command(test_name, dir, envs);
+        if report.kills >= min_kills {
+            cmd.env(FINAL_RUN_ENV, "1");
+        }
+        let mut child = cmd.spawn().unwrap();
         if report.kills < min_kills {
             let deadline =
                 Instant::now() + Duration::from_millis(rng.random_range(kill_after.clone()));
@@ -239,6 +467,20 @@ pub fn kill_loop(
         }
         assert!(status.success(), "the child failed ({status}):\n{stderr}");
         if report.kills >= min_kills {
+            report.elapsed = started.elapsed();
+            let checks = std::fs::read_to_string(dir.join("checks")).unwrap_or_default();
+            let mut check_ms = 0;
+            for line in checks.lines() {
+                // A kill may cut the last line short.
+                if let Some((records, ms)) = line.split_once(' ') {
+                    if let (Ok(records), Ok(ms)) = (records.parse::<u64>(), ms.parse::<u64>()) {
+                        report.checked_restarts += 1;
+                        report.records_checked += records;
+                        check_ms += ms;
+                    }
+                }
+            }
+            report.mean_check_ms = check_ms / u64::from(report.checked_restarts.max(1));
             break;
         }
         // Finished before it was killed often enough: the input is too small for the timing.
@@ -251,7 +493,7 @@ pub fn kill_loop(
     report
 }
 
-fn wait_until(child: &mut Child, deadline: Instant) -> Option<std::process::ExitStatus> {
+pub fn wait_until(child: &mut Child, deadline: Instant) -> Option<std::process::ExitStatus> {
     loop {
         if let Some(status) = child.try_wait().unwrap() {
             return Some(status);
@@ -263,7 +505,7 @@ fn wait_until(child: &mut Child, deadline: Instant) -> Option<std::process::Exit
     }
 }
 
-fn read_stderr(child: &mut Child) -> String {
+pub fn read_stderr(child: &mut Child) -> String {
     use std::io::Read;
     let mut s = String::new();
     if let Some(mut e) = child.stderr.take() {
@@ -274,50 +516,49 @@ fn read_stderr(child: &mut Child) -> String {
 
 /// Checks the recovered state against what was produced: every key holds exactly its records,
 /// each once, and the resume offsets are the ends of the partitions.
-pub fn check_exactly_once(
-    builder: millpond::Builder,
-    expected: &BTreeMap<String, u64>,
-    ends: &BTreeMap<i32, i64>,
-    topic: &str,
-) {
+pub fn check_exactly_once(builder: millpond::Builder, model: &GeneratedInput, topic: &str) {
     let opening = builder.open().expect("open for the check");
     let states = States::register(opening.store());
     let job = opening.recover().expect("recover for the check");
-    for (partition, end) in ends {
+    for (partition, end) in model.ends() {
         assert_eq!(
-            job.resume_offset(topic, *partition),
-            Some(*end),
+            job.resume_offset(topic, partition),
+            Some(end),
             "resume offset of partition {partition}"
         );
     }
-    for (key, n) in expected {
-        assert_eq!(states.last.get(key).unwrap(), Some(*n), "last seq of {key}");
-        let seen = states.seen.get(key).unwrap();
-        assert!(
-            seen.iter().copied().eq(1..=*n),
-            "key {key}: applied {} records, expected 1..={n} each once",
-            seen.len()
-        );
-        assert_eq!(
-            states.sum.get(key).unwrap(),
-            Some(n * (n + 1) / 2),
-            "sum of {key}"
-        );
-    }
+    check_restored(&states, model, job.resume_offsets(), topic)
+        .unwrap()
+        .unwrap();
     job.close().unwrap();
 }
 
 /// A deterministic input in memory, `partitions` partitions of keyed records: the embedded
-/// stand-in for a Kafka topic (the same records at the same offsets on every read).
+/// stand-in for a Kafka topic (the same records at the same offsets on every read), and the
+/// model the checks compare the state with.
+#[derive(Clone)]
 pub struct GeneratedInput {
-    parts: Vec<Vec<(String, u64)>>,
+    /// Per partition, (key index, seq) at each offset.
+    parts: Vec<Vec<(u32, u64)>>,
+    keys: usize,
     next: Vec<usize>,
     turn: usize,
 }
 
+/// One key's records below some offsets, as the job's state must hold them.
+pub struct KeyModel {
+    pub n: u64,
+    /// `seq % MAP_SLOTS` → offset of its last `MAP_SLOTS` records, sorted.
+    pub offsets: Vec<(u64, u64)>,
+}
+
+fn key_name(k: u32) -> String {
+    format!("key-{k}")
+}
+
 impl GeneratedInput {
     pub fn new(partitions: usize, records: usize, keys: usize) -> GeneratedInput {
-        let mut parts: Vec<Vec<(String, u64)>> = vec![Vec::new(); partitions];
+        let mut parts: Vec<Vec<(u32, u64)>> = vec![Vec::new(); partitions];
         let mut seqs = vec![0u64; keys];
         let mut x: u64 = 0x2545_f491_4f6c_dd1d;
         for _ in 0..records {
@@ -326,24 +567,37 @@ impl GeneratedInput {
             x ^= x << 17;
             let k = (x % keys as u64) as usize;
             seqs[k] += 1;
-            parts[k % partitions].push((format!("key-{k}"), seqs[k]));
+            parts[k % partitions].push((k as u32, seqs[k]));
         }
         GeneratedInput {
             next: vec![0; partitions],
             parts,
+            keys,
             turn: 0,
         }
     }
 
-    /// Each key's record count.
-    pub fn expected(&self) -> BTreeMap<String, u64> {
-        let mut m = BTreeMap::new();
-        for p in &self.parts {
-            for (k, s) in p {
-                m.insert(k.clone(), *s);
+    /// Each key's records below `ends` (partition → next offset; a partition not named: none),
+    /// for every key of the input.
+    pub fn model_below(&self, ends: &BTreeMap<i32, i64>) -> BTreeMap<String, KeyModel> {
+        let mut n = vec![0u64; self.keys];
+        let mut slots: Vec<BTreeMap<u64, u64>> = vec![BTreeMap::new(); self.keys];
+        for (p, part) in self.parts.iter().enumerate() {
+            let end = ends.get(&(p as i32)).copied().unwrap_or(0).max(0) as usize;
+            for (offset, (k, seq)) in part.iter().enumerate().take(end) {
+                n[*k as usize] = *seq;
+                slots[*k as usize].insert(seq % MAP_SLOTS, offset as u64);
             }
         }
-        m
+        (0..self.keys)
+            .map(|k| {
+                let model = KeyModel {
+                    n: n[k],
+                    offsets: std::mem::take(&mut slots[k]).into_iter().collect(),
+                };
+                (key_name(k as u32), model)
+            })
+            .collect()
     }
 
     /// Each partition's end offset.
@@ -374,7 +628,7 @@ impl Input for GeneratedInput {
                 return Some(Record {
                     partition: p as i32,
                     offset: i as i64,
-                    key: key.clone(),
+                    key: key_name(*key),
                     seq: *seq,
                 });
             }
