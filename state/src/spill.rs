@@ -294,10 +294,16 @@ impl ColdTier {
         let tx = self.tx.lock().clone().ok_or(Error::Closed)?;
         let (ack_tx, ack_rx) = crossbeam_channel::bounded(1);
         tx.send(Msg::Flush(ack_tx)).map_err(|_| self.stopped())?;
-        match ack_rx.recv() {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(failure)) => Err(failure.to_error(&self.path)),
-            Err(_) => Err(self.stopped()),
+        loop {
+            match ack_rx.recv_timeout(TICK) {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(failure)) => return Err(failure.to_error(&self.path)),
+                // A writer that failed before it read the request never answers, and the
+                // request stays queued (this side holds the channel open): the job hung on
+                // a full disk, in the flush of its instance's close.
+                Err(RecvTimeoutError::Timeout) => self.check()?,
+                Err(RecvTimeoutError::Disconnected) => return Err(self.stopped()),
+            }
         }
     }
 

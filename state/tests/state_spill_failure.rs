@@ -78,9 +78,10 @@ fn a_spill_writer_that_cannot_write_reports_its_io_error_to_every_later_call_not
     limit_file_size(4 << 20);
 
     // Several writers, so that some wait on the full spill queue when the writer dies: they
-    // used to get `Closed`.
+    // used to get `Closed`. And flushes all along: one queued when the writer died used to
+    // wait for ever.
     let first_errors: Vec<Result<(), Error>> = std::thread::scope(|s| {
-        let threads: Vec<_> = (0..4u32)
+        let mut threads: Vec<_> = (0..4u32)
             .map(|t| {
                 let values = values.clone();
                 s.spawn(move || {
@@ -92,10 +93,13 @@ fn a_spill_writer_that_cannot_write_reports_its_io_error_to_every_later_call_not
                 })
             })
             .collect();
+        threads.push(s.spawn(|| loop {
+            store.flush()?;
+        }));
         threads.into_iter().map(|t| t.join().unwrap()).collect()
     });
     for (t, r) in first_errors.into_iter().enumerate() {
-        assert_spill_failed(&format!("writer thread {t}"), r);
+        assert_spill_failed(&format!("thread {t}"), r);
     }
 
     // Every later call reports the same failure, and hands nothing to the WAL.
