@@ -26,7 +26,11 @@ const RECORDS: usize = if cfg!(debug_assertions) {
 const KEYS: usize = 5_000;
 
 fn input() -> GeneratedInput {
-    GeneratedInput::new(PARTITIONS, Soak::from_env().records.unwrap_or(RECORDS), KEYS)
+    GeneratedInput::new(
+        PARTITIONS,
+        Soak::from_env().records.unwrap_or(RECORDS),
+        KEYS,
+    )
 }
 
 /// The job, when this binary runs as a child (see `common::child_command`); a no-op test
@@ -60,7 +64,10 @@ fn killed_at_random_moments_the_state_is_exactly_once() {
     });
     eprintln!("{}", report.summary("embedded"));
     assert!(report.kills >= kills);
-    assert!(report.checked_restarts > 0, "no restart got through its check");
+    assert!(
+        report.checked_restarts > 0,
+        "no restart got through its check"
+    );
     assert!(
         report.during_snapshot > 0,
         "no kill landed during a snapshot: {report:?}"
@@ -100,7 +107,11 @@ fn on_a_full_disk_the_job_stops_with_a_clear_error_and_resumes_at_its_last_ackno
         .full_dir
         .expect("MILLPOND_SOAK_FULL_DIR: a directory on a small file system");
     let ballast = full.join("ballast");
-    assert!(ballast.exists(), "{} fills the file system", ballast.display());
+    assert!(
+        ballast.exists(),
+        "{} fills the file system",
+        ballast.display()
+    );
     let dir = full.join("job");
     let outside = tempfile::tempdir().unwrap();
     let acks = outside.path().join("acks");
@@ -120,7 +131,10 @@ fn on_a_full_disk_the_job_stops_with_a_clear_error_and_resumes_at_its_last_ackno
         "expected the job to stop on the full disk ({status}); a success means the input \
          ended first: shrink the file system\n{stderr}"
     );
-    assert!(!stderr.contains("panicked"), "a panic on a full disk:\n{stderr}");
+    assert!(
+        !stderr.contains("panicked"),
+        "a panic on a full disk:\n{stderr}"
+    );
     let error = stderr
         .lines()
         .find_map(|l| l.strip_prefix("the instance failed: "))
@@ -132,7 +146,10 @@ fn on_a_full_disk_the_job_stops_with_a_clear_error_and_resumes_at_its_last_ackno
     );
     assert!(!error.contains("closed"), "reported as closed: {error}");
     let acked = common::read_acks(&acks);
-    assert!(!acked.is_empty(), "no commit was acknowledged before the disk filled");
+    assert!(
+        !acked.is_empty(),
+        "no commit was acknowledged before the disk filled"
+    );
 
     // Space comes back (something that is not millpond's goes), and the instance reopens.
     std::fs::remove_file(&ballast).unwrap();
@@ -158,7 +175,14 @@ fn on_a_full_disk_the_job_stops_with_a_clear_error_and_resumes_at_its_last_ackno
     job.close().unwrap();
 
     // And finishes the input.
-    let report = common::kill_loop("child", &dir, &envs, 0, 0..1, std::collections::BTreeSet::new);
+    let report = common::kill_loop(
+        "child",
+        &dir,
+        &envs,
+        0,
+        0..1,
+        std::collections::BTreeSet::new,
+    );
     common::check_exactly_once(
         millpond::Millpond::builder(&dir).settings(common::job_settings()),
         &model,

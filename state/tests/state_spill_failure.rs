@@ -116,7 +116,11 @@ fn a_spill_writer_that_cannot_write_reports_its_io_error_to_every_later_call_not
             .value_state(ValueStateDescriptor::new("new", U64Codec, U64Codec))
             .map(drop),
     );
-    assert_eq!(sink.0.load(Ordering::SeqCst), changes, "a failed call logged a change");
+    assert_eq!(
+        sink.0.load(Ordering::SeqCst),
+        changes,
+        "a failed call logged a change"
+    );
     let message = store.flush().unwrap_err().to_string();
     assert!(
         message.contains("cold.redb") && message.contains("File too large"),

@@ -137,7 +137,10 @@ impl States {
                 .unwrap(),
             offsets: store
                 .map_state(MapStateDescriptor::new(
-                    "offsets", StringCodec, U64Codec, U64Codec,
+                    "offsets",
+                    StringCodec,
+                    U64Codec,
+                    U64Codec,
                 ))
                 .unwrap(),
         }
@@ -148,7 +151,8 @@ impl States {
         self.last.update(&r.key, &r.seq)?;
         self.seen.add(&r.key, &r.seq)?;
         self.sum.add(&r.key, r.seq)?;
-        self.offsets.put(&r.key, &(r.seq % MAP_SLOTS), &(r.offset as u64))?;
+        self.offsets
+            .put(&r.key, &(r.seq % MAP_SLOTS), &(r.offset as u64))?;
         Ok(())
     }
 }
