@@ -430,7 +430,8 @@ impl KillReport {
 
 /// Starts the child job on `dir` again and again, killing it with SIGKILL at a random moment
 /// (`kill_after` ms after its start) until it was killed `min_kills` times, then lets it run to
-/// the end. Panics on a violation or an unexpected exit.
+/// the end (in a soak, [`Soak::kills`] set: stops there, and the caller checks the state at
+/// the resume offsets instead). Panics on a violation or an unexpected exit.
 ///
 /// `unfinished_snapshot` lists what a snapshot in progress leaves behind (data files no
 /// manifest names, sort runs): a kill that leaves a new one behind landed during a snapshot.
@@ -445,7 +446,13 @@ pub fn kill_loop(
     let mut report = KillReport::default();
     let mut rng = rand::rng();
     let started = Instant::now();
+    let run_to_end = Soak::from_env().kills.is_none();
     loop {
+        if report.kills >= min_kills && !run_to_end {
+            report.elapsed = started.elapsed();
+            read_checks(dir, &mut report);
+            break;
+        }
         report.runs += 1;
         let before = unfinished_snapshot();
         let mut cmd = child_command(test_name, dir, envs);
@@ -476,19 +483,7 @@ pub fn kill_loop(
         assert!(status.success(), "the child failed ({status}):\n{stderr}");
         if report.kills >= min_kills {
             report.elapsed = started.elapsed();
-            let checks = std::fs::read_to_string(dir.join("checks")).unwrap_or_default();
-            let mut check_ms = 0;
-            for line in checks.lines() {
-                // A kill may cut the last line short.
-                if let Some((records, ms)) = line.split_once(' ') {
-                    if let (Ok(records), Ok(ms)) = (records.parse::<u64>(), ms.parse::<u64>()) {
-                        report.checked_restarts += 1;
-                        report.records_checked += records;
-                        check_ms += ms;
-                    }
-                }
-            }
-            report.mean_check_ms = check_ms / u64::from(report.checked_restarts.max(1));
+            read_checks(dir, &mut report);
             break;
         }
         // Finished before it was killed often enough: the input is too small for the timing.
@@ -499,6 +494,36 @@ pub fn kill_loop(
         );
     }
     report
+}
+
+/// Adds up the restart checks the children logged in `{dir}/checks`.
+fn read_checks(dir: &Path, report: &mut KillReport) {
+    let checks = std::fs::read_to_string(dir.join("checks")).unwrap_or_default();
+    let mut check_ms = 0;
+    for line in checks.lines() {
+        // A kill may cut the last line short.
+        if let Some((records, ms)) = line.split_once(' ') {
+            if let (Ok(records), Ok(ms)) = (records.parse::<u64>(), ms.parse::<u64>()) {
+                report.checked_restarts += 1;
+                report.records_checked += records;
+                check_ms += ms;
+            }
+        }
+    }
+    report.mean_check_ms = check_ms / u64::from(report.checked_restarts.max(1));
+}
+
+/// After a soak's last kill: the state recovered once more equals the model below the resume
+/// offsets. Returns the records checked.
+pub fn check_at_resume(builder: millpond::Builder, model: &GeneratedInput, topic: &str) -> u64 {
+    let opening = builder.open().expect("open for the check");
+    let states = States::register(opening.store());
+    let job = opening.recover().expect("recover for the check");
+    let records = check_restored(&states, model, job.resume_offsets(), topic)
+        .unwrap()
+        .unwrap_or_else(|v| panic!("state after the last kill: {v}"));
+    job.close().unwrap();
+    records
 }
 
 pub fn wait_until(child: &mut Child, deadline: Instant) -> Option<std::process::ExitStatus> {
