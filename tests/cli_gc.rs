@@ -4,8 +4,6 @@
 //! never answers.
 
 use std::collections::BTreeMap;
-use std::io::Read;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::Arc;
@@ -20,30 +18,17 @@ use millpond_wal::{
 use object_store::throttle::{ThrottleConfig, ThrottledStore};
 use object_store::{ObjectStore, ObjectStoreExt};
 
-const KEY_GROUPS: u16 = 128;
-
-fn millpond(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_millpond"))
-        .args(args)
-        .env_remove("MILLPOND_STORE")
-        .env_remove("MILLPOND_TIMEOUT_SECONDS")
-        .output()
-        .unwrap()
+mod common {
+    pub mod cli;
+    pub mod silent_endpoint;
 }
+use common::cli::{assert_ok, millpond};
+use common::silent_endpoint::silent_endpoint;
+
+const KEY_GROUPS: u16 = 128;
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
-}
-
-#[track_caller]
-fn assert_ok(o: &Output) {
-    assert!(
-        o.status.success(),
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status.code(),
-        text(&o.stdout),
-        text(&o.stderr)
-    );
 }
 
 /// A job's state logging to a local WAL, and a writer of its snapshots into `url`.
@@ -405,22 +390,6 @@ fn gc_never_touches_a_backup_copy_of_the_manifests() {
     assert_ok(&millpond(&[
         "snapshot", "verify", "latest", "--store", &url,
     ]));
-}
-
-/// Accepts connections and never answers; returns `http://host:port`.
-fn silent_endpoint() -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { continue };
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 4096];
-                while matches!(conn.read(&mut buf), Ok(n) if n > 0) {}
-            });
-        }
-    });
-    format!("http://{addr}")
 }
 
 #[test]

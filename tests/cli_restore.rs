@@ -11,13 +11,18 @@
 use std::collections::BTreeMap;
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::sync::Arc;
 
 use millpond_snapshot::{Archive, Manifest, SnapshotSettings, SnapshotWriter};
 use millpond_state::{Store, StringCodec, U64Codec, ValueStateDescriptor};
 use millpond_wal::{open_local, LocalSegmentSource, SegmentSettings, SourceOffset, WalSettings};
 use serde_json::Value;
+
+mod common {
+    pub mod cli;
+}
+use common::cli::{assert_error, assert_ok, millpond, stderr, stdout};
 
 const KEYS: u64 = 200;
 const MAX_KEY_GROUPS: u16 = 128;
@@ -150,48 +155,6 @@ fn fixture() -> Fixture {
     store.close().unwrap();
     assert!(latest.files.len() > 2);
     Fixture { dir, first, latest }
-}
-
-fn millpond(args: &[String]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_millpond"))
-        .args(args)
-        .env_remove("MILLPOND_STORE")
-        .output()
-        .unwrap()
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-#[track_caller]
-fn assert_ok(o: &Output) {
-    assert!(
-        o.status.success(),
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status.code(),
-        stdout(o),
-        stderr(o)
-    );
-}
-
-/// Exit code 1 and one `error: …` line containing `needle`.
-#[track_caller]
-fn assert_error(o: &Output, needle: &str) {
-    let err = stderr(o);
-    assert_eq!(
-        o.status.code(),
-        Some(1),
-        "stdout:\n{}\nstderr:\n{err}",
-        stdout(o)
-    );
-    assert!(err.starts_with("error: "), "stderr: {err}");
-    assert!(err.contains(needle), "expected {needle:?} in: {err}");
-    assert!(!err.contains("panicked"), "stderr: {err}");
 }
 
 /// Everything under `dir`: path -> what it is (a file's size and a hash of its bytes, a

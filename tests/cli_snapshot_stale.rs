@@ -4,22 +4,19 @@
 //! verifies, with a note that its files were checked by CRC-32C only.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 use std::sync::Arc;
 
 use millpond_snapshot::{Archive, DataFileSettings, Manifest, SnapshotSettings, SnapshotWriter};
 use millpond_state::{Store, StoreSettings, StringCodec, U64Codec, ValueStateDescriptor};
 use millpond_wal::{open_local, LocalSegmentSource, SegmentSettings, SourceOffset, WalSettings};
 
-const KEY_GROUPS: u16 = 128;
-
-fn millpond(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_millpond"))
-        .args(args)
-        .env_remove("MILLPOND_STORE")
-        .output()
-        .unwrap()
+mod common {
+    pub mod cli;
 }
+use common::cli::millpond;
+
+const KEY_GROUPS: u16 = 128;
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()

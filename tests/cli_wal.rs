@@ -12,24 +12,13 @@ use millpond_state::{Change, ChangeOp, StateKind};
 use millpond_wal::batch::{self, Decoded};
 use millpond_wal::{open_local, SegmentSettings, SourceOffset, Wal, WalSettings};
 
-fn millpond(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_millpond"))
-        .args(args)
-        .env_remove("MILLPOND_STORE")
-        .output()
-        .unwrap()
+mod common {
+    pub mod cli;
 }
+use common::cli::{millpond, stderr, stdout};
 
 fn inspect(dir: &Path) -> Output {
     millpond(&["wal", "inspect", dir.to_str().unwrap()])
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 fn assert_refused(o: &Output, segment: &Path) {

@@ -5,27 +5,14 @@
 //! The endpoint is a TCP listener in this process. This file is its own test binary because it
 //! sets `AWS_*` variables for the whole process.
 
-use std::io::Read;
-use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
 use millpond::snapshot::ArchiveSettings;
 
-/// Accepts connections and reads whatever comes, never answering; returns `http://host:port`.
-fn silent_endpoint() -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { continue };
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 4096];
-                while matches!(conn.read(&mut buf), Ok(n) if n > 0) {}
-            });
-        }
-    });
-    format!("http://{addr}")
+mod common {
+    pub mod silent_endpoint;
 }
+use common::silent_endpoint::silent_endpoint;
 
 #[test]
 fn open_against_a_silent_s3_endpoint_fails_within_the_archive_settings_timeout() {
