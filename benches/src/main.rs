@@ -12,6 +12,7 @@ mod peer;
 mod plot;
 mod recovery;
 mod state;
+mod steady;
 mod util;
 mod wal;
 
@@ -46,6 +47,12 @@ enum Command {
     /// The restore half of `recovery`, run by it in a child process.
     #[command(hide = true)]
     RecoveryRestore(recovery::RestoreArgs),
+    /// The job of `recovery --steady`, run by it in a child process and killed.
+    #[command(hide = true)]
+    RecoverySteadyJob(steady::JobArgs),
+    /// A restore of `recovery --steady`, run by it in a child process.
+    #[command(hide = true)]
+    RecoverySteadyRestore(steady::RestoreArgs),
     /// End to end: a job reading Kafka into keyed state, its WAL in Pulsar (or local) and
     /// snapshots in S3 (or a directory): records/s, commit latency, RSS, and the time to the
     /// first record after a SIGKILL, with every key's count checked (exactly once).
@@ -78,6 +85,8 @@ fn main() {
         Command::Wal(args) => wal::run(args),
         Command::Recovery(args) => recovery::run(args),
         Command::RecoveryRestore(args) => recovery::run_restore(args, started),
+        Command::RecoverySteadyJob(args) => steady::run_job(args),
+        Command::RecoverySteadyRestore(args) => steady::run_restore(args, started),
         Command::E2e(args) => e2e::run(args),
         Command::E2eJob(args) => e2e::run_job(args, started),
         Command::Peer(args) => peer::run(args),

@@ -96,6 +96,18 @@ pub struct RecoveryArgs {
     /// Keep the work directory and the S3 prefix.
     #[arg(long)]
     keep: bool,
+    /// The steady mode (benches/src/steady.rs): a running instance through `--cycles`
+    /// snapshots of its own trigger, killed, then restored with nothing local and on the same
+    /// directory. `--ops-per-sec 0` runs the job at full speed. File archives only.
+    #[arg(long)]
+    steady: bool,
+    /// Snapshot cycles before the kill (steady mode).
+    #[arg(long, default_value_t = 10)]
+    cycles: usize,
+    /// Seconds between background snapshots in the steady mode; 0 keeps the instance's
+    /// default trigger.
+    #[arg(long, default_value_t = 0.0)]
+    snapshot_interval_s: f64,
 }
 
 /// The restore, run in a child process so that its start and its RSS are its own.
@@ -373,7 +385,23 @@ pub fn run(args: RecoveryArgs) -> Result<String, String> {
         .tempdir_in(&parent)
         .map_err(err)?;
     let root = work.path().canonicalize().map_err(err)?;
-    let result = measure(&args, keys, &root, s3.as_ref());
+    let result = if args.steady {
+        if s3.is_some() {
+            return Err("--steady writes to a file archive only, for now".into());
+        }
+        let plan = crate::steady::Plan {
+            keys: keys.n,
+            value_bytes: keys.value_bytes,
+            memory_budget: args.memory_budget,
+            ops_per_sec: args.ops_per_sec,
+            cycles: args.cycles.max(1),
+            snapshot_interval_s: args.snapshot_interval_s,
+        };
+        let url = format!("file://{}", root.join("archive").display());
+        crate::steady::measure(&plan, &root, &url).map(|v| v.to_string())
+    } else {
+        measure(&args, keys, &root, s3.as_ref())
+    };
     if let Some((bucket, prefix)) = &s3 {
         if !args.keep {
             match s3_delete_prefix(bucket, prefix) {
