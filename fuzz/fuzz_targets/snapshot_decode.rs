@@ -1,6 +1,6 @@
 //! Snapshot readers are fed whatever is in object storage: a manifest (frame versions 1 and
-//! 2), a data file (footer versions 1 and 2, index, blocks) and an entry must each decode or
-//! fail with an error, never panic.
+//! 2), a data file (footer versions 1 and 2, index, blocks), a filter block and an entry must
+//! each decode or fail with an error, never panic.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -23,6 +23,10 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         let _ = file.get(&data[..data.len().min(8)]);
+    }
+    if let Ok(filter) = millpond_snapshot::Filter::decode(data) {
+        let _ = filter.may_contain(&data[..data.len().min(12)]);
+        let _ = filter.is_heavy(&data[..data.len().min(12)]);
     }
     let _ = millpond_state::KeyChanges::decode(data);
     let _ = millpond_state::decode_entry(data);
