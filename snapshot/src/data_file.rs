@@ -14,8 +14,13 @@
 //! ```
 //!
 //! Version 1 files (before the file id) end in the same 48 bytes without the id, their CRC
-//! over footer bytes 0..44; they are still read. The version sits 44 bytes before the end in
-//! both, so a reader knows which footer it has before it checks it.
+//! over footer bytes 0..44; they are still read. Version 3 (docs/design/incremental-snapshots.md
+//! §5) puts a filter block ([`Filter`]) between the last data block and the index and a
+//! 104-byte footer whose last 64 bytes are version 2's (version 3, CRC over bytes 0..100):
+//! filter position and CRC, flags (bit 0: a bottom run, no tombstones or operand chains) and
+//! the tombstone and operand-chain counts come first. The version sits 44 bytes before the end
+//! in every version, so a reader knows which footer it has before it checks it. The writer
+//! writes version 2 unless asked for version 3 ([`DataFileWriter::version_3`]).
 //!
 //! The writer streams blocks to any `Write`. The reader reads through any [`ReadAt`] (a local
 //! file, object-store range reads, memory): footer and index once, when it opens the file
@@ -30,12 +35,23 @@ use std::sync::Arc;
 use crate::block_cache::{Block, BlockCache};
 use crate::digest::{FileDigest, FileHasher};
 use crate::error::{Error, Result};
+use crate::filter::{Filter, FilterBuilder, DEFAULT_PROBES};
 use crate::read_at::{InMemory, ReadAt};
 
 /// Bytes of the footer at the end of a version-2 data file (what the writer writes).
 pub const FOOTER_BYTES: usize = FOOTER_V1_BYTES + FILE_ID_BYTES;
 /// Bytes of the footer of a version-1 data file (no file id).
 pub const FOOTER_V1_BYTES: usize = 48;
+/// Bytes of the footer of a version-3 data file.
+pub const FOOTER_V3_BYTES: usize = 104;
+/// Version 3 added the filter block, the run flags and the tombstone and operand counts.
+const VERSION_3: u16 = 3;
+/// Footer flag of version 3: the file belongs to a bottom run (full entries only).
+const FLAG_BOTTOM: u32 = 1;
+/// Entry tags a version-3 footer counts (docs/state.md, "Entry encoding"; tag 5 from
+/// docs/design/incremental-snapshots.md §4.1): a value's first byte.
+const ENTRY_TAG_TOMBSTONE: u8 = 4;
+const ENTRY_TAG_OPERANDS: u8 = 5;
 const FILE_ID_BYTES: usize = 16;
 const MAGIC: [u8; 4] = *b"MPDF";
 /// Version 2 added the file id.
@@ -81,6 +97,35 @@ impl Default for DataFileSettings {
             compress: true,
         }
     }
+}
+
+/// What a version-3 file records beyond version 2 ([`DataFileWriter::version_3`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Version3 {
+    /// Bits per key of the filter block; 0 writes no filter. Default = 10 (0.96 % false
+    /// positives with 6 probes, 1.25 bytes a key in memory).
+    pub filter_bits_per_key: u32,
+    /// The file belongs to a bottom run: the writer refuses tombstones (entry tag 4) and
+    /// operand chains (tag 5), and the reader reports one as damage. Default = `false`.
+    pub bottom: bool,
+}
+
+impl Default for Version3 {
+    fn default() -> Self {
+        Version3 {
+            filter_bits_per_key: crate::filter::DEFAULT_BITS_PER_KEY,
+            bottom: false,
+        }
+    }
+}
+
+/// The version-3 state of a writer.
+#[derive(Debug)]
+struct V3Writer {
+    filter: Option<FilterBuilder>,
+    bottom: bool,
+    tombstones: u64,
+    operands: u64,
 }
 
 /// 16 bytes that name one data file, written in its footer (version 2 on) and recorded in the
@@ -252,6 +297,8 @@ pub struct DataFileWriter<W: Write> {
     last_key: Option<Vec<u8>>,
     /// A write failed: the output is incomplete and takes nothing more.
     failed: bool,
+    /// Set: the file is written as version 3.
+    v3: Option<V3Writer>,
 }
 
 impl<W: Write> DataFileWriter<W> {
@@ -273,6 +320,40 @@ impl<W: Write> DataFileWriter<W> {
             first_key: None,
             last_key: None,
             failed: false,
+            v3: None,
+        }
+    }
+
+    /// The same writer writing version 3: a filter block and the run's flags and counts.
+    /// Values are then entries (their first byte is the entry tag). Until every reader in use
+    /// reads version 3, only tests and tools ask for it.
+    pub fn version_3(self, options: Version3) -> Result<Self> {
+        let filter = match options.filter_bits_per_key {
+            0 => None,
+            bits => Some(FilterBuilder::new(bits, DEFAULT_PROBES)?),
+        };
+        Ok(DataFileWriter {
+            v3: Some(V3Writer {
+                filter,
+                bottom: options.bottom,
+                tombstones: 0,
+                operands: 0,
+            }),
+            ..self
+        })
+    }
+
+    /// Records `key` as heavy in the filter block (an operand chain cut at the size limit,
+    /// design §10.2). [`Error::Invalid`] without a version-3 filter.
+    pub fn mark_heavy(&mut self, key: &[u8]) -> Result<()> {
+        match self.v3.as_mut().and_then(|v| v.filter.as_mut()) {
+            Some(filter) => {
+                filter.add_heavy(key);
+                Ok(())
+            }
+            None => Err(Error::Invalid {
+                reason: "heavy keys need a version-3 file with a filter".into(),
+            }),
         }
     }
 
@@ -312,6 +393,25 @@ impl<W: Write> DataFileWriter<W> {
                 reason: format!("entry of {entry_len} bytes; at most {MAX_BLOCK_BYTES}"),
             });
         }
+        if let Some(v3) = &mut self.v3 {
+            let tag = value.first().copied();
+            let chain = tag == Some(ENTRY_TAG_TOMBSTONE) || tag == Some(ENTRY_TAG_OPERANDS);
+            if v3.bottom && chain {
+                return Err(Error::Invalid {
+                    reason: "a bottom run holds full entries only, no tombstone or operand \
+                             chain"
+                        .into(),
+                });
+            }
+            match tag {
+                Some(ENTRY_TAG_TOMBSTONE) => v3.tombstones += 1,
+                Some(ENTRY_TAG_OPERANDS) => v3.operands += 1,
+                _ => {}
+            }
+            if let Some(filter) = &mut v3.filter {
+                filter.add(key);
+            }
+        }
         if !self.block.is_empty() && self.block.len() + entry_len > self.block_bytes {
             self.flush_block()?;
         }
@@ -349,6 +449,17 @@ impl<W: Write> DataFileWriter<W> {
         if !self.block.is_empty() {
             self.flush_block()?;
         }
+        let filter_offset = self.offset;
+        let mut filter_crc = 0;
+        if let Some(v3) = &mut self.v3 {
+            // An empty file gets no filter: nothing could match it.
+            if let Some(filter) = v3.filter.take().filter(|_| self.entries > 0) {
+                let bytes = filter.finish();
+                filter_crc = crc32c::crc32c(&bytes);
+                self.write(&bytes)?;
+            }
+        }
+        let filter_len = self.offset - filter_offset;
         let index_offset = self.offset;
         let mut index = Vec::new();
         index.extend_from_slice(&(self.index.len() as u32).to_le_bytes());
@@ -362,10 +473,23 @@ impl<W: Write> DataFileWriter<W> {
             _ => None,
         };
         let (first_group, last_group) = key_groups.unwrap_or((0, 0));
-        let mut footer = Vec::with_capacity(FOOTER_BYTES);
+        let mut footer = Vec::with_capacity(FOOTER_V3_BYTES);
+        let version = match &self.v3 {
+            None => VERSION,
+            Some(v3) => {
+                footer.extend_from_slice(&filter_offset.to_le_bytes());
+                footer.extend_from_slice(&filter_len.to_le_bytes());
+                footer.extend_from_slice(&filter_crc.to_le_bytes());
+                let flags = if v3.bottom { FLAG_BOTTOM } else { 0 };
+                footer.extend_from_slice(&flags.to_le_bytes());
+                footer.extend_from_slice(&v3.tombstones.to_le_bytes());
+                footer.extend_from_slice(&v3.operands.to_le_bytes());
+                VERSION_3
+            }
+        };
         footer.extend_from_slice(&self.file_id.0);
         footer.extend_from_slice(&MAGIC);
-        footer.extend_from_slice(&VERSION.to_le_bytes());
+        footer.extend_from_slice(&version.to_le_bytes());
         footer.extend_from_slice(&[0, 0]);
         footer.extend_from_slice(&index_offset.to_le_bytes());
         footer.extend_from_slice(&(index.len() as u64).to_le_bytes());
@@ -377,7 +501,7 @@ impl<W: Write> DataFileWriter<W> {
         // Covers the id too: a footer is checked whole.
         let footer_crc = crc32c::crc32c(&footer);
         footer.extend_from_slice(&footer_crc.to_le_bytes());
-        debug_assert_eq!(footer.len(), FOOTER_BYTES);
+        debug_assert!(footer.len() == FOOTER_BYTES || footer.len() == FOOTER_V3_BYTES);
         self.write(&footer)?;
         self.out.flush().map_err(|source| self.io_error(source))?;
         let info = DataFileInfo {
@@ -497,9 +621,29 @@ struct Footer {
     file_id: Option<FileId>,
     /// Where the footer starts: where the index ends.
     at: u64,
+    /// Version 3's fields; `None` in versions 1 and 2.
+    v3: Option<FooterV3>,
 }
 
-/// Checks and parses the footer in `tail`, the last `tail.len()` bytes (48 to 64) of a file of
+/// What a version-3 footer adds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FooterV3 {
+    filter_offset: u64,
+    filter_len: u64,
+    filter_crc: u32,
+    bottom: bool,
+    tombstones: u64,
+    operands: u64,
+}
+
+impl Footer {
+    /// Where the data blocks end: the filter block in version 3, else the index.
+    fn blocks_end(&self) -> u64 {
+        self.v3.map_or(self.index_offset, |v| v.filter_offset)
+    }
+}
+
+/// Checks and parses the footer in `tail`, the last `tail.len()` bytes (48 to 104) of a file of
 /// `size` bytes. The version, 44 bytes before the end in both versions, says how long the
 /// footer is; its checksum is then checked before anything else in it is trusted. A damaged
 /// version fails either as an unknown version or as the other version's checksum.
@@ -507,13 +651,14 @@ fn parse_footer(tail: &[u8], size: u64) -> Result<Footer> {
     let v1 = &tail[tail.len() - FOOTER_V1_BYTES..];
     let version = u16::from_le_bytes([v1[4], v1[5]]);
     let footer_bytes = match version {
+        VERSION_3 => FOOTER_V3_BYTES,
         VERSION => FOOTER_BYTES,
         VERSION_1 => FOOTER_V1_BYTES,
         _ => FOOTER_V1_BYTES.min(tail.len()),
     };
     let footer_at = size - footer_bytes.min(tail.len()) as u64;
     let at = || format!("footer at byte {footer_at}");
-    if version != VERSION && version != VERSION_1 {
+    if ![VERSION_1, VERSION, VERSION_3].contains(&version) {
         return Err(corrupt("data file version", at()));
     }
     if tail.len() < footer_bytes {
@@ -523,7 +668,8 @@ fn parse_footer(tail: &[u8], size: u64) -> Result<Footer> {
         ));
     }
     let footer = &tail[tail.len() - footer_bytes..];
-    let id_bytes = footer_bytes - FOOTER_V1_BYTES;
+    // The id is the 16 bytes before version 1's layout, in versions 2 and 3.
+    let id_at = footer_bytes.saturating_sub(FOOTER_V1_BYTES + FILE_ID_BYTES);
     let u16_at = |i: usize| u16::from_le_bytes([v1[i], v1[i + 1]]);
     let u32_at = |i: usize| u32::from_le_bytes([v1[i], v1[i + 1], v1[i + 2], v1[i + 3]]);
     let u64_at = |i: usize| {
@@ -541,11 +687,35 @@ fn parse_footer(tail: &[u8], size: u64) -> Result<Footer> {
     if v1[6..8] != [0, 0] || v1[40..44] != [0; 4] {
         return Err(corrupt("data file version", at()));
     }
-    let file_id = (id_bytes > 0).then(|| {
+    let file_id = (version != VERSION_1).then(|| {
         let mut id = [0; FILE_ID_BYTES];
-        id.copy_from_slice(&footer[..FILE_ID_BYTES]);
+        id.copy_from_slice(&footer[id_at..id_at + FILE_ID_BYTES]);
         FileId(id)
     });
+    let v3 = (version == VERSION_3).then(|| {
+        let u64_v3 = |i: usize| u64::from_le_bytes(footer[i..i + 8].try_into().expect("8 bytes"));
+        let u32_v3 = |i: usize| u32::from_le_bytes(footer[i..i + 4].try_into().expect("4 bytes"));
+        (
+            FooterV3 {
+                filter_offset: u64_v3(0),
+                filter_len: u64_v3(8),
+                filter_crc: u32_v3(16),
+                bottom: u32_v3(20) & FLAG_BOTTOM != 0,
+                tombstones: u64_v3(24),
+                operands: u64_v3(32),
+            },
+            u32_v3(20),
+        )
+    });
+    if let Some((v3, flags)) = v3 {
+        if flags & !FLAG_BOTTOM != 0 || (v3.bottom && (v3.tombstones > 0 || v3.operands > 0)) {
+            return Err(corrupt("data file footer (flags or counts)", at()));
+        }
+        // The filter ends where the index starts.
+        if v3.filter_offset.checked_add(v3.filter_len) != Some(u64_at(8)) {
+            return Err(corrupt("data file footer (filter position)", at()));
+        }
+    }
     let footer = Footer {
         index_offset: u64_at(8),
         index_len: u64_at(16),
@@ -554,6 +724,7 @@ fn parse_footer(tail: &[u8], size: u64) -> Result<Footer> {
         key_groups: (u16_at(36), u16_at(38)),
         file_id,
         at: footer_at,
+        v3: v3.map(|(v3, _)| v3),
     };
     // The index ends where the footer starts.
     if footer.index_offset.checked_add(footer.index_len) != Some(footer_at) {
@@ -602,6 +773,11 @@ struct Inner {
     key_groups: Option<(u16, u16)>,
     size: u64,
     file_id: Option<FileId>,
+    version: u16,
+    /// Version 3's footer fields.
+    v3: Option<FooterV3>,
+    /// Version 3's filter, loaded and checked at open.
+    filter: Option<Filter>,
 }
 
 impl std::fmt::Debug for DataFile {
@@ -658,8 +834,8 @@ impl DataFile {
                 format!("file of {size} bytes, shorter than the {FOOTER_V1_BYTES}-byte footer"),
             ));
         }
-        // Enough for either version's footer, in one read.
-        let tail_len = usize::try_from(size).map_or(FOOTER_BYTES, |s| s.min(FOOTER_BYTES));
+        // Enough for any version's footer, in one read.
+        let tail_len = usize::try_from(size).map_or(FOOTER_V3_BYTES, |s| s.min(FOOTER_V3_BYTES));
         let tail = read_source(&*source, size - tail_len as u64, tail_len)?;
         let footer = parse_footer(&tail, size)?;
         let footer_at = footer.at;
@@ -668,14 +844,33 @@ impl DataFile {
         let index_len = usize::try_from(footer.index_len)
             .map_err(|_| corrupt("data file footer (index length)", at()))?;
         let index_offset = footer.index_offset;
-        let index = read_source(&*source, index_offset, index_len)?;
-        if crc32c::crc32c(&index) != footer.index_crc {
+        // The filter and the index are adjacent: one read for both.
+        let filter_len = footer.v3.map_or(0, |v| v.filter_len);
+        let filter_len = usize::try_from(filter_len)
+            .map_err(|_| corrupt("data file footer (filter length)", at()))?;
+        let both = read_source(&*source, footer.blocks_end(), filter_len + index_len)?;
+        let (filter, index) = both.split_at(filter_len);
+        let filter = match footer.v3 {
+            Some(v3) if filter_len > 0 => {
+                let at = format!("filter at byte {}", v3.filter_offset);
+                if crc32c::crc32c(filter) != v3.filter_crc {
+                    return Err(corrupt("data file filter checksum", at));
+                }
+                let filter = Filter::decode(filter)?;
+                if filter.keys() != footer.entries {
+                    return Err(corrupt("data file filter (key count)", at));
+                }
+                Some(filter)
+            }
+            _ => None,
+        };
+        if crc32c::crc32c(index) != footer.index_crc {
             return Err(corrupt(
                 "data file index checksum",
                 format!("index at byte {index_offset}"),
             ));
         }
-        let index = parse_index(&index, index_offset)?;
+        let index = parse_index(index, index_offset, footer.blocks_end())?;
         let block_entries: u64 = index.blocks.iter().map(|b| u64::from(b.entries)).sum();
         let key_groups = match (index.blocks.first(), index.blocks.last()) {
             (Some(first), Some(last)) => Some((
@@ -698,6 +893,15 @@ impl DataFile {
                 key_groups,
                 size,
                 file_id: footer.file_id,
+                version: if footer.v3.is_some() {
+                    VERSION_3
+                } else if footer.file_id.is_some() {
+                    VERSION
+                } else {
+                    VERSION_1
+                },
+                v3: footer.v3,
+                filter,
             }),
             cache: None,
         })
@@ -722,6 +926,28 @@ impl DataFile {
     /// Number of entries.
     pub fn entries(&self) -> u64 {
         self.inner.entries
+    }
+
+    /// The format version of the file: 1, 2 or 3.
+    pub fn version(&self) -> u16 {
+        self.inner.version
+    }
+
+    /// The filter block of a version-3 file that has one.
+    pub fn filter(&self) -> Option<&Filter> {
+        self.inner.filter.as_ref()
+    }
+
+    /// Whether the file belongs to a bottom run (full entries only). Files of versions 1 and 2
+    /// are: a snapshot of theirs is read as one bottom run per file.
+    pub fn is_bottom(&self) -> bool {
+        self.inner.v3.is_none_or(|v| v.bottom)
+    }
+
+    /// Tombstones (entry tag 4) and operand chains (tag 5) the footer counts; zero before
+    /// version 3.
+    pub fn chain_counts(&self) -> (u64, u64) {
+        self.inner.v3.map_or((0, 0), |v| (v.tombstones, v.operands))
     }
 
     /// Key groups of the first and last keys (inclusive); `None` for an empty file.
@@ -763,6 +989,9 @@ impl DataFile {
     /// The value of `key`, if present. Reads (or finds in the cache) and verifies the one
     /// block that may hold it; none if the index rules the key out.
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        if self.filter().is_some_and(|f| !f.may_contain(key)) {
+            return Ok(None);
+        }
         let index = &self.inner.index;
         // The first block whose last key is not below `key` is the only one that may hold it.
         let i = index.blocks.partition_point(|b| index.last_key(b) < key);
@@ -838,10 +1067,36 @@ impl DataFile {
         }
     }
 
-    /// Reads every block, checking its checksum, framing, entry count and key order.
+    /// Reads every block, checking its checksum, framing, entry count and key order; in a
+    /// version-3 file also the footer's tombstone and operand-chain counts and that the filter
+    /// holds every key.
     pub fn verify(&self) -> Result<()> {
+        let (mut tombstones, mut operands) = (0u64, 0u64);
         for i in 0..self.block_count() {
-            self.read_block(i)?;
+            let block = self.read_block(i)?;
+            if self.inner.v3.is_none() {
+                continue;
+            }
+            for j in 0..block.len() {
+                let (key, value) = block.entry(j);
+                match value.first() {
+                    Some(&ENTRY_TAG_TOMBSTONE) => tombstones += 1,
+                    Some(&ENTRY_TAG_OPERANDS) => operands += 1,
+                    _ => {}
+                }
+                if self.filter().is_some_and(|f| !f.may_contain(key)) {
+                    return Err(corrupt(
+                        "data file filter (a key it does not hold)",
+                        format!("block {i}, entry {j}"),
+                    ));
+                }
+            }
+        }
+        if (tombstones, operands) != self.chain_counts() {
+            return Err(corrupt(
+                "data file footer (tombstone or operand counts disagree with the blocks)",
+                format!("file of {} bytes", self.inner.size),
+            ));
         }
         Ok(())
     }
@@ -925,9 +1180,10 @@ impl Iterator for DataFileIter {
 }
 
 /// Parses and checks the index (whose checksum matched): every block contiguous from byte 0 to
-/// the index, lengths within bounds, keys at least a key group long, no longer than their
-/// block, and strictly ascending within and across blocks.
-fn parse_index(index: &[u8], index_offset: u64) -> Result<Index> {
+/// `blocks_end` (the filter in version 3, else the index), lengths within bounds, keys at
+/// least a key group long, no longer than their block, and strictly ascending within and
+/// across blocks.
+fn parse_index(index: &[u8], index_offset: u64, blocks_end: u64) -> Result<Index> {
     let bad = |what: &'static str, i: usize| {
         corrupt(
             what,
@@ -1016,9 +1272,9 @@ fn parse_index(index: &[u8], index_offset: u64) -> Result<Index> {
     if pos != index.len() {
         return Err(bad("data file index (bytes after the last entry)", count));
     }
-    if expected_offset != index_offset {
+    if expected_offset != blocks_end {
         return Err(bad(
-            "data file index (blocks do not end at the index)",
+            "data file index (blocks do not end at the filter or index)",
             count,
         ));
     }
@@ -1150,7 +1406,7 @@ mod tests {
         assert_eq!(old.get(b"\x00\x01k").unwrap(), Some(b"v".to_vec()));
         old.verify().unwrap();
         // An unknown version is refused.
-        v1[f + 4] = 3;
+        v1[f + 4] = 4;
         assert!(matches!(
             DataFile::open(v1),
             Err(Error::Corrupt {
@@ -1177,6 +1433,147 @@ mod tests {
         let file = DataFile::open(bytes).unwrap();
         assert_eq!(file.inner.index.blocks[0].flags, FLAG_LZ4);
         assert_eq!(file.get(b"\x00\x01k").unwrap(), Some(vec![7; 4096]));
+    }
+
+    /// A version-3 file of `n` keys: values are entries whose tag is `tags[i % tags.len()]`.
+    fn v3_file(n: u8, tags: &[u8], options: Version3) -> Result<Vec<u8>> {
+        let mut bytes = Vec::new();
+        let settings = DataFileSettings {
+            block_bytes: 40,
+            compress: true,
+        };
+        let mut w = DataFileWriter::new(&mut bytes, settings)
+            .with_file_id(FileId(*b"v3v3v3v3v3v3v3v3"))
+            .version_3(options)?;
+        for i in 0..n {
+            let tag = tags[usize::from(i) % tags.len()];
+            w.add(&[0, i / 4, b'k', i], &[tag, i, i, i, i])?;
+        }
+        w.finish()?;
+        Ok(bytes)
+    }
+
+    #[test]
+    fn version_3_round_trips_with_its_filter_flags_and_counts() {
+        let bytes = v3_file(20, &[1, 4, 5, 2], Version3::default()).unwrap();
+        let footer = &bytes[bytes.len() - FOOTER_V3_BYTES..];
+        // The version is still 44 bytes before the end; the id follows the v3 fields.
+        assert_eq!(&footer[60..62], &3u16.to_le_bytes());
+        assert_eq!(&footer[40..56], b"v3v3v3v3v3v3v3v3");
+        assert_eq!(&footer[56..60], b"MPDF");
+        let file = DataFile::open(bytes.clone()).unwrap();
+        assert_eq!(file.version(), 3);
+        assert_eq!(file.file_id(), Some(FileId(*b"v3v3v3v3v3v3v3v3")));
+        assert_eq!(file.chain_counts(), (5, 5));
+        assert!(!file.is_bottom());
+        assert_eq!(file.filter().unwrap().keys(), 20);
+        for i in 0..20u8 {
+            assert!(file.get(&[0, i / 4, b'k', i]).unwrap().is_some());
+        }
+        assert_eq!(file.get(&[0, 9, b'k', 200]).unwrap(), None);
+        assert_eq!(file.iter().count(), 20);
+        file.verify().unwrap();
+        // Without a filter: still version 3, the filter length 0 at the index.
+        let bare = v3_file(
+            8,
+            &[1],
+            Version3 {
+                filter_bits_per_key: 0,
+                bottom: true,
+            },
+        )
+        .unwrap();
+        let file = DataFile::open(bare).unwrap();
+        assert!(file.filter().is_none() && file.is_bottom());
+        assert_eq!(
+            file.get(&[0, 1, b'k', 5]).unwrap(),
+            Some(vec![1, 5, 5, 5, 5])
+        );
+        file.verify().unwrap();
+        // Older files are bottom runs without a filter.
+        let old = DataFile::open(sample()).unwrap();
+        assert!(old.is_bottom() && old.filter().is_none() && old.version() == 2);
+    }
+
+    #[test]
+    fn version_3_empty_file_is_index_and_footer() {
+        let mut bytes = Vec::new();
+        let w = DataFileWriter::new(&mut bytes, DataFileSettings::default())
+            .version_3(Version3::default())
+            .unwrap();
+        let info = w.finish().unwrap();
+        assert_eq!(info.bytes as usize, 4 + FOOTER_V3_BYTES);
+        let file = DataFile::open(bytes).unwrap();
+        assert_eq!((file.entries(), file.version()), (0, 3));
+        assert!(file.filter().is_none());
+        file.verify().unwrap();
+    }
+
+    #[test]
+    fn a_bottom_run_refuses_tombstones_and_operand_chains() {
+        for tag in [ENTRY_TAG_TOMBSTONE, ENTRY_TAG_OPERANDS] {
+            let bottom = Version3 {
+                bottom: true,
+                ..Version3::default()
+            };
+            assert!(matches!(
+                v3_file(3, &[1, tag], bottom),
+                Err(Error::Invalid { .. })
+            ));
+        }
+    }
+
+    /// Rewrites footer bytes of a version-3 file with `edit`, fixing the footer CRC so that
+    /// the checks behind it are what gets tested.
+    fn with_v3_footer_edited(bytes: &[u8], edit: impl FnOnce(&mut [u8])) -> Vec<u8> {
+        let at = bytes.len() - FOOTER_V3_BYTES;
+        let mut out = bytes.to_vec();
+        edit(&mut out[at..]);
+        let crc = crc32c::crc32c(&out[at..at + 100]);
+        out[at + 100..].copy_from_slice(&crc.to_le_bytes());
+        out
+    }
+
+    #[test]
+    fn version_3_damage_is_corrupt() {
+        let good = v3_file(20, &[1, 4, 5], Version3::default()).unwrap();
+        let footer_at = good.len() - FOOTER_V3_BYTES;
+        let filter_at = u64::from_le_bytes(good[footer_at..footer_at + 8].try_into().unwrap());
+        let mut cases: Vec<(&str, Vec<u8>)> = Vec::new();
+        let mut b = good.clone();
+        b[filter_at as usize + 20] ^= 1;
+        cases.push(("a filter bit flipped", b));
+        let mut b = good.clone();
+        b[footer_at + 3] ^= 1;
+        cases.push(("a footer bit flipped", b));
+        cases.push(("unknown flag", with_v3_footer_edited(&good, |f| f[20] = 2)));
+        cases.push((
+            "bottom with tombstones",
+            with_v3_footer_edited(&good, |f| f[20] = 1),
+        ));
+        cases.push((
+            "filter does not end at the index",
+            with_v3_footer_edited(&good, |f| f[8] = f[8].wrapping_add(1)),
+        ));
+        cases.push((
+            "filter moved into the blocks",
+            with_v3_footer_edited(&good, |f| {
+                let o = u64::from_le_bytes(f[0..8].try_into().unwrap()) - 8;
+                let l = u64::from_le_bytes(f[8..16].try_into().unwrap()) + 8;
+                f[0..8].copy_from_slice(&o.to_le_bytes());
+                f[8..16].copy_from_slice(&l.to_le_bytes());
+            }),
+        ));
+        for (what, bytes) in cases {
+            assert!(
+                matches!(DataFile::open(bytes), Err(Error::Corrupt { .. })),
+                "{what}"
+            );
+        }
+        // Counts that disagree with the blocks pass open and fail verify.
+        let lied = with_v3_footer_edited(&good, |f| f[24] = f[24].wrapping_add(1));
+        let file = DataFile::open(lied).unwrap();
+        assert!(matches!(file.verify(), Err(Error::Corrupt { .. })));
     }
 
     /// A writer that fails after `left` bytes.

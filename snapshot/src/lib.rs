@@ -76,7 +76,7 @@ mod writer;
 pub use archive::{Archive, ArchiveSettings, VerifyReport};
 pub use block_cache::{BlockCache, BlockCacheStats};
 pub use data_file::DataFileIter;
-pub use data_file::{DataFile, DataFileInfo, DataFileSettings, DataFileWriter, FileId};
+pub use data_file::{DataFile, DataFileInfo, DataFileSettings, DataFileWriter, FileId, Version3};
 pub use digest::FileDigest;
 pub use error::{Error, Result};
 pub use filter::{Filter, FilterBuilder};
