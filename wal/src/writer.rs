@@ -41,6 +41,30 @@ struct State {
     truncate_below: Option<u64>,
     failed: Option<Failure>,
     closed: bool,
+    /// The newest change appended since the last commit or rollback marker.
+    pending_change_lsn: Option<u64>,
+    /// Commit markers appended and not yet durable, oldest first: (marker LSN, newest change
+    /// it covers). Bounded by the ring: a marker leaves once its batch is written.
+    commits: VecDeque<(u64, u64)>,
+    /// The newest durable commit marker and the newest change it covers (0: none yet).
+    committed: (u64, u64),
+    /// `(last LSN, bytes_written after it)` for each sink write, oldest first: what
+    /// [`Wal::bytes_after`] subtracts. Trimmed at each truncation and thinned past
+    /// `WRITTEN_MARKS`, so it stays small whatever the log's length.
+    written: VecDeque<(u64, u64)>,
+}
+
+/// Most entries of `State::written`. Past it every other entry goes: the answers of
+/// `bytes_after` then count a few more batches (never fewer), while memory stays at 64 KiB
+/// for a log that is never truncated.
+const WRITTEN_MARKS: usize = 4096;
+
+/// What a record appended to the log does to the commit tracking.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Change,
+    Commit,
+    Rollback,
 }
 
 /// Why the flusher stopped: every later call reports it.
@@ -104,6 +128,12 @@ pub struct WalStats {
     pub durable_below: u64,
     /// The LSN the next record gets.
     pub next_lsn: u64,
+    /// The newest durable commit marker this writer appended (0: none yet).
+    pub last_commit_lsn: u64,
+    /// The newest change that a durable commit marker of this writer covers (0: none yet):
+    /// state changed since LSN `x` and was committed exactly when this is above `x`. A
+    /// commit marker with no change before it (only offsets moved) leaves it as it was.
+    pub last_committed_change_lsn: u64,
 }
 
 /// The write-ahead log's writer. Implements [`ChangeSink`], so a `millpond_state::Store` logs
@@ -206,6 +236,10 @@ impl Wal {
                 truncate_below: None,
                 failed: None,
                 closed: false,
+                pending_change_lsn: None,
+                commits: VecDeque::new(),
+                committed: (0, 0),
+                written: VecDeque::new(),
             }),
             space: Condvar::new(),
             work: Condvar::new(),
@@ -230,7 +264,7 @@ impl Wal {
     }
 
     /// Appends one record, encoded by `encode` into the current batch; returns its LSN.
-    fn append(&self, encode: impl FnOnce(&mut Vec<u8>) -> bool) -> Result<u64> {
+    fn append(&self, kind: Kind, encode: impl FnOnce(&mut Vec<u8>) -> bool) -> Result<u64> {
         let sh = &*self.shared;
         let mut st = sh.state.lock();
         loop {
@@ -270,6 +304,18 @@ impl Wal {
         chunk.count += 1;
         let full = chunk.buf.len() >= sh.batch_bytes;
         st.next_lsn += 1;
+        match kind {
+            Kind::Change => st.pending_change_lsn = Some(lsn),
+            Kind::Commit => {
+                let covered = match st.pending_change_lsn.take() {
+                    Some(change) => change,
+                    None => st.commits.back().map_or(st.committed.1, |c| c.1),
+                };
+                st.commits.push_back((lsn, covered));
+            }
+            // Replay discards the changes since the last commit.
+            Kind::Rollback => st.pending_change_lsn = None,
+        }
         if full {
             let chunk = st.current.take().expect("current exists");
             st.full.push_back(chunk);
@@ -281,7 +327,7 @@ impl Wal {
     /// Appends a state change; returns its LSN. It becomes durable with the next batch, and
     /// counts only once a later commit marker is durable.
     pub fn append_change(&self, change: &Change<'_>) -> Result<u64> {
-        self.append(|buf| record::encode_change(change, buf))
+        self.append(Kind::Change, |buf| record::encode_change(change, buf))
     }
 
     /// Appends a commit marker with the source offsets that the state now reflects, and
@@ -310,7 +356,11 @@ impl Wal {
 
     /// Appends a marker record and asks for an immediate flush.
     pub(crate) fn append_marker(&self, record: &proto::Record) -> Result<CommitTicket> {
-        let lsn = self.append(|buf| {
+        let kind = match record.body {
+            Some(proto::record::Body::Commit(_)) => Kind::Commit,
+            _ => Kind::Rollback,
+        };
+        let lsn = self.append(kind, |buf| {
             record::encode_record(record, buf);
             true
         })?;
@@ -333,7 +383,26 @@ impl Wal {
             sink_calls: self.shared.sink_calls.load(Ordering::Relaxed),
             durable_below: st.durable_below,
             next_lsn: st.next_lsn,
+            last_commit_lsn: st.committed.0,
+            last_committed_change_lsn: st.committed.1,
         }
+    }
+
+    /// Framed bytes this writer's sink accepted for batches holding a record after `lsn`:
+    /// what a recovery from a snapshot at `lsn` reads, as far as this writer wrote it (a log
+    /// it took over holds more below its first LSN). Counted by batch, so the batch holding
+    /// `lsn` counts whole, as recovery reads it whole; after many writes without a
+    /// truncation it may count a few batches more.
+    pub fn bytes_after(&self, lsn: u64) -> u64 {
+        let st = self.shared.state.lock();
+        // Read under the lock the flusher updates it under, so it matches `written`.
+        let total = self.shared.bytes_written.load(Ordering::Relaxed);
+        let below = st.written.partition_point(|&(last, _)| last <= lsn);
+        let before = match below {
+            0 => 0,
+            n => st.written[n - 1].1,
+        };
+        total - before
     }
 
     /// The LSN the next record will get.
@@ -351,6 +420,11 @@ impl Wal {
     pub fn truncate_below(&self, lsn: u64) {
         let mut st = self.shared.state.lock();
         st.truncate_below = Some(st.truncate_below.map_or(lsn, |t| t.max(lsn)));
+        // Nobody asks `bytes_after` below a truncation: keep only the newest mark at or
+        // below it.
+        while st.written.get(1).is_some_and(|&(last, _)| last <= lsn) {
+            st.written.pop_front();
+        }
         self.shared.work.notify_one();
     }
 
@@ -453,6 +527,19 @@ fn flush_loop(sh: &Shared, mut sink: impl WalSink) {
                     sh.sink_calls.fetch_add(1, Ordering::Relaxed);
                     st.durable_below = last_lsn + 1;
                     st.last_position = positions.pop();
+                    while st.commits.front().is_some_and(|&(lsn, _)| lsn <= last_lsn) {
+                        st.committed = st.commits.pop_front().expect("front exists");
+                    }
+                    let total = sh.bytes_written.load(Ordering::Relaxed);
+                    st.written.push_back((last_lsn, total));
+                    if st.written.len() > WRITTEN_MARKS {
+                        let newest = st.written.len() - 1;
+                        let mut i = 0;
+                        st.written.retain(|_| {
+                            i += 1;
+                            (i - 1) % 2 == 0 || i - 1 == newest
+                        });
+                    }
                     for mut chunk in batches {
                         chunk.buf.clear();
                         st.free.push(chunk.buf);

@@ -666,3 +666,56 @@ fn wal_writer_and_replay_through_pulsar() {
     );
     assert!(stats.batches_written > 5, "{stats:?}");
 }
+
+/// The snapshot trigger's inputs with the Pulsar sink: the writer counts what its sink
+/// accepted after an LSN and the newest durable commit, as with local segments
+/// (`wal_lag.rs`).
+#[test]
+fn bytes_after_an_lsn_and_the_last_commit_through_pulsar() {
+    use millpond_state::{Change, ChangeOp, StateKind};
+    use millpond_wal::{SourceOffset, Wal, WalSettings};
+
+    let _serial = serial();
+    let topic = unique_topic("wal-lag");
+    let sink = PulsarSink::connect(settings(&topic)).expect("connect");
+    let wal = Wal::start(sink, 1, WalSettings::default());
+    let mut marks = Vec::new();
+    let mut last_change = 0;
+    for i in 0..3i64 {
+        last_change = wal
+            .append_change(&Change {
+                state: "s",
+                kind: StateKind::Value,
+                key_group: 0,
+                key: &i.to_be_bytes(),
+                op: ChangeOp::Put {
+                    value: b"value",
+                    expires_at_ms: 0,
+                },
+            })
+            .expect("append");
+        let offsets = [SourceOffset {
+            topic: "in".into(),
+            partition: 0,
+            next_offset: i + 1,
+        }];
+        let lsn = wal.commit(&offsets).expect("commit").lsn();
+        marks.push((lsn, wal.stats().bytes_written));
+    }
+    // Offsets only.
+    let offsets = [SourceOffset {
+        topic: "in".into(),
+        partition: 0,
+        next_offset: 10,
+    }];
+    let markers_only = wal.commit(&offsets).expect("commit").lsn();
+    let stats = wal.stats();
+    assert_eq!(stats.last_commit_lsn, markers_only);
+    assert_eq!(stats.last_committed_change_lsn, last_change);
+    assert_eq!(wal.bytes_after(0), stats.bytes_written);
+    assert_eq!(wal.bytes_after(markers_only), 0);
+    for (lsn, written) in marks {
+        assert_eq!(wal.bytes_after(lsn), stats.bytes_written - written);
+    }
+    wal.close().expect("close");
+}
