@@ -273,7 +273,7 @@ impl Job {
                 memory_budget_bytes: 64 << 20,
                 ..StoreSettings::default()
             },
-            snapshot_interval: Some(Duration::from_secs(10)),
+            snapshot_interval_max: Some(Duration::from_secs(10)),
             ..Settings::default()
         };
         let opening = Millpond::builder(dir)

@@ -138,7 +138,9 @@ fn open(dir: &Path) -> Result<Job> {
             memory_budget_bytes: MEMORY_BUDGET_BYTES,
             ..StoreSettings::default()
         },
-        snapshot_interval: Some(SNAPSHOT_INTERVAL),
+        snapshot_interval_max: Some(SNAPSHOT_INTERVAL),
+        // The floor (1 s by default) may not be above the interval.
+        snapshot_interval_min: SNAPSHOT_INTERVAL,
         ..Settings::default()
     };
     let recovering = Millpond::builder(dir).settings(settings).open()?;

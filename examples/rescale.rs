@@ -32,7 +32,9 @@ fn open(
             key_groups: Some(key_groups),
             ..StoreSettings::default()
         },
-        snapshot_interval: None,
+        snapshot_after_changes: u64::MAX,
+        snapshot_after_wal_bytes: u64::MAX,
+        snapshot_interval_max: None,
         ..Settings::default()
     };
     let opening = Millpond::builder(dir)

@@ -94,7 +94,9 @@ fn open(dir: &Path, clock: &ManualClock) -> Result<(Millpond, States)> {
     let recovering = Millpond::builder(dir)
         .settings(Settings {
             // Snapshots on request only, so that the run is the same every time.
-            snapshot_interval: None,
+            snapshot_after_changes: u64::MAX,
+            snapshot_after_wal_bytes: u64::MAX,
+            snapshot_interval_max: None,
             ..Settings::default()
         })
         .clock(clock.clone())

@@ -20,7 +20,7 @@ use crate::snapshot::{
     Archive, ArchiveSettings, Manifest, RestoreSettings, SnapshotBase, SnapshotReport,
     SnapshotWriter,
 };
-use crate::snapshotter::{Request, Shared, Snapshotter};
+use crate::snapshotter::{Counted, Recovered, Request, Shared, Snapshotter};
 use crate::state::{
     BoxError, Change, ChangeSink, Clock, KeyGroupRange, Store, StoreStats, SystemClock,
 };
@@ -154,10 +154,11 @@ impl Builder {
         let started = Instant::now();
         let span = tracing::info_span!("millpond.open", dir = %self.dir.display());
         let _enter = span.enter();
+        let mut settings = self.settings;
+        settings.resolve_snapshot_triggers()?;
         let dir = self.dir;
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
         let lock = DirLock::acquire(&dir.join("LOCK"))?;
-        let mut settings = self.settings;
         if settings.snapshot.temp_dir.is_none() {
             // Ours alone: sort runs of a snapshot cut short by a crash can go.
             let tmp = dir.join("tmp");
@@ -228,6 +229,7 @@ impl Builder {
             writer,
             location,
             started,
+            clock: self.clock,
         })
     }
 }
@@ -245,6 +247,7 @@ pub struct Recovering {
     writer: SnapshotWriter,
     location: WalLocation,
     started: Instant,
+    clock: Arc<dyn Clock>,
 }
 
 impl std::fmt::Debug for Recovering {
@@ -281,18 +284,27 @@ impl Recovering {
         // The sink first: connecting it fences an older writer, so nothing it appends can land
         // after the replay read the log (docs/wal.md, "Writer epochs").
         let sink = self.location.sink()?;
-        let mut source = self.location.source(&parent)?;
+        let mut source = Counted {
+            source: self.location.source(&parent)?,
+            bytes: 0,
+        };
         let (wal, outcome) =
             replay_in_parallel(&self.store, self.settings.replay_threads, |apply| {
                 recover(
                     sink,
-                    source.as_mut(),
+                    &mut source,
                     parent.lsn,
                     Some(epoch),
                     self.settings.wal.clone(),
                     apply,
                 )
             })?;
+        let recovered = Recovered {
+            snapshot_lsn: parent.lsn,
+            commit_lsn: outcome.last_commit.as_ref().map_or(0, |c| c.lsn),
+            changed: outcome.applied > 0,
+            bytes: source.bytes,
+        };
         drop(source);
         self.store.replay_done();
         let wal = Arc::new(wal);
@@ -326,6 +338,8 @@ impl Recovering {
             settings: self.settings.clone(),
             shared: shared.clone(),
             base: self.base,
+            clock: self.clock,
+            recovered,
         }
         .spawn(receiver);
         Ok(Millpond {
@@ -506,8 +520,10 @@ impl Millpond {
     }
 
     /// Writes a snapshot now, from what the WAL committed since the last one, and waits for
-    /// it. `None` if nothing was committed since. Background snapshots
-    /// ([`Settings::snapshot_interval`]) do the same on their own.
+    /// it. `None` if nothing was committed since. Background snapshots do the same on their
+    /// own when a trigger holds ([`Settings::snapshot_after_changes`],
+    /// [`Settings::snapshot_after_wal_bytes`], [`Settings::snapshot_interval_max`]); a
+    /// request ignores the floor ([`Settings::snapshot_interval_min`]) and counts for it.
     pub fn snapshot_now(&self) -> Result<Option<SnapshotReport>> {
         let (reply, answer) = crossbeam_channel::bounded(1);
         self.requests

@@ -23,14 +23,31 @@ pub const STATE_EVICTIONS: &str = "millpond_state_evictions_total";
 pub const WAL_LAG_RECORDS: &str = "millpond_wal_lag_records";
 /// Counter, bytes: framed bytes the WAL sink accepted.
 pub const WAL_BYTES: &str = "millpond_wal_bytes_total";
-/// Gauge, records: WAL records since the last snapshot (what a crash would replay).
+/// Gauge, records: WAL records (changes and markers) after the last snapshot's LSN: what a
+/// crash would replay, and what `Settings::snapshot_after_changes` is compared with. Refreshed
+/// every 100 ms.
 pub const SNAPSHOT_LAG_RECORDS: &str = "millpond_snapshot_lag_records";
+/// Gauge, bytes: WAL bytes after the last snapshot's LSN (counted by batch), compared with
+/// `Settings::snapshot_after_wal_bytes`. Refreshed every 100 ms.
+pub const SNAPSHOT_LAG_BYTES: &str = "millpond_snapshot_lag_bytes";
+/// Gauge, seconds: since the last snapshot this instance committed started (the commit
+/// marker it covers is at least that old), or since the instance recovered if it wrote none
+/// yet; by the instance's clock. Compared with `Settings::snapshot_interval_max`. Refreshed
+/// every 100 ms.
+pub const SNAPSHOT_LAG_SECONDS: &str = "millpond_snapshot_lag_seconds";
 /// Histogram, seconds: [`Millpond::commit`](crate::Millpond::commit), until durable.
 pub const COMMIT_SECONDS: &str = "millpond_commit_seconds";
 /// Histogram, seconds: writing one snapshot, from start to the manifest's commit.
 pub const SNAPSHOT_SECONDS: &str = "millpond_snapshot_seconds";
 /// Counter, bytes: data file bytes uploaded by snapshots.
 pub const SNAPSHOT_BYTES: &str = "millpond_snapshot_bytes_total";
+/// Histogram, bytes: the data file bytes one snapshot wrote (its new files; the parent's
+/// files it reuses are not counted). 0 for a snapshot of offsets only.
+pub const SNAPSHOT_DELTA_BYTES: &str = "millpond_snapshot_delta_bytes";
+/// Counter: snapshots committed, labelled `trigger` with why each started: `changes`
+/// (`Settings::snapshot_after_changes`), `bytes` (`snapshot_after_wal_bytes`), `interval`
+/// (`snapshot_interval_max`) or `requested` (`Millpond::snapshot_now`).
+pub const SNAPSHOTS: &str = "millpond_snapshots_total";
 /// Counter: snapshots that failed (the instance stops if one was fenced).
 pub const SNAPSHOT_FAILURES: &str = "millpond_snapshot_failures_total";
 /// Histogram, seconds: recovery at open (restore and WAL replay), until the first record can
@@ -45,7 +62,7 @@ pub(crate) struct Reporter {
 }
 
 impl Reporter {
-    pub(crate) fn report(&mut self, store: &StoreStats, wal: &WalStats, snapshot_lsn: u64) {
+    pub(crate) fn report(&mut self, store: &StoreStats, wal: &WalStats) {
         let before = &self.last_store;
         let hits = store.hits.saturating_sub(before.hits);
         let misses = store.misses.saturating_sub(before.misses);
@@ -63,9 +80,21 @@ impl Reporter {
         metrics::gauge!(WAL_LAG_RECORDS).set(wal.next_lsn.saturating_sub(wal.durable_below) as f64);
         metrics::counter!(WAL_BYTES)
             .increment(wal.bytes_written.saturating_sub(self.last_wal_bytes));
-        metrics::gauge!(SNAPSHOT_LAG_RECORDS)
-            .set(wal.next_lsn.saturating_sub(snapshot_lsn + 1) as f64);
         self.last_store = *store;
         self.last_wal_bytes = wal.bytes_written;
     }
+}
+
+/// What the WAL holds past the last snapshot: the inputs of the snapshot triggers.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct SnapshotLag {
+    pub(crate) records: u64,
+    pub(crate) bytes: u64,
+    pub(crate) seconds: f64,
+}
+
+pub(crate) fn report_snapshot_lag(lag: &SnapshotLag) {
+    metrics::gauge!(SNAPSHOT_LAG_RECORDS).set(lag.records as f64);
+    metrics::gauge!(SNAPSHOT_LAG_BYTES).set(lag.bytes as f64);
+    metrics::gauge!(SNAPSHOT_LAG_SECONDS).set(lag.seconds);
 }

@@ -1,21 +1,113 @@
-//! The background thread of an instance: writes a snapshot every `snapshot_interval` (or on
-//! request), truncates the WAL below it and collects old snapshots, and refreshes the metrics
-//! gauges. Snapshots are built from the WAL, so the store is never paused for one.
+//! The background thread of an instance: starts a snapshot when a trigger holds (WAL records
+//! or bytes since the last snapshot, or time) or on request, truncates the WAL below it and
+//! collects old snapshots, and refreshes the metrics gauges. Snapshots are built from the
+//! WAL, so the store is never paused for one.
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::state::Clock;
+
 use crossbeam_channel::{Receiver, Sender};
 use parking_lot::Mutex;
 
 use crate::error::{Error, Result};
-use crate::metrics::{self, Reporter};
+use crate::metrics::{self, Reporter, SnapshotLag};
 use crate::settings::Settings;
 use crate::snapshot::{SnapshotBase, SnapshotReport, SnapshotWriter};
 use crate::state::Store;
-use crate::wal::{UpTo, Wal};
+use crate::wal::{StoredBatch, UpTo, Wal, WalSource};
 use crate::wal_location::WalLocation;
+
+/// How often the snapshot thread checks the triggers (docs/design/incremental-snapshots.md
+/// §7.2): the tail past a trigger grows by at most this long's writes before a snapshot
+/// starts.
+const CHECK_EVERY: Duration = Duration::from_millis(100);
+
+/// The longest wait after failed snapshots before the next automatic one (the wait doubles
+/// from 2 s), so that an unreachable archive is not retried with a whole WAL read each second.
+const RETRY_MAX: Duration = Duration::from_secs(64);
+
+/// Why a snapshot started: logged with it, and the `trigger` label of
+/// [`metrics::SNAPSHOTS`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Trigger {
+    /// `Settings::snapshot_after_changes`.
+    Changes,
+    /// `Settings::snapshot_after_wal_bytes`.
+    Bytes,
+    /// `Settings::snapshot_interval_max`.
+    Interval,
+    /// `Millpond::snapshot_now`.
+    Requested,
+}
+
+impl Trigger {
+    fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Changes => "changes",
+            Trigger::Bytes => "bytes",
+            Trigger::Interval => "interval",
+            Trigger::Requested => "requested",
+        }
+    }
+}
+
+/// What recovery replayed past the restored snapshot: the WAL writer started after it and
+/// knows none of it.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Recovered {
+    /// The LSN of the restored snapshot.
+    pub(crate) snapshot_lsn: u64,
+    /// The last commit marker replayed (0: none).
+    pub(crate) commit_lsn: u64,
+    /// Whether a replayed commit covered a state change.
+    pub(crate) changed: bool,
+    /// Framed bytes of the batches replayed (from the one holding the snapshot's LSN).
+    pub(crate) bytes: u64,
+}
+
+/// A [`WalSource`] that counts the bytes of the batches read through it: what recovery
+/// replayed, for [`Recovered::bytes`].
+pub(crate) struct Counted<S> {
+    pub(crate) source: S,
+    pub(crate) bytes: u64,
+}
+
+impl<S: WalSource> WalSource for Counted<S> {
+    fn next_batch(&mut self) -> crate::wal::Result<Option<StoredBatch>> {
+        let batch = self.source.next_batch()?;
+        self.bytes += batch.as_ref().map_or(0, |b| b.bytes.len() as u64);
+        Ok(batch)
+    }
+
+    fn torn_tail(&self) -> Option<crate::wal::TornTail> {
+        self.source.torn_tail()
+    }
+}
+
+/// The snapshot thread's memory of when snapshots started, by the instance's clock.
+struct Schedule {
+    /// When the last snapshot started, committed or not (the floor counts from it).
+    last_started_ms: Option<u64>,
+    /// When the last snapshot that committed started (the instance's recovery before the
+    /// first): the interval and the lag in seconds count from it.
+    covered_since_ms: u64,
+    /// Snapshots failed in a row.
+    failures: u32,
+}
+
+impl Schedule {
+    /// How long after `last_started_ms` the next automatic snapshot may start.
+    fn wait(&self, floor: Duration) -> Duration {
+        let retry = match self.failures {
+            0 => Duration::ZERO,
+            n => RETRY_MAX.min(Duration::from_secs(1 << n.min(6))),
+        };
+        floor.max(retry)
+    }
+}
 
 pub(crate) enum Request {
     Snapshot(Sender<Result<Option<SnapshotReport>>>),
@@ -78,68 +170,152 @@ pub(crate) struct Snapshotter {
     /// The snapshot this instance restored, until its files are all local: its files may not
     /// be collected before, since reads go to the archive until then.
     pub(crate) base: Option<Arc<SnapshotBase>>,
+    /// The instance's clock: the triggers' time.
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) recovered: Recovered,
 }
 
 impl Snapshotter {
     pub(crate) fn spawn(self, requests: Receiver<Request>) -> JoinHandle<()> {
+        // Read here, not on the new thread: the lag counts from the recovery, however late
+        // the thread gets to run.
+        let schedule = Schedule {
+            last_started_ms: None,
+            covered_since_ms: self.clock.now_ms(),
+            failures: 0,
+        };
         std::thread::Builder::new()
             .name("millpond-snapshot".into())
-            .spawn(move || self.run(requests))
+            .spawn(move || self.run(requests, schedule))
             .expect("spawning the snapshot thread")
     }
 
-    fn run(mut self, requests: Receiver<Request>) {
+    fn run(mut self, requests: Receiver<Request>, mut schedule: Schedule) {
         let mut reporter = Reporter::default();
-        let tick = self
+        let report_every = self
             .settings
             .metrics_interval
             .max(Duration::from_millis(10));
-        let mut next_snapshot = self.settings.snapshot_interval.map(|i| Instant::now() + i);
+        let mut next_report = Instant::now();
         loop {
-            let wait = match next_snapshot {
-                Some(at) => tick.min(at.saturating_duration_since(Instant::now())),
-                None => tick,
-            };
+            // Real time paces the checks; what they decide is by the instance's clock.
+            let wait = CHECK_EVERY.min(next_report.saturating_duration_since(Instant::now()));
             match requests.recv_timeout(wait) {
                 Ok(Request::Stop) | Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
                     return
                 }
                 Ok(Request::Snapshot(reply)) => {
-                    let _ = reply.send(self.snapshot());
+                    let _ = reply.send(self.snapshot(Trigger::Requested, &mut schedule));
                 }
                 Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
             }
-            if next_snapshot.is_some_and(|at| Instant::now() >= at) {
-                // A failed background snapshot is retried at the next interval, unless the
-                // instance was fenced or failed (then `snapshot` refuses).
-                let _ = self.snapshot();
-                next_snapshot = self.settings.snapshot_interval.map(|i| Instant::now() + i);
+            self.check(&mut schedule);
+            if Instant::now() >= next_report {
+                reporter.report(&self.store.stats(), &self.wal.stats());
+                next_report = Instant::now() + report_every;
             }
-            reporter.report(
-                &self.store.stats(),
-                &self.wal.stats(),
-                self.shared
-                    .snapshot_lsn
-                    .load(std::sync::atomic::Ordering::Relaxed),
-            );
+        }
+    }
+
+    /// Starts a snapshot if a trigger holds, then reports the lag. A failed snapshot is
+    /// retried by the next check that finds a trigger holding, after the floor and the
+    /// failures' wait, unless the instance was fenced or failed.
+    fn check(&mut self, schedule: &mut Schedule) {
+        // One reading of the clock and the WAL per check: the gauges show what it decided on.
+        let now = self.clock.now_ms();
+        let mut lag = self.lag(schedule, now);
+        if self.shared.check().is_ok() {
+            if let Some(trigger) = self.due(schedule, now, &lag) {
+                if let Ok(Some(_)) = self.snapshot(trigger, schedule) {
+                    lag = self.lag(schedule, now);
+                }
+            }
+        }
+        metrics::report_snapshot_lag(&lag);
+    }
+
+    /// Which trigger holds now, if a snapshot may start. Nothing committed since the last
+    /// snapshot: none (no empty snapshots). Only offsets committed, no state changed: only
+    /// the interval, and the snapshot is a manifest with no new data file, which moves the
+    /// offsets and lets the WAL be truncated.
+    fn due(&self, schedule: &Schedule, now: u64, lag: &SnapshotLag) -> Option<Trigger> {
+        let parent = self.writer.parent().lsn;
+        let wal = self.wal.stats();
+        let r = &self.recovered;
+        let recovered_change = if r.changed { r.commit_lsn } else { 0 };
+        // Durable commits only: a snapshot reads the WAL up to what is durable.
+        if wal.last_commit_lsn.max(r.commit_lsn) <= parent {
+            return None;
+        }
+        let changed = wal.last_committed_change_lsn.max(recovered_change) > parent;
+        if let Some(started) = schedule.last_started_ms {
+            let wait = schedule.wait(self.settings.snapshot_interval_min);
+            if u128::from(now.saturating_sub(started)) < wait.as_millis() {
+                return None;
+            }
+        }
+        let s = &self.settings;
+        if changed && lag.records >= s.snapshot_after_changes {
+            return Some(Trigger::Changes);
+        }
+        if changed && lag.bytes >= s.snapshot_after_wal_bytes {
+            return Some(Trigger::Bytes);
+        }
+        let since = now.saturating_sub(schedule.covered_since_ms);
+        match s.snapshot_interval_max {
+            Some(max) if u128::from(since) >= max.as_millis() => Some(Trigger::Interval),
+            _ => None,
+        }
+    }
+
+    /// What the WAL holds past the last snapshot.
+    fn lag(&self, schedule: &Schedule, now: u64) -> SnapshotLag {
+        let parent = self.writer.parent().lsn;
+        // Until this instance's first snapshot, the tail includes what recovery replayed,
+        // which this writer did not write.
+        let replayed = if parent == self.recovered.snapshot_lsn {
+            self.recovered.bytes
+        } else {
+            0
+        };
+        SnapshotLag {
+            records: self.wal.next_lsn().saturating_sub(parent + 1),
+            bytes: self.wal.bytes_after(parent) + replayed,
+            seconds: now.saturating_sub(schedule.covered_since_ms) as f64 / 1000.0,
         }
     }
 
     /// Writes the next snapshot from what the WAL committed since the last one. `None` if
     /// nothing was committed since.
-    fn snapshot(&mut self) -> Result<Option<SnapshotReport>> {
+    fn snapshot(
+        &mut self,
+        trigger: Trigger,
+        schedule: &mut Schedule,
+    ) -> Result<Option<SnapshotReport>> {
         self.shared.check()?;
-        let span = tracing::info_span!("millpond.snapshot", parent_lsn = self.writer.parent().lsn);
+        let span = tracing::info_span!(
+            "millpond.snapshot",
+            parent_lsn = self.writer.parent().lsn,
+            trigger = trigger.as_str()
+        );
         let _enter = span.enter();
         let started = Instant::now();
+        let started_ms = self.clock.now_ms();
+        schedule.last_started_ms = Some(started_ms);
         let result = self.write_snapshot();
         match &result {
             Ok(Some(report)) => {
+                schedule.covered_since_ms = started_ms;
+                schedule.failures = 0;
                 let m = &report.manifest;
                 ::metrics::histogram!(metrics::SNAPSHOT_SECONDS)
                     .record(started.elapsed().as_secs_f64());
                 ::metrics::counter!(metrics::SNAPSHOT_BYTES).increment(report.bytes_written);
+                ::metrics::histogram!(metrics::SNAPSHOT_DELTA_BYTES)
+                    .record(report.bytes_written as f64);
+                ::metrics::counter!(metrics::SNAPSHOTS, "trigger" => trigger.as_str()).increment(1);
                 tracing::info!(
+                    trigger = trigger.as_str(),
                     sequence = m.sequence,
                     lsn = m.lsn,
                     changes = report.changes,
@@ -149,8 +325,12 @@ impl Snapshotter {
                     "snapshot committed"
                 );
             }
-            Ok(None) => tracing::debug!("nothing committed since the last snapshot"),
+            Ok(None) => {
+                schedule.failures = 0;
+                tracing::debug!("nothing committed since the last snapshot");
+            }
             Err(e) => {
+                schedule.failures = schedule.failures.saturating_add(1);
                 ::metrics::counter!(metrics::SNAPSHOT_FAILURES).increment(1);
                 tracing::warn!(error = %e, "snapshot failed");
                 if matches!(e, Error::Fenced { .. }) {

@@ -21,7 +21,9 @@ fn url(dir: &Path) -> String {
 
 fn open(dir: &Path, archive: &Path, key_groups: Option<KeyGroupRange>) -> (Millpond, States) {
     let mut settings = common::job_settings();
-    settings.snapshot_interval = None;
+    settings.snapshot_after_changes = u64::MAX;
+    settings.snapshot_after_wal_bytes = u64::MAX;
+    settings.snapshot_interval_max = None;
     settings.store = StoreSettings {
         key_groups,
         ..settings.store
@@ -170,7 +172,9 @@ fn one_instance_into_two_and_back_into_one() {
     job.close().unwrap();
 
     let mut settings = common::job_settings();
-    settings.snapshot_interval = None;
+    settings.snapshot_after_changes = u64::MAX;
+    settings.snapshot_after_wal_bytes = u64::MAX;
+    settings.snapshot_interval_max = None;
     common::check_exactly_once(
         Millpond::builder(t.join("merged"))
             .settings(settings)

@@ -43,7 +43,9 @@ impl Setup {
         let (archive, _) = common::s3_archive(&self.prefix);
         Millpond::builder(dir)
             .settings(millpond::Settings {
-                snapshot_interval: None,
+                snapshot_after_changes: u64::MAX,
+                snapshot_after_wal_bytes: u64::MAX,
+                snapshot_interval_max: None,
                 ..millpond::Settings::default()
             })
             .pulsar_wal(self.pulsar.clone())

@@ -26,7 +26,9 @@ fn at(partition: i32, next_offset: i64) -> SourceOffset {
 fn open(dir: &std::path::Path) -> (Millpond, ValueState<String, u64>) {
     let opening = Millpond::builder(dir)
         .settings(Settings {
-            snapshot_interval: None,
+            snapshot_after_changes: u64::MAX,
+            snapshot_after_wal_bytes: u64::MAX,
+            snapshot_interval_max: None,
             ..Settings::default()
         })
         .open()

@@ -25,7 +25,9 @@ fn at(next_offset: i64) -> SourceOffset {
 fn open(dir: &Path) -> Result<(Millpond, ValueState<String, u64>), Error> {
     let opening = Millpond::builder(dir)
         .settings(Settings {
-            snapshot_interval: None,
+            snapshot_after_changes: u64::MAX,
+            snapshot_after_wal_bytes: u64::MAX,
+            snapshot_interval_max: None,
             ..Settings::default()
         })
         .open()?;

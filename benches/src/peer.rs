@@ -175,7 +175,9 @@ fn settings(args: &PeerArgs) -> Settings {
             ..WalSettings::default()
         },
         // Only the snapshot the timeline phase asks for, as the harness takes one checkpoint.
-        snapshot_interval: None,
+        snapshot_after_changes: u64::MAX,
+        snapshot_after_wal_bytes: u64::MAX,
+        snapshot_interval_max: None,
         ..defaults
     }
 }

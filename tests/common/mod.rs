@@ -169,7 +169,8 @@ pub fn job_settings() -> Settings {
             segment_bytes: 256 << 10,
             ..SegmentSettings::default()
         },
-        snapshot_interval: Some(Duration::from_millis(250)),
+        snapshot_interval_max: Some(Duration::from_millis(250)),
+        snapshot_interval_min: Duration::from_millis(250),
         snapshot_retain: 2,
         snapshot_gc_grace: Duration::from_secs(1),
         metrics_interval: Duration::from_millis(100),

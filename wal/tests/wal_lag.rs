@@ -51,7 +51,10 @@ fn commits_are_told_apart_from_markers_that_only_move_offsets() {
     let dir = tempfile::tempdir().unwrap();
     let wal = start(dir.path());
     let stats = wal.stats();
-    assert_eq!((stats.last_commit_lsn, stats.last_committed_change_lsn), (0, 0));
+    assert_eq!(
+        (stats.last_commit_lsn, stats.last_committed_change_lsn),
+        (0, 0)
+    );
 
     let change = put(&wal, b"a");
     let first = commit(&wal, 1);
