@@ -112,10 +112,19 @@ fn settings(memory_budget: u64, snapshot_interval_s: Option<f64>) -> Settings {
         ..Settings::default()
     };
     match snapshot_interval_s {
-        Some(s) if s > 0.0 => settings.snapshot_interval = Some(Duration::from_secs_f64(s)),
+        // The interval on top of the volume triggers (the floor may not be above it).
+        Some(s) if s > 0.0 => {
+            let interval = Duration::from_secs_f64(s);
+            settings.snapshot_interval_max = Some(interval);
+            settings.snapshot_interval_min = settings.snapshot_interval_min.min(interval);
+        }
         Some(_) => {}
         // A restore measures, it does not snapshot.
-        None => settings.snapshot_interval = None,
+        None => {
+            settings.snapshot_after_changes = u64::MAX;
+            settings.snapshot_after_wal_bytes = u64::MAX;
+            settings.snapshot_interval_max = None;
+        }
     }
     settings
 }
