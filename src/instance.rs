@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -326,7 +326,6 @@ impl Recovering {
         );
         let shared = Arc::new(Shared {
             failure: Mutex::new(None),
-            snapshot_lsn: AtomicU64::new(parent.lsn),
             last_snapshot: Mutex::new(None),
         });
         let (requests, receiver) = crossbeam_channel::unbounded();

@@ -136,8 +136,6 @@ impl Failure {
 
 pub(crate) struct Shared {
     pub(crate) failure: Mutex<Option<Failure>>,
-    /// The LSN of the last snapshot (what recovery would replay from).
-    pub(crate) snapshot_lsn: std::sync::atomic::AtomicU64,
     pub(crate) last_snapshot: Mutex<Option<SnapshotReport>>,
 }
 
@@ -354,9 +352,6 @@ impl Snapshotter {
             return Ok(None);
         };
         let lsn = report.manifest.lsn;
-        self.shared
-            .snapshot_lsn
-            .store(lsn, std::sync::atomic::Ordering::Relaxed);
         *self.shared.last_snapshot.lock() = Some(report.clone());
         // The batch holding the snapshot's commit marker stays: the next recovery starts
         // reading there.
