@@ -1,8 +1,10 @@
 //! Change capture: every mutation of state becomes a [`Change`] handed to a [`ChangeSink`]
 //! (the write-ahead log) before it is applied, so that replaying the changes in order rebuilds
-//! the state. [`Store::apply`](crate::Store::apply) is that replay.
+//! the state. [`Store::apply`](crate::Store::apply) is that replay. What a change does
+//! ([`ChangeOp`]) is part of the formats and lives in `millpond_format`.
 
-use crate::descriptor::StateKind;
+pub use millpond_format::{ChangeOp, StateKind};
+
 use crate::error::BoxError;
 
 /// One mutation of one key of one state, borrowed from the store for the duration of a
@@ -22,65 +24,6 @@ pub struct Change<'a> {
     pub key: &'a [u8],
     /// What happened.
     pub op: ChangeOp<'a>,
-}
-
-/// What a [`Change`] does. Expiry timestamps are milliseconds since the epoch, 0 for none.
-///
-/// Reducing and aggregating state record the new accumulator as a [`ChangeOp::Put`], so that
-/// replay needs no user function and is idempotent per record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum ChangeOp<'a> {
-    /// Value-like state (value, reducing, aggregating) set to `value`.
-    Put {
-        /// The encoded value.
-        value: &'a [u8],
-        /// When it expires.
-        expires_at_ms: u64,
-    },
-    /// The key's entry removed (any kind).
-    Clear,
-    /// List state: `values` appended.
-    ListAppend {
-        /// The encoded elements, in order.
-        values: &'a [Vec<u8>],
-        /// When they expire.
-        expires_at_ms: u64,
-    },
-    /// List state: replaced by `values` (empty clears it).
-    ListReplace {
-        /// The encoded elements, in order.
-        values: &'a [Vec<u8>],
-        /// When they expire.
-        expires_at_ms: u64,
-    },
-    /// Map state: `user_key` set to `value`.
-    MapPut {
-        /// The encoded map key.
-        user_key: &'a [u8],
-        /// The encoded map value.
-        value: &'a [u8],
-        /// When it expires.
-        expires_at_ms: u64,
-    },
-    /// Map state: `user_key` removed.
-    MapRemove {
-        /// The encoded map key.
-        user_key: &'a [u8],
-    },
-    /// TTL on read (`OnReadAndWrite`): the expiry of the whole entry (every element of a list
-    /// or map) refreshed.
-    Touch {
-        /// The new expiry.
-        expires_at_ms: u64,
-    },
-    /// TTL on read of one map entry: its expiry refreshed.
-    MapTouch {
-        /// The encoded map key.
-        user_key: &'a [u8],
-        /// The new expiry.
-        expires_at_ms: u64,
-    },
 }
 
 /// Receives every change before it is applied. The write-ahead log implements it.

@@ -1,58 +1,11 @@
 //! State descriptors: how a job declares a state (name, kind, codecs, TTL), as in Flink.
 
-use std::fmt;
 use std::sync::Arc;
 
-use crate::change::ChangeOp;
+pub use millpond_format::StateKind;
+
 use crate::codec::Codec;
 use crate::ttl::TtlConfig;
-
-/// The five kinds of keyed state, as in Flink.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum StateKind {
-    /// One value per key (`ValueState`).
-    Value,
-    /// A list per key (`ListState`).
-    List,
-    /// A map per key (`MapState`).
-    Map,
-    /// A value folded with a reduce function (`ReducingState`).
-    Reducing,
-    /// An accumulator folded with an aggregate function (`AggregatingState`).
-    Aggregating,
-}
-
-impl fmt::Display for StateKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            StateKind::Value => "value",
-            StateKind::List => "list",
-            StateKind::Map => "map",
-            StateKind::Reducing => "reducing",
-            StateKind::Aggregating => "aggregating",
-        })
-    }
-}
-
-impl StateKind {
-    /// Whether a change of this kind of state may carry `op`.
-    pub fn accepts(&self, op: &ChangeOp<'_>) -> bool {
-        use ChangeOp::*;
-        match self {
-            StateKind::Value | StateKind::Reducing | StateKind::Aggregating => {
-                matches!(op, Put { .. } | Clear | Touch { .. })
-            }
-            StateKind::List => matches!(
-                op,
-                ListAppend { .. } | ListReplace { .. } | Clear | Touch { .. }
-            ),
-            StateKind::Map => matches!(
-                op,
-                MapPut { .. } | MapRemove { .. } | MapTouch { .. } | Touch { .. } | Clear
-            ),
-        }
-    }
-}
 
 /// A state as a snapshot records it: its name, kind, TTL and the id that prefixes its keys.
 ///

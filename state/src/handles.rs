@@ -4,27 +4,43 @@
 use std::cell::RefCell;
 use std::sync::Arc;
 
+use millpond_format::{CompositeKeyBuf, Entry};
+
 use crate::change::ChangeOp;
 use crate::codec::Codec;
 use crate::descriptor::{
     AggregatingStateDescriptor, ErasedAggregate, ListStateDescriptor, MapStateDescriptor,
     ReducingStateDescriptor, StateInfo, StateKind, ValueStateDescriptor,
 };
-use crate::entry::Data;
 use crate::error::{BoxError, Error, Result};
-use crate::store::{Access, Emitter, Inner, Store, PREFIX};
+use crate::store::{Access, Emitter, Inner, Store};
 
 thread_local! {
     /// Reusable encoding buffers, so that the hot path does not allocate for keys and values.
     static BUFFERS: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+    static KEY_BUFFERS: RefCell<Vec<CompositeKeyBuf>> = const { RefCell::new(Vec::new()) };
 }
+
+/// Buffers above this many bytes are dropped after use rather than kept for the next call.
+const KEEP_BUFFER_BYTES: usize = 64 << 10;
 
 fn with_buffer<R>(f: impl FnOnce(&mut Vec<u8>) -> R) -> R {
     let mut buf = BUFFERS.with(|b| b.borrow_mut().pop()).unwrap_or_default();
     buf.clear();
     let r = f(&mut buf);
-    if buf.capacity() <= 64 << 10 {
+    if buf.capacity() <= KEEP_BUFFER_BYTES {
         BUFFERS.with(|b| b.borrow_mut().push(buf));
+    }
+    r
+}
+
+fn with_key_buffer<R>(f: impl FnOnce(&mut CompositeKeyBuf) -> R) -> R {
+    let mut buf = KEY_BUFFERS
+        .with(|b| b.borrow_mut().pop())
+        .unwrap_or_default();
+    let r = f(&mut buf);
+    if buf.capacity() <= KEEP_BUFFER_BYTES {
+        KEY_BUFFERS.with(|b| b.borrow_mut().push(buf));
     }
     r
 }
@@ -73,10 +89,10 @@ impl<K: 'static> Handle<K> {
     fn read<R>(
         &self,
         key: &K,
-        fast: impl FnOnce(Option<&Data>) -> Result<R>,
-        slow: impl FnOnce(&mut Option<Data>, &mut Emitter<'_>) -> Result<R>,
+        fast: impl FnOnce(Option<&Entry>) -> Result<R>,
+        slow: impl FnOnce(&mut Option<Entry>, &mut Emitter<'_>) -> Result<R>,
     ) -> Result<R> {
-        with_buffer(|ck| {
+        with_key_buffer(|ck| {
             self.composite_key(key, ck)?;
             match self.store.read_hot(&self.st, ck, fast)? {
                 Some(r) => Ok(r),
@@ -85,15 +101,17 @@ impl<K: 'static> Handle<K> {
         })
     }
 
-    /// Writes the composite key of `key` into the empty buffer `ck`: the prefix (key group
-    /// filled in later by the store, state id), then the encoded key.
-    fn composite_key(&self, key: &K, ck: &mut Vec<u8>) -> Result<()> {
-        ck.extend_from_slice(&[0, 0]);
-        ck.extend_from_slice(&self.st.id.to_be_bytes());
+    /// Writes the composite key of `key` into `ck`: the prefix (state id; the key group is
+    /// filled in later by the store), then the encoded key.
+    fn composite_key(&self, key: &K, ck: &mut CompositeKeyBuf) -> Result<()> {
         self.key_codec
-            .encode(key, ck)
+            .encode(key, ck.start(self.st.id))
             .map_err(codec_err(&self.st))?;
-        debug_assert!(ck.len() >= PREFIX);
+        if !ck.is_complete() {
+            return Err(codec_err(&self.st)(
+                "the key codec removed bytes it did not write".into(),
+            ));
+        }
         Ok(())
     }
 
@@ -102,9 +120,9 @@ impl<K: 'static> Handle<K> {
         &self,
         key: &K,
         access: Access,
-        f: impl FnOnce(&mut Option<Data>, &mut Emitter<'_>) -> Result<R>,
+        f: impl FnOnce(&mut Option<Entry>, &mut Emitter<'_>) -> Result<R>,
     ) -> Result<R> {
-        with_buffer(|ck| {
+        with_key_buffer(|ck| {
             self.composite_key(key, ck)?;
             self.store.run(&self.st, ck, access, f)
         })
@@ -120,16 +138,16 @@ impl<K: 'static> Handle<K> {
     }
 }
 
-fn data_value_bytes(data: &Data) -> Option<&[u8]> {
+fn data_value_bytes(data: &Entry) -> Option<&[u8]> {
     match data {
-        Data::Value { value, .. } => Some(value.as_slice()),
+        Entry::Value { value, .. } => Some(value.as_slice()),
         _ => None,
     }
 }
 
-fn value_bytes(slot: &Option<Data>) -> Option<&[u8]> {
+fn value_bytes(slot: &Option<Entry>) -> Option<&[u8]> {
     match slot {
-        Some(Data::Value { value, .. }) => Some(value.as_slice()),
+        Some(Entry::Value { value, .. }) => Some(value.as_slice()),
         _ => None,
     }
 }
@@ -244,7 +262,7 @@ impl<K: 'static, V: 'static> ListState<K, V> {
     pub fn get(&self, key: &K) -> Result<Vec<V>> {
         self.h.run(key, Access::Read, |slot, em| {
             let out = match slot {
-                Some(Data::List(elems)) => elems
+                Some(Entry::List(elems)) => elems
                     .iter()
                     .map(|e| self.codec.decode(&e.value))
                     .collect::<Result<Vec<_>, _>>()
@@ -347,7 +365,7 @@ impl<K: 'static, UK: 'static, UV: 'static> MapState<K, UK, UV> {
         self.encode_user_key(user_key, |uk| {
             self.h.run(key, Access::Read, |slot, em| {
                 let v = match slot {
-                    Some(Data::Map(map)) => map
+                    Some(Entry::Map(map)) => map
                         .get(uk)
                         .map(|e| self.value_codec.decode(&e.value))
                         .transpose()
@@ -366,7 +384,7 @@ impl<K: 'static, UK: 'static, UV: 'static> MapState<K, UK, UV> {
     pub fn contains(&self, key: &K, user_key: &UK) -> Result<bool> {
         self.encode_user_key(user_key, |uk| {
             self.h.run(key, Access::Read, |slot, em| {
-                let found = matches!(slot, Some(Data::Map(map)) if map.contains_key(uk));
+                let found = matches!(slot, Some(Entry::Map(map)) if map.contains_key(uk));
                 if found {
                     em.touch(slot, Some(uk));
                 }
@@ -401,7 +419,7 @@ impl<K: 'static, UK: 'static, UV: 'static> MapState<K, UK, UV> {
     pub fn remove(&self, key: &K, user_key: &UK) -> Result<()> {
         self.encode_user_key(user_key, |uk| {
             self.h.run(key, Access::Write, |slot, em| match slot {
-                Some(Data::Map(map)) if map.contains_key(uk) => {
+                Some(Entry::Map(map)) if map.contains_key(uk) => {
                     em.apply(slot, ChangeOp::MapRemove { user_key: uk })
                 }
                 _ => Ok(()),
@@ -413,7 +431,7 @@ impl<K: 'static, UK: 'static, UV: 'static> MapState<K, UK, UV> {
     pub fn entries(&self, key: &K) -> Result<Vec<(UK, UV)>> {
         self.h.run(key, Access::Read, |slot, em| {
             let out = match slot {
-                Some(Data::Map(map)) => map
+                Some(Entry::Map(map)) => map
                     .iter()
                     .map(|(k, e)| {
                         Ok((
@@ -434,7 +452,7 @@ impl<K: 'static, UK: 'static, UV: 'static> MapState<K, UK, UV> {
     pub fn keys(&self, key: &K) -> Result<Vec<UK>> {
         self.h.run(key, Access::Read, |slot, em| {
             let out = match slot {
-                Some(Data::Map(map)) => map
+                Some(Entry::Map(map)) => map
                     .keys()
                     .map(|k| self.key_codec.decode(k))
                     .collect::<Result<Vec<_>, _>>()

@@ -14,6 +14,10 @@
 //! - **Base tier**: a store restored from a snapshot reads the snapshot's files in place
 //!   ([`BaseTier`], [`StoreBuilder::base`]) instead of loading them; [`KeyChanges`] applies
 //!   logged changes to snapshot entries outside a store, for the snapshot writer.
+//! - **Formats**: the composite key, the entry encoding, the changes and the rules that apply
+//!   them live in `millpond_format`; this crate re-exports what its API always had
+//!   ([`ChangeOp`], [`StateKind`], [`composite_key`], [`split_composite_key`],
+//!   [`COMPOSITE_PREFIX`], [`decode_entry`], [`EntryView`]).
 //!
 //! What it is not: a durable database. The cold tier is a cache that starts empty at every
 //! open; durability is the write-ahead log's and the snapshots' job (`millpond-wal`,
@@ -81,9 +85,10 @@ pub use key_group::{
     key_group, key_group_of_hash, key_hash, KeyGroupRange, DEFAULT_MAX_KEY_GROUPS,
     MAX_KEY_GROUPS_LIMIT,
 };
+pub use millpond_format::key::MAX_KEY_BYTES;
 pub use offline::{
     composite_key, decode_entry, split_composite_key, EntryView, KeyChanges, COMPOSITE_PREFIX,
 };
 pub use settings::StoreSettings;
-pub use store::{thread_cold_reads, Store, StoreBuilder, StoreStats, MAX_KEY_BYTES};
+pub use store::{thread_cold_reads, Store, StoreBuilder, StoreStats};
 pub use ttl::{TtlConfig, TtlUpdateType, TtlVisibility};

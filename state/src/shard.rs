@@ -6,7 +6,10 @@ use std::sync::Arc;
 use hashbrown::HashMap;
 use lru::LruCache;
 
-use crate::entry::{alloc_size, encode, Data, Entry, ENTRY_OVERHEAD};
+use millpond_format::entry::alloc_size;
+use millpond_format::Entry;
+
+use crate::entry::{HotEntry, ENTRY_OVERHEAD};
 use crate::hot_key::HotKey;
 
 /// An evicted dirty entry on its way to the cold tier. `value: None` deletes.
@@ -36,7 +39,7 @@ pub(crate) struct ShardStats {
 
 pub(crate) struct Shard {
     pub index: u16,
-    pub lru: LruCache<HotKey, Entry>,
+    pub lru: LruCache<HotKey, HotEntry>,
     /// Bytes charged by the entries in `lru`.
     pub used: usize,
     pub budget: usize,
@@ -57,7 +60,7 @@ pub(crate) struct Shard {
 
 /// Bytes that a key plus payload cost in the hot tier.
 #[inline]
-pub(crate) fn charge(key_len: usize, data: &Data) -> usize {
+pub(crate) fn charge(key_len: usize, data: &Entry) -> usize {
     ENTRY_OVERHEAD + alloc_size(HotKey::heap_len(key_len)) + data.mem_size()
 }
 
@@ -83,7 +86,7 @@ impl Shard {
     /// Finds `key` in the hot tier, counting a hit. Recency matters only to pick what to
     /// evict: below half the budget nothing will be evicted soon, so the LRU relink (two cache
     /// misses on large state) is skipped until then.
-    pub fn lookup(&mut self, key: &[u8]) -> Option<&mut Entry> {
+    pub fn lookup(&mut self, key: &[u8]) -> Option<&mut HotEntry> {
         let found = if self.used > self.budget / 2 {
             self.lru.get_mut(key)
         } else {
@@ -162,18 +165,18 @@ impl Shard {
     /// a later TTL refresh in the log may still extend it (replay runs at today's clock, the
     /// refresh was made when the data was live). Reads filter expired data anyway, and the TTL
     /// cleanup removes it from the cold tier.
-    fn write_back(&mut self, key: Box<[u8]>, entry: &Entry) {
+    fn write_back(&mut self, key: Box<[u8]>, entry: &HotEntry) {
         if !entry.dirty {
             return;
         }
         // Tombstones and emptied lists or maps are deletes.
-        if crate::entry::is_empty_data(&entry.data) {
+        if entry.data.is_empty() {
             if self.spilled_any {
                 self.spill(key, None);
             }
         } else {
             self.scratch.clear();
-            encode(&entry.data, &mut self.scratch);
+            entry.data.encode(&mut self.scratch);
             let bytes = Arc::from(&self.scratch[..]);
             self.spill(key, Some(bytes));
         }

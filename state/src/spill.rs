@@ -17,9 +17,11 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use parking_lot::Mutex;
 use redb::{Database, Durability, ReadOnlyTable, ReadableDatabase, ReadableTable, TableDefinition};
 
+use millpond_format::key::key_group_of;
+use millpond_format::Entry;
+
 use crate::base::BaseTier;
 use crate::clock::Clock;
-use crate::entry::{decode, encode, Data};
 use crate::error::{Error, Result};
 use crate::shard::{Shard, SpillOp};
 
@@ -114,7 +116,7 @@ fn start_writeback(_file: &std::fs::File) {}
 /// The cold-tier encoding of a tombstone.
 fn tombstone() -> Vec<u8> {
     let mut buf = Vec::with_capacity(5);
-    encode(&Data::Tombstone, &mut buf);
+    Entry::Tombstone.encode(&mut buf);
     buf
 }
 
@@ -229,13 +231,13 @@ impl ColdTier {
 
     /// Reads `key` from the cold tier, then from the base tier if the cold tier has nothing
     /// for it. A tombstone reads as `None`.
-    pub fn get(&self, key: &[u8]) -> Result<Option<Data>> {
+    pub fn get(&self, key: &[u8]) -> Result<Option<Entry>> {
         let found = self.get_cold(key)?;
         let data = match (found, &self.base) {
             (Some(data), _) => data,
             (None, Some(base)) => match base.get(key) {
                 Ok(Some(bytes)) => {
-                    decode(&bytes, || format!("key {key:02x?} in the base snapshot"))?
+                    Entry::decode(&bytes, || format!("key {key:02x?} in the base snapshot"))?
                 }
                 Ok(None) => return Ok(None),
                 Err(source) => return Err(Error::Base { source }),
@@ -243,12 +245,12 @@ impl ColdTier {
             (None, None) => return Ok(None),
         };
         Ok(match data {
-            Data::Tombstone => None,
+            Entry::Tombstone => None,
             d => Some(d),
         })
     }
 
-    fn get_cold(&self, key: &[u8]) -> Result<Option<Data>> {
+    fn get_cold(&self, key: &[u8]) -> Result<Option<Entry>> {
         let location = || format!("key {:02x?} in {}", key, self.path.display());
         let table = {
             let epoch = self.epoch.load(Ordering::Acquire);
@@ -271,7 +273,9 @@ impl ColdTier {
             }
         };
         match table.get(key) {
-            Ok(Some(v)) => decode(v.value(), location).map(Some),
+            Ok(Some(v)) => Entry::decode(v.value(), location)
+                .map(Some)
+                .map_err(Error::from),
             Ok(None) => Ok(None),
             Err(e) => Err(Error::storage(format!("reading {}: {e}", location()))),
         }
@@ -512,12 +516,12 @@ impl Writer {
                 let (k, v) = item.map_err(Failure::redb("cleanup scan"))?;
                 let key = k.value().to_vec();
                 // Damage found here is reported by the read that needs the entry.
-                if let Ok(mut data) = decode(v.value(), String::new) {
+                if let Ok(mut data) = Entry::decode(v.value(), String::new) {
                     if data.all_expired(now) {
                         rewrites.push((key.clone(), None));
                     } else if data.purge_expired(now) {
                         let mut buf = Vec::new();
-                        encode(&data, &mut buf);
+                        data.encode(&mut buf);
                         rewrites.push((key.clone(), Some(buf)));
                     }
                 }
@@ -530,7 +534,11 @@ impl Writer {
                 .map_err(Failure::redb("cleanup table"))?;
             let tombstone = tombstone();
             for (key, value) in &rewrites {
-                let kg = u16::from_be_bytes([key[0], key[1]]) as usize;
+                // A key too short for a key group was not written by this store: leave it.
+                let Ok(kg) = key_group_of(key) else {
+                    continue;
+                };
+                let kg = kg as usize;
                 let shard = self.config.shard_of_kg.get(kg).copied().unwrap_or(0) as usize;
                 let shard_has_newer = self.shards[shard].lock().pending.contains_key(&key[..]);
                 if shard_has_newer {

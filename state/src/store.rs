@@ -9,13 +9,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crossbeam_utils::CachePadded;
+use millpond_format::key::{CompositeKeyBuf, MAX_KEY_BYTES};
+use millpond_format::ttl::{drop_expired, replay_time};
+use millpond_format::{fold, Entry};
 use parking_lot::Mutex;
 
 use crate::base::BaseTier;
 use crate::change::{Change, ChangeOp, ChangeSink};
 use crate::clock::{Clock, SystemClock};
 use crate::descriptor::{StateInfo, StateKind, StateSchema};
-use crate::entry::{apply_op, decode, Data, Entry};
+use crate::entry::HotEntry;
 use crate::error::{Error, Result};
 use crate::hot_key::HotKey;
 use crate::key_group::{key_group, KeyGroupRange};
@@ -23,9 +26,6 @@ use crate::settings::{Budget, StoreSettings};
 use crate::shard::{charge, Shard};
 use crate::spill::{ColdTier, Shards, WriterConfig};
 use crate::ttl::{TtlUpdateType, TtlVisibility};
-
-/// Longest encoded key, in bytes.
-pub const MAX_KEY_BYTES: usize = 32 << 10;
 
 thread_local! {
     static THREAD_COLD_READS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
@@ -40,9 +40,6 @@ thread_local! {
 pub fn thread_cold_reads() -> u64 {
     THREAD_COLD_READS.get()
 }
-
-/// Bytes in front of the key in the composite key: key group (u16 BE), state id (u16 BE).
-pub(crate) const PREFIX: usize = 4;
 
 /// Builds a [`Store`]: settings plus components.
 ///
@@ -243,18 +240,21 @@ pub(crate) struct Emitter<'a> {
 
 impl Emitter<'_> {
     /// Records `op` in the sink and applies it to `slot`. Nothing changes if either refuses.
-    pub fn apply(&mut self, slot: &mut Option<Data>, op: ChangeOp<'_>) -> Result<()> {
+    pub fn apply(&mut self, slot: &mut Option<Entry>, op: ChangeOp<'_>) -> Result<()> {
         let size = match op {
             ChangeOp::Put { value, .. } => value.len() + 13,
             ChangeOp::ListReplace { values, .. } => values.iter().map(|v| v.len() + 13).sum(),
             ChangeOp::ListAppend { values, .. } => {
-                slot.as_ref().map_or(0, Data::encoded_size_hint)
+                slot.as_ref().map_or(0, Entry::encoded_size_hint)
                     + values.iter().map(|v| v.len() + 13).sum::<usize>()
             }
             ChangeOp::MapPut {
                 user_key, value, ..
             } => {
-                slot.as_ref().map_or(0, Data::encoded_size_hint) + user_key.len() + value.len() + 18
+                slot.as_ref().map_or(0, Entry::encoded_size_hint)
+                    + user_key.len()
+                    + value.len()
+                    + 18
             }
             _ => 0,
         };
@@ -275,7 +275,7 @@ impl Emitter<'_> {
             })
             .map_err(|source| Error::ChangeSink { source })?;
         }
-        apply_op(slot, &op);
+        fold::apply(slot, &op);
         self.changed = true;
         Ok(())
     }
@@ -289,7 +289,7 @@ impl Emitter<'_> {
 
     /// After a read of a present entry: asks for its TTL to be refreshed, if the state says
     /// reads do. The refresh is a change like any other (the sink records it).
-    pub fn touch(&mut self, slot: &Option<Data>, map_key: Option<&[u8]>) {
+    pub fn touch(&mut self, slot: &Option<Entry>, map_key: Option<&[u8]>) {
         let refresh = self
             .state
             .ttl
@@ -299,10 +299,10 @@ impl Emitter<'_> {
         }
     }
 
-    fn refresh(&mut self, slot: &mut Option<Data>, map_key: Option<&[u8]>) -> Result<()> {
+    fn refresh(&mut self, slot: &mut Option<Entry>, map_key: Option<&[u8]>) -> Result<()> {
         let expires_at_ms = self.expiry();
         match (map_key, &*slot) {
-            (Some(user_key), Some(Data::Map(map))) if map.contains_key(user_key) => self.apply(
+            (Some(user_key), Some(Entry::Map(map))) if map.contains_key(user_key) => self.apply(
                 slot,
                 ChangeOp::MapTouch {
                     user_key,
@@ -472,11 +472,9 @@ impl Store {
                 change.op, st.name, st.kind
             )));
         }
-        let mut ck = Vec::with_capacity(PREFIX + change.key.len());
-        ck.extend_from_slice(&[0, 0]);
-        ck.extend_from_slice(&st.id.to_be_bytes());
-        ck.extend_from_slice(change.key);
-        let at_ms = replay_time(&change.op, st.ttl);
+        let mut ck = CompositeKeyBuf::with_key_capacity(change.key.len());
+        ck.start(st.id).extend_from_slice(change.key);
+        let at_ms = replay_time(&change.op, st.ttl.map(|t| t.ttl_ms()));
         let blind = matches!(
             change.op,
             ChangeOp::Put { .. } | ChangeOp::Clear | ChangeOp::ListReplace { .. }
@@ -615,23 +613,23 @@ impl Inner {
     }
 
     /// Checks the composite key `ck` and fills in its key group, which it returns.
-    fn locate(&self, ck: &mut [u8]) -> Result<u16> {
+    fn locate(&self, ck: &mut CompositeKeyBuf) -> Result<u16> {
         self.check_open()?;
-        let key_len = ck.len() - PREFIX;
+        let key_len = ck.key().len();
         if key_len > MAX_KEY_BYTES {
             return Err(Error::KeyTooLarge {
                 len: key_len,
                 max: MAX_KEY_BYTES,
             });
         }
-        let kg = key_group(&ck[PREFIX..], self.settings.max_key_groups);
+        let kg = key_group(ck.key(), self.settings.max_key_groups);
         if !self.owned.contains(kg) {
             return Err(Error::KeyGroupNotOwned {
                 key_group: kg,
                 owned: self.owned,
             });
         }
-        ck[..2].copy_from_slice(&kg.to_be_bytes());
+        ck.set_key_group(kg);
         Ok(kg)
     }
 
@@ -642,21 +640,21 @@ impl Inner {
     pub(crate) fn read_hot<R>(
         &self,
         st: &StateInfo,
-        ck: &mut [u8],
-        f: impl FnOnce(Option<&Data>) -> Result<R>,
+        ck: &mut CompositeKeyBuf,
+        f: impl FnOnce(Option<&Entry>) -> Result<R>,
     ) -> Result<Option<R>> {
         if st.ttl.is_some() {
             return Ok(None);
         }
         let kg = self.locate(ck)?;
-        let ck: &[u8] = ck;
+        let ck: &[u8] = ck.as_bytes();
         let mut guard = self.shards[self.shard_of_kg[kg as usize] as usize].lock();
         let shard = &mut *guard;
         let Some(entry) = shard.lookup(ck) else {
             return Ok(None);
         };
         match &entry.data {
-            Data::Tombstone => f(None),
+            Entry::Tombstone => f(None),
             d => f(Some(d)),
         }
         .map(Some)
@@ -664,18 +662,18 @@ impl Inner {
 
     /// Runs `f` on the current data of one key, under its shard's lock.
     ///
-    /// `ck` holds the composite key: [`PREFIX`] bytes (the state id in bytes 2..4) then the
-    /// encoded key; this fills in the key group. `f` sees the data after TTL filtering, and
+    /// `ck` holds the composite key (state id and encoded key); this fills in the key group. `f` sees the data after TTL filtering, and
     /// changes it only through the [`Emitter`], so that the sink sees every change first.
     pub(crate) fn run<R>(
         &self,
         st: &StateInfo,
-        ck: &mut [u8],
+        ck: &mut CompositeKeyBuf,
         access: Access,
-        f: impl FnOnce(&mut Option<Data>, &mut Emitter<'_>) -> Result<R>,
+        f: impl FnOnce(&mut Option<Entry>, &mut Emitter<'_>) -> Result<R>,
     ) -> Result<R> {
         let kg = self.locate(ck)?;
-        let ck: &[u8] = ck;
+        let key = ck.key();
+        let ck: &[u8] = ck.as_bytes();
         let has_ttl = self.has_ttl.load(Ordering::Relaxed);
         let now_ms = if has_ttl { self.clock.now_ms() } else { 0 };
         let ttl = Ttl::for_access(st, access, now_ms);
@@ -686,7 +684,7 @@ impl Inner {
             },
             state: st,
             key_group: kg,
-            key: &ck[PREFIX..],
+            key,
             max_value_bytes: self.settings.max_value_bytes,
             now_ms,
             changed: false,
@@ -698,19 +696,19 @@ impl Inner {
         let spilled_any = shard.spilled_any;
         let result;
         if let Some(entry) = shard.lookup(ck) {
-            let mut data = match std::mem::replace(&mut entry.data, Data::Tombstone) {
-                Data::Tombstone => None,
+            let mut data = match std::mem::replace(&mut entry.data, Entry::Tombstone) {
+                Entry::Tombstone => None,
                 d => Some(d),
             };
             let (r, expired_removed) = ttl.process(&mut data, &mut em, f);
             result = r;
-            entry.data = data.unwrap_or(Data::Tombstone);
+            entry.data = data.unwrap_or(Entry::Tombstone);
             // Removing expired data a read returned must reach the cold tier too.
             entry.dirty |= em.changed || expired_removed;
             let old = entry.charged as usize;
             let new = charge(ck.len(), &entry.data);
             entry.charged = new as u32;
-            let gone = matches!(entry.data, Data::Tombstone);
+            let gone = matches!(entry.data, Entry::Tombstone);
             shard.used = shard.used + new - old;
             if gone && !spilled_any {
                 // Nothing older can hide in the cold tier: forget the key entirely.
@@ -721,7 +719,7 @@ impl Inner {
             shard.stats.misses += 1;
             let mut data = match shard.pending.get(ck) {
                 Some(p) => match &p.value {
-                    Some(bytes) => Some(decode(bytes, || format!("pending key {ck:02x?}"))?),
+                    Some(bytes) => Some(Entry::decode(bytes, || format!("pending key {ck:02x?}"))?),
                     None => None,
                 },
                 None if spilled_any && !access.is_blind() => {
@@ -736,11 +734,11 @@ impl Inner {
             // Keep what was read (clean) or written (dirty); a tombstone hides older cold data
             // and spares the next miss a cold read.
             if result.is_ok() && (data.is_some() || spilled_any) {
-                let data = data.unwrap_or(Data::Tombstone);
+                let data = data.unwrap_or(Entry::Tombstone);
                 let charged = charge(ck.len(), &data);
                 shard.lru.push(
                     HotKey::from(ck),
-                    Entry {
+                    HotEntry {
                         data,
                         dirty: em.changed || expired_removed,
                         charged: charged as u32,
@@ -759,23 +757,6 @@ impl Inner {
         }
         result
     }
-}
-
-/// When a logged change was made, as replay needs it: a change with an expiry was made at
-/// `expiry - ttl`, and is replayed against the data as it was then, so that (for example) a
-/// TTL refresh does not revive what had expired. `None`: no TTL filtering.
-pub(crate) fn replay_time(op: &ChangeOp<'_>, ttl: Option<crate::TtlConfig>) -> Option<u64> {
-    let ttl = ttl?;
-    let expires = match *op {
-        ChangeOp::Put { expires_at_ms, .. }
-        | ChangeOp::ListAppend { expires_at_ms, .. }
-        | ChangeOp::ListReplace { expires_at_ms, .. }
-        | ChangeOp::MapPut { expires_at_ms, .. }
-        | ChangeOp::Touch { expires_at_ms }
-        | ChangeOp::MapTouch { expires_at_ms, .. } => expires_at_ms,
-        _ => 0,
-    };
-    (expires != 0).then(|| expires.saturating_sub(ttl.ttl_ms()))
 }
 
 /// How one access treats expired data.
@@ -816,9 +797,9 @@ impl Ttl {
     /// result and whether expired data was removed after `f` saw it.
     fn process<R>(
         &self,
-        data: &mut Option<Data>,
+        data: &mut Option<Entry>,
         em: &mut Emitter<'_>,
-        f: impl FnOnce(&mut Option<Data>, &mut Emitter<'_>) -> Result<R>,
+        f: impl FnOnce(&mut Option<Entry>, &mut Emitter<'_>) -> Result<R>,
     ) -> (Result<R>, bool) {
         if let Some(t) = self.before {
             drop_expired(data, t);
@@ -836,23 +817,6 @@ impl Ttl {
         }
         (result, removed)
     }
-}
-
-/// Drops what TTL says is gone: an expired value, or expired elements (all of them: `None`).
-/// Returns whether anything was dropped.
-pub(crate) fn drop_expired(data: &mut Option<Data>, now_ms: u64) -> bool {
-    let Some(d) = data else {
-        return false;
-    };
-    if d.all_expired(now_ms) {
-        *data = None;
-        return true;
-    }
-    let purged = d.purge_expired(now_ms);
-    if crate::entry::is_empty_data(d) {
-        *data = None;
-    }
-    purged
 }
 
 impl Drop for Inner {

@@ -74,11 +74,3 @@ impl TtlConfig {
         (self.ttl.as_millis() as u64).max(1)
     }
 }
-
-/// Expiry timestamps: 0 means "never expires".
-pub(crate) const NEVER: u64 = 0;
-
-#[inline]
-pub(crate) fn is_expired(expires_at_ms: u64, now_ms: u64) -> bool {
-    expires_at_ms != NEVER && expires_at_ms <= now_ms
-}
