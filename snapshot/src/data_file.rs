@@ -32,6 +32,8 @@ use std::io::Write;
 use std::ops::Range;
 use std::sync::Arc;
 
+use millpond_format::key::{key_group_of, KEY_GROUP_BYTES};
+
 use crate::block_cache::{Block, BlockCache};
 use crate::digest::{FileDigest, FileHasher};
 use crate::error::{Error, Result};
@@ -70,8 +72,6 @@ const FLAG_LZ4: u8 = 1;
 const INDEX_FIXED_BYTES: usize = 25;
 /// Smallest possible index entry: fixed part, two 1-byte varints and two 2-byte keys.
 const INDEX_MIN_ENTRY_BYTES: usize = INDEX_FIXED_BYTES + 2 + 2 * 2;
-/// Keys start with a 2-byte big-endian key group.
-const KEY_GROUP_BYTES: usize = 2;
 
 /// Tunables of [`DataFileWriter`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -246,10 +246,6 @@ fn get_slice(buf: &[u8], pos: &mut usize) -> Option<Range<usize>> {
 
 fn varint_len(v: u64) -> usize {
     (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
-}
-
-fn key_group(key: &[u8]) -> u16 {
-    u16::from_be_bytes([key[0], key[1]])
 }
 
 fn corrupt(what: &'static str, location: String) -> Error {
@@ -469,7 +465,7 @@ impl<W: Write> DataFileWriter<W> {
         let index_crc = crc32c::crc32c(&index);
         self.write(&index)?;
         let key_groups = match (&self.first_key, &self.last_key) {
-            (Some(first), Some(last)) => Some((key_group(first), key_group(last))),
+            (Some(first), Some(last)) => Some((key_group_of(first)?, key_group_of(last)?)),
             _ => None,
         };
         let (first_group, last_group) = key_groups.unwrap_or((0, 0));
@@ -874,8 +870,8 @@ impl DataFile {
         let block_entries: u64 = index.blocks.iter().map(|b| u64::from(b.entries)).sum();
         let key_groups = match (index.blocks.first(), index.blocks.last()) {
             (Some(first), Some(last)) => Some((
-                key_group(index.first_key(first)),
-                key_group(index.last_key(last)),
+                key_group_of(index.first_key(first))?,
+                key_group_of(index.last_key(last))?,
             )),
             _ => None,
         };
@@ -1038,6 +1034,7 @@ impl DataFile {
     /// the first key past its last.
     ///
     /// ```
+    /// use millpond_format::key::{key_group_of, range_start};
     /// use millpond_snapshot::{DataFile, DataFileSettings, DataFileWriter};
     ///
     /// let mut bytes = Vec::new();
@@ -1050,8 +1047,8 @@ impl DataFile {
     /// let file = DataFile::open(bytes)?;
     /// // Key group 2 only.
     /// let group_2: Vec<_> = file
-    ///     .iter_from(&2u16.to_be_bytes())
-    ///     .take_while(|e| e.as_ref().map_or(true, |(k, _)| u16::from_be_bytes([k[0], k[1]]) <= 2))
+    ///     .iter_from(&range_start(2))
+    ///     .take_while(|e| e.as_ref().map_or(true, |(k, _)| key_group_of(k).is_ok_and(|kg| kg <= 2)))
     ///     .collect::<Result<_, _>>()?;
     /// assert_eq!(group_2, vec![(b"\x00\x02b".to_vec(), b"2".to_vec())]);
     /// # Ok::<(), millpond_snapshot::Error>(())

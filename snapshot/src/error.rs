@@ -118,3 +118,19 @@ impl Error {
 
 /// `Result` with [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The formats' errors keep their meaning: damaged bytes stay [`Error::Corrupt`], input that
+/// does not fit stays [`Error::Invalid`].
+impl From<millpond_format::FormatError> for Error {
+    fn from(e: millpond_format::FormatError) -> Self {
+        match e {
+            millpond_format::FormatError::Corrupt { what, location } => {
+                Error::Corrupt { what, location }
+            }
+            millpond_format::FormatError::Invalid { reason } => Error::Invalid { reason },
+            other => Error::Invalid {
+                reason: other.to_string(),
+            },
+        }
+    }
+}

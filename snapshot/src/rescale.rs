@@ -15,7 +15,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use millpond_state::{split_composite_key, KeyGroupRange, StateSchema};
+use millpond_format::key::range_start;
+use millpond_format::CompositeKey;
+use millpond_state::{KeyGroupRange, StateSchema};
 use millpond_wal::SourceOffset;
 
 use crate::archive::{data_path, new_id, now_ms, Archive};
@@ -244,12 +246,14 @@ pub fn rescale(
             }
         })?))?;
         piece.file.check_opened(&file)?;
-        for entry in file.iter_from(&piece.first.to_be_bytes()) {
+        for entry in file.iter_from(&range_start(piece.first)) {
             let (key, value) = entry?;
-            let (kg, _, _) = split_composite_key(&key).ok_or_else(|| Error::Corrupt {
-                what: "data file (a key shorter than its prefix)",
-                location: piece.file.path.clone(),
-            })?;
+            let kg = CompositeKey::parse(&key)
+                .map_err(|_| Error::Corrupt {
+                    what: "data file (a key shorter than its prefix)",
+                    location: piece.file.path.clone(),
+                })?
+                .key_group;
             if kg > piece.last {
                 break;
             }

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
+use millpond_format::key::{key_group_of, range_start};
 use millpond_state::{BaseTier, BoxError, KeyGroupRange};
 use object_store::ObjectStoreExt;
 use parking_lot::{Mutex, RwLock};
@@ -227,7 +228,7 @@ impl SnapshotBase {
         range: KeyGroupRange,
     ) -> impl Iterator<Item = Result<(Vec<u8>, Vec<u8>)>> + '_ {
         let r = range.as_range();
-        let start = r.start.to_be_bytes();
+        let start = range_start(r.start);
         self.files
             .iter()
             .filter(move |f| f.meta.overlaps(r.start, r.end))
@@ -241,7 +242,8 @@ impl SnapshotBase {
                 }
             })
             .take_while(move |e| match e {
-                Ok((k, _)) => u16::from_be_bytes([k[0], k[1]]) < r.end,
+                // A key too short for a key group is passed on: its reader reports it.
+                Ok((k, _)) => key_group_of(k).map_or(true, |kg| kg < r.end),
                 Err(_) => true,
             })
     }
@@ -310,10 +312,9 @@ fn local_path(dir: &Path, f: &FileRef) -> PathBuf {
 
 impl BaseTier for SnapshotBase {
     fn get(&self, key: &[u8]) -> std::result::Result<Option<Vec<u8>>, BoxError> {
-        if key.len() < 2 {
+        let Ok(kg) = key_group_of(key) else {
             return Ok(None);
-        }
-        let kg = u16::from_be_bytes([key[0], key[1]]);
+        };
         let Some(f) = self.file_of(kg) else {
             return Ok(None);
         };

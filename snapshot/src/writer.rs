@@ -12,7 +12,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use millpond_state::{split_composite_key, Change, KeyChanges, StateSchema};
+use millpond_format::CompositeKey;
+use millpond_state::{Change, KeyChanges, StateSchema};
 use millpond_wal::{CommitPoint, WalSource};
 
 use crate::archive::{data_path, new_id, now_ms, Archive};
@@ -246,7 +247,7 @@ impl SnapshotBuilder {
         };
         *changed = true;
         self.key.clear();
-        millpond_state::composite_key(change.key_group, schema.id, change.key, &mut self.key);
+        CompositeKey::new(change.key_group, schema.id, change.key).encode_into(&mut self.key);
         let entry = match self.buffer.get_mut(&self.key[..]) {
             Some(e) => e,
             None => {
@@ -594,9 +595,11 @@ pub(crate) struct OpenFile<'a> {
 
 impl<'a> FileSplitter<'a> {
     pub(crate) fn add(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
-        let (kg, _, _) = split_composite_key(key).ok_or_else(|| Error::Invalid {
-            reason: "internal: a key shorter than its prefix".into(),
-        })?;
+        let kg = CompositeKey::parse(key)
+            .map_err(|_| Error::Invalid {
+                reason: "internal: a key shorter than its prefix".into(),
+            })?
+            .key_group;
         let segment = self.reused_starts.partition_point(|&s| s <= kg);
         let cut = match &self.current {
             Some(f) => {

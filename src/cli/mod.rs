@@ -85,6 +85,12 @@ impl From<millpond_state::Error> for CliError {
     }
 }
 
+impl From<millpond_format::FormatError> for CliError {
+    fn from(e: millpond_format::FormatError) -> Self {
+        CliError::new(e.to_string())
+    }
+}
+
 /// `Result` with [`CliError`].
 pub type Result<T, E = CliError> = std::result::Result<T, E>;
 

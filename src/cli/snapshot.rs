@@ -4,14 +4,12 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use millpond_format::{CompositeKey, EntryView};
 use millpond_snapshot::{
     Archive, FileRef, Manifest, ManifestKind, RescaleSource, RestoreSettings, SnapshotBase,
     SnapshotSettings,
 };
-use millpond_state::{
-    decode_entry, split_composite_key, EntryView, KeyGroupRange, StateSchema, TtlConfig,
-    TtlUpdateType, TtlVisibility,
-};
+use millpond_state::{KeyGroupRange, StateSchema, TtlConfig, TtlUpdateType, TtlVisibility};
 use millpond_wal::{SourceOffset, WalPosition};
 use serde_json::{json, Value};
 
@@ -585,7 +583,12 @@ pub fn dump(archive: &Archive, args: &DumpArgs, out: &mut Out) -> Result<()> {
     let mut keys = 0u64;
     for entry in base.entries(range) {
         let (ck, encoded) = entry.map_err(|e| CliError::from(e).context("reading the snapshot"))?;
-        let Some((key_group, state_id, key)) = split_composite_key(&ck) else {
+        let Ok(CompositeKey {
+            key_group,
+            state_id,
+            key,
+        }) = CompositeKey::parse(&ck)
+        else {
             return Err(CliError::new(format!(
                 "corrupt snapshot {}: a key of {} bytes, shorter than its prefix",
                 escape(&m.id),
@@ -595,7 +598,7 @@ pub fn dump(archive: &Archive, args: &DumpArgs, out: &mut Out) -> Result<()> {
         if state_id != schema.id || !range.contains(key_group) {
             continue;
         }
-        let view = decode_entry(&encoded).map_err(|e| {
+        let view = EntryView::decode(&encoded).map_err(|e| {
             CliError::from(e).context(format!("snapshot {}, key group {key_group}", escape(&m.id)))
         })?;
         if let Some(line) = entry_json(schema, key_group, key, view, args) {
