@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use millpond_state::{StateKind, StateSchema, TtlConfig, TtlUpdateType, TtlVisibility};
+use millpond_state::{StateSchema, TtlConfig, TtlUpdateType, TtlVisibility};
 use millpond_wal::{SourceOffset, WalPosition};
 use prost::Message;
 
@@ -18,10 +18,12 @@ use crate::data_file::{DataFile, FileId};
 use crate::digest::FileDigest;
 use crate::error::{Error, Result};
 
-/// Generated from `proto/millpond/snapshot/v1/manifest.proto`.
+/// Generated from `proto/millpond/snapshot/v1/manifest.proto`; the types it shares with the
+/// WAL (`StateKind`, `SourceOffset`) are re-exported from `millpond_wal::proto`.
 #[allow(missing_docs, clippy::all)]
 pub mod proto {
     include!(concat!(env!("OUT_DIR"), "/millpond.snapshot.v1.rs"));
+    pub use millpond_wal::proto::{SourceOffset, StateKind};
 }
 
 const MAGIC: [u8; 4] = *b"MPMF";
@@ -243,21 +245,13 @@ impl Manifest {
                     }),
                 }),
             }),
-            offsets: self
-                .offsets
-                .iter()
-                .map(|o| proto::SourceOffset {
-                    topic: o.topic.clone(),
-                    partition: o.partition,
-                    next_offset: o.next_offset,
-                })
-                .collect(),
+            offsets: self.offsets.iter().map(proto::SourceOffset::from).collect(),
             states: self
                 .states
                 .iter()
                 .map(|s| proto::StateSchema {
                     name: s.name.clone(),
-                    kind: kind_to_proto(s.kind) as i32,
+                    kind: proto::StateKind::from(s.kind) as i32,
                     id: u32::from(s.id),
                     ttl_ms: s.ttl.map_or(0, |t| t.ttl_ms()),
                     ttl_on_read: s
@@ -313,7 +307,7 @@ impl Manifest {
         };
         let mut states = Vec::with_capacity(p.states.len());
         for s in p.states {
-            let kind = kind_from_proto(proto::StateKind::try_from(s.kind).ok()?)?;
+            let kind = proto::StateKind::kind_of(s.kind)?;
             let ttl = (s.ttl_ms > 0).then(|| {
                 TtlConfig::new(Duration::from_millis(s.ttl_ms))
                     .with_update_type(if s.ttl_on_read {
@@ -369,15 +363,7 @@ impl Manifest {
             max_key_groups,
             lsn: p.lsn,
             wal_position,
-            offsets: p
-                .offsets
-                .into_iter()
-                .map(|o| SourceOffset {
-                    topic: o.topic,
-                    partition: o.partition,
-                    next_offset: o.next_offset,
-                })
-                .collect(),
+            offsets: p.offsets.into_iter().map(SourceOffset::from).collect(),
             states,
             files,
         };
@@ -396,27 +382,6 @@ fn optional_16(bytes: &[u8]) -> Option<Option<[u8; 16]>> {
         }
         _ => None,
     }
-}
-
-fn kind_to_proto(kind: StateKind) -> proto::StateKind {
-    match kind {
-        StateKind::Value => proto::StateKind::Value,
-        StateKind::List => proto::StateKind::List,
-        StateKind::Map => proto::StateKind::Map,
-        StateKind::Reducing => proto::StateKind::Reducing,
-        StateKind::Aggregating => proto::StateKind::Aggregating,
-    }
-}
-
-fn kind_from_proto(kind: proto::StateKind) -> Option<StateKind> {
-    Some(match kind {
-        proto::StateKind::Value => StateKind::Value,
-        proto::StateKind::List => StateKind::List,
-        proto::StateKind::Map => StateKind::Map,
-        proto::StateKind::Reducing => StateKind::Reducing,
-        proto::StateKind::Aggregating => StateKind::Aggregating,
-        proto::StateKind::Unspecified => return None,
-    })
 }
 
 #[cfg(test)]

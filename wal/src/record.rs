@@ -4,10 +4,81 @@
 use millpond_state::{Change, ChangeOp, StateKind};
 use prost::encoding::{encode_key, encode_varint, encoded_len_varint, key_len, WireType};
 
-/// Types generated from `proto/millpond/wal/v1/wal.proto`.
-#[allow(missing_docs, clippy::all)]
+/// Types generated from `proto/millpond/wal/v1/wal.proto` and the types it shares with the
+/// snapshot manifest, from `proto/millpond/common/v1/common.proto`.
 pub mod proto {
-    include!(concat!(env!("OUT_DIR"), "/millpond.wal.v1.rs"));
+    // The generated files name each other by module path (`super::super::common::v1`), so
+    // they sit in their packages' module tree; `proto` re-exports both packages' types.
+    #[allow(missing_docs, clippy::all)]
+    mod generated {
+        pub mod common {
+            pub mod v1 {
+                include!(concat!(env!("OUT_DIR"), "/millpond.common.v1.rs"));
+            }
+        }
+        pub mod wal {
+            pub mod v1 {
+                include!(concat!(env!("OUT_DIR"), "/millpond.wal.v1.rs"));
+            }
+        }
+    }
+    pub use generated::common::v1::*;
+    pub use generated::wal::v1::*;
+
+    use millpond_state::StateKind as Kind;
+
+    /// The one conversion between the state kinds and their protobuf enum (the WAL's records
+    /// and the snapshot manifest both use it).
+    impl From<Kind> for StateKind {
+        fn from(kind: Kind) -> Self {
+            match kind {
+                Kind::Value => StateKind::Value,
+                Kind::List => StateKind::List,
+                Kind::Map => StateKind::Map,
+                Kind::Reducing => StateKind::Reducing,
+                Kind::Aggregating => StateKind::Aggregating,
+            }
+        }
+    }
+
+    impl StateKind {
+        /// The state kind this value names; `None` for `Unspecified` (a field never set).
+        pub fn to_kind(self) -> Option<Kind> {
+            Some(match self {
+                StateKind::Value => Kind::Value,
+                StateKind::List => Kind::List,
+                StateKind::Map => Kind::Map,
+                StateKind::Reducing => Kind::Reducing,
+                StateKind::Aggregating => Kind::Aggregating,
+                StateKind::Unspecified => return None,
+            })
+        }
+
+        /// The state kind of an enum field's raw value; `None` if unset or unknown.
+        pub fn kind_of(value: i32) -> Option<Kind> {
+            StateKind::try_from(value).ok()?.to_kind()
+        }
+    }
+
+    impl From<&super::SourceOffset> for SourceOffset {
+        fn from(o: &super::SourceOffset) -> Self {
+            SourceOffset {
+                topic: o.topic.clone(),
+                partition: o.partition,
+                next_offset: o.next_offset,
+            }
+        }
+    }
+
+    impl From<SourceOffset> for super::SourceOffset {
+        fn from(o: SourceOffset) -> Self {
+            super::SourceOffset {
+                topic: o.topic,
+                partition: o.partition,
+                next_offset: o.next_offset,
+            }
+        }
+    }
 }
 
 /// A source position that a commit marker records: consume `topic`/`partition` from
@@ -20,27 +91,6 @@ pub struct SourceOffset {
     pub partition: i32,
     /// The offset of the next record to consume.
     pub next_offset: i64,
-}
-
-pub(crate) fn kind_to_proto(kind: StateKind) -> proto::StateKind {
-    match kind {
-        StateKind::Value => proto::StateKind::Value,
-        StateKind::List => proto::StateKind::List,
-        StateKind::Map => proto::StateKind::Map,
-        StateKind::Reducing => proto::StateKind::Reducing,
-        StateKind::Aggregating => proto::StateKind::Aggregating,
-    }
-}
-
-pub(crate) fn kind_from_proto(kind: i32) -> Option<StateKind> {
-    Some(match proto::StateKind::try_from(kind).ok()? {
-        proto::StateKind::Value => StateKind::Value,
-        proto::StateKind::List => StateKind::List,
-        proto::StateKind::Map => StateKind::Map,
-        proto::StateKind::Reducing => StateKind::Reducing,
-        proto::StateKind::Aggregating => StateKind::Aggregating,
-        proto::StateKind::Unspecified => return None,
-    })
 }
 
 // ---- encoding -------------------------------------------------------------------------------
@@ -188,7 +238,7 @@ pub(crate) fn encode_change(change: &Change<'_>, buf: &mut Vec<u8>) -> bool {
     if op_tag == 0 {
         return false;
     }
-    let kind = kind_to_proto(change.kind) as i32 as u64;
+    let kind = proto::StateKind::from(change.kind) as i32 as u64;
     let change_body = bytes_len(1, change.state.as_bytes())
         + varint_len(2, kind)
         + varint_len(3, change.key_group as u64)
@@ -230,7 +280,7 @@ pub struct OwnedChange {
 impl OwnedChange {
     pub(crate) fn from_proto(c: proto::StateChange) -> Option<Self> {
         Some(OwnedChange {
-            kind: kind_from_proto(c.kind)?,
+            kind: proto::StateKind::kind_of(c.kind)?,
             key_group: u16::try_from(c.key_group).ok()?,
             state: c.state,
             key: c.key,
@@ -336,7 +386,7 @@ mod tests {
         let record = proto::Record {
             body: Some(proto::record::Body::Change(proto::StateChange {
                 state: change.state.to_owned(),
-                kind: kind_to_proto(change.kind) as i32,
+                kind: proto::StateKind::from(change.kind) as i32,
                 key_group: change.key_group as u32,
                 key: change.key.to_vec(),
                 op: Some(op),
