@@ -25,7 +25,7 @@ pub const DEFAULT_PROBES: u8 = 6;
 /// Bits per key the writer spends by default (1.25 bytes a key).
 pub const DEFAULT_BITS_PER_KEY: u32 = 10;
 /// The shortest composite key (key group and state id).
-const MIN_KEY_BYTES: usize = 4;
+const MIN_KEY_BYTES: usize = millpond_format::key::PREFIX_BYTES;
 /// What a probe multiplies by: the golden ratio's 32-bit constant, odd, so that successive
 /// probes visit distinct bits.
 const PROBE_STEP: u32 = 0x9E37_79B9;
