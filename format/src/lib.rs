@@ -9,7 +9,7 @@
 //! What it is not: a storage engine. It holds no state and does no I/O.
 //!
 //! ```
-//! use millpond_format::{fold, ChangeOp, CompositeKey, Entry, EntryView};
+//! use millpond_format::{fold, ChangeOp, CompositeKey, EntryView};
 //! let mut ck = Vec::new();
 //! CompositeKey::new(7, 0, b"user-1").encode_into(&mut ck);
 //! let mut entry = None;
@@ -20,7 +20,6 @@
 //!     EntryView::decode(&bytes).unwrap(),
 //!     EntryView::Value { value: b"42".to_vec(), expires_at_ms: 0 }
 //! );
-//! # let _ = Entry::Tombstone;
 //! ```
 
 #![warn(missing_docs)]
