@@ -230,19 +230,25 @@ pub fn records(payload: &[u8], count: u32) -> impl Iterator<Item = Result<&[u8]>
             what: "WAL record framing",
             location: format!("record {index} of {count}"),
         };
-        let mut cursor = rest;
-        let len = match prost::encoding::decode_varint(&mut cursor) {
-            Ok(l) if l as usize <= cursor.len() => l as usize,
-            _ => {
-                left = 0;
-                rest = &[];
-                return Some(Err(bad()));
-            }
+        let Some((record, next)) = split_record(rest, 0) else {
+            left = 0;
+            rest = &[];
+            return Some(Err(bad()));
         };
-        let (record, tail) = cursor.split_at(len);
-        rest = tail;
+        rest = &rest[next..];
         Some(Ok(record))
     })
+}
+
+/// The record that starts at byte `offset` of a payload (a varint length, then that many
+/// bytes) and the offset after it; `None` if the length runs past the payload. The one place
+/// that knows how records sit in a payload: [`records`] and the reader both use it.
+pub(crate) fn split_record(payload: &[u8], offset: usize) -> Option<(&[u8], usize)> {
+    let mut cursor = payload.get(offset..)?;
+    let len = prost::encoding::decode_varint(&mut cursor).ok()?;
+    let record = cursor.get(..usize::try_from(len).ok()?)?;
+    let start = payload.len() - cursor.len();
+    Some((record, start + record.len()))
 }
 
 #[cfg(test)]

@@ -6,8 +6,11 @@
 //!   [`WalSink`]: [`LocalSegmentSink`] (the embedded default) or, with feature `pulsar`,
 //!   `pulsar::PulsarSink`.
 //! - [`Wal::commit`] appends a commit marker with the Kafka offsets the state reflects.
-//! - [`replay`] reads a [`WalSource`] back and applies every committed change;
-//!   [`open_local`] does recovery and reopening in one call. A torn tail (a batch a crash cut
+//! - [`WalReader`] reads a [`WalSource`] back and applies the log's rules (duplicates, gaps,
+//!   writer epochs, commit and rollback markers), event by event; it is their one
+//!   implementation. [`Committed`] yields the committed units on top of it, [`replay`] applies
+//!   them with a closure, [`recover`] (or [`WalRecovery`], step by step) then continues the log
+//!   with a new writer, and [`open_local`] does recovery and reopening in one call. A torn tail (a batch a crash cut
 //!   short before it was acknowledged) is cut and reported ([`TornTail`]); damage to anything
 //!   acknowledged, which the local sink records in a [`watermark`] beside its segments, is
 //!   [`Error::Corrupt`] and is never cut.
@@ -31,8 +34,10 @@
 #![warn(missing_docs)]
 
 pub mod batch;
+mod committed;
 mod error;
 mod local;
+mod reader;
 mod record;
 mod recover;
 mod replay;
@@ -48,8 +53,10 @@ pub mod pulsar;
 pub use error::{Error, Result};
 pub use local::open_local;
 pub use record::{proto, OwnedChange, SourceOffset};
-pub use recover::recover;
-pub use replay::{replay, CommitPoint, ReplayOutcome};
+pub use committed::{Committed, CommittedUnit};
+pub use reader::{CommitPoint, Event, ReplayOutcome, Skip, WalReader};
+pub use recover::{recover, WalRecovery};
+pub use replay::replay;
 pub use segment::{LocalSegmentSink, LocalSegmentSource};
 pub use settings::{CommitDurability, SegmentSettings, WalSettings};
 pub use sink::{Batch, StoredBatch, TornTail, UpTo, WalPosition, WalSink, WalSource};

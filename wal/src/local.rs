@@ -4,7 +4,7 @@ use std::path::Path;
 
 use crate::error::Result;
 use crate::recover::recover;
-use crate::replay::ReplayOutcome;
+use crate::reader::ReplayOutcome;
 use crate::segment::{LocalSegmentSink, LocalSegmentSource};
 use crate::settings::{SegmentSettings, WalSettings};
 use crate::writer::Wal;

@@ -190,6 +190,16 @@ impl<S: WalSource> WalSource for UpTo<S> {
     }
 }
 
+impl<S: WalSource + ?Sized> WalSource for &mut S {
+    fn next_batch(&mut self) -> Result<Option<StoredBatch>> {
+        (**self).next_batch()
+    }
+
+    fn torn_tail(&self) -> Option<TornTail> {
+        (**self).torn_tail()
+    }
+}
+
 impl<S: WalSource + ?Sized> WalSource for Box<S> {
     fn next_batch(&mut self) -> Result<Option<StoredBatch>> {
         (**self).next_batch()
