@@ -24,7 +24,10 @@ use crate::snapshotter::{Counted, Recovered, Request, Shared, Snapshotter};
 use crate::state::{
     BoxError, Change, ChangeSink, Clock, KeyGroupRange, Store, StoreStats, SystemClock,
 };
-use crate::wal::{recover, CommitTicket, OwnedChange, SourceOffset, Wal, WalStats};
+use crate::wal::{
+    CommitTicket, OwnedChange, ReplayOutcome, SourceOffset, Wal, WalRecovery, WalSink, WalSource,
+    WalStats,
+};
 use crate::wal_location::WalLocation;
 
 /// Builds a [`Millpond`] instance: a data directory, [`Settings`], and the components that
@@ -288,17 +291,15 @@ impl Recovering {
             source: self.location.source(&parent)?,
             bytes: 0,
         };
+        let recovery = WalRecovery::new(
+            sink,
+            &mut source,
+            parent.lsn,
+            Some(epoch),
+            self.settings.wal.clone(),
+        );
         let (wal, outcome) =
-            replay_in_parallel(&self.store, self.settings.replay_threads, |apply| {
-                recover(
-                    sink,
-                    &mut source,
-                    parent.lsn,
-                    Some(epoch),
-                    self.settings.wal.clone(),
-                    apply,
-                )
-            })?;
+            replay_in_parallel(&self.store, self.settings.replay_threads, recovery)?;
         let recovered = Recovered {
             snapshot_lsn: parent.lsn,
             commit_lsn: outcome.last_commit.as_ref().map_or(0, |c| c.lsn),
@@ -570,32 +571,41 @@ impl Drop for Millpond {
     }
 }
 
-/// Runs `replay`, applying the changes it hands to `apply` on `threads` threads: a change goes
-/// to the thread of its key group, so the changes of one key are applied in log order, and
-/// the changes of different keys are independent. Returns once every change is applied.
-fn replay_in_parallel<T>(
+/// Pulls the committed units of `recovery` and applies their changes on `threads` threads: a
+/// change goes, with its LSN, to the thread of its key group, so the changes of one key are
+/// applied in log order, and the changes of different keys are independent. Once every change
+/// is applied, starts the writer that continues the log.
+fn replay_in_parallel<W: WalSink, S: WalSource>(
     store: &Store,
     threads: usize,
-    replay: impl FnOnce(
-        &mut dyn FnMut(&OwnedChange) -> std::result::Result<(), millpond_state::Error>,
-    ) -> std::result::Result<T, crate::wal::Error>,
-) -> Result<T> {
+    mut recovery: WalRecovery<W, S>,
+) -> Result<(Wal, ReplayOutcome)> {
     const CHUNK: usize = 512;
     if threads <= 1 {
-        return Ok(replay(&mut |change| store.apply(&change.as_change()))?);
+        while let Some(unit) = recovery.next()? {
+            for (_lsn, change) in unit.changes() {
+                store
+                    .apply(&change.as_change())
+                    .map_err(|source| crate::wal::Error::Apply {
+                        lsn: unit.point().lsn,
+                        source: Box::new(source),
+                    })?;
+            }
+        }
+        return Ok(recovery.finish()?);
     }
     std::thread::scope(|scope| {
         let mut senders = Vec::with_capacity(threads);
         let mut workers = Vec::with_capacity(threads);
         for i in 0..threads {
-            let (tx, rx) = crossbeam_channel::bounded::<Vec<OwnedChange>>(16);
+            let (tx, rx) = crossbeam_channel::bounded::<Vec<(u64, OwnedChange)>>(16);
             senders.push(tx);
             workers.push(
                 std::thread::Builder::new()
                     .name(format!("millpond-replay-{i}"))
                     .spawn_scoped(scope, move || -> Result<()> {
                         for chunk in rx {
-                            for change in &chunk {
+                            for (_lsn, change) in &chunk {
                                 store.apply(&change.as_change())?;
                             }
                         }
@@ -604,21 +614,26 @@ fn replay_in_parallel<T>(
                     .expect("spawning a replay thread"),
             );
         }
-        let mut chunks: Vec<Vec<OwnedChange>> = vec![Vec::with_capacity(CHUNK); threads];
+        let mut chunks: Vec<Vec<(u64, OwnedChange)>> = vec![Vec::with_capacity(CHUNK); threads];
         // A worker that stopped on an error drops its receiver: sending fails, and its error
         // is reported after the join below.
-        let send = |i: usize, chunk: Vec<OwnedChange>| {
+        let send = |i: usize, chunk: Vec<(u64, OwnedChange)>| {
             let _ = senders[i].send(chunk);
         };
-        let result = replay(&mut |change: &OwnedChange| {
-            let i = change.key_group as usize % threads;
-            chunks[i].push(change.clone());
-            if chunks[i].len() == CHUNK {
-                let full = std::mem::replace(&mut chunks[i], Vec::with_capacity(CHUNK));
-                send(i, full);
+        let read = (|| -> Result<()> {
+            while let Some(mut unit) = recovery.next()? {
+                // Moved, not copied: the unit's changes are not needed once routed.
+                for (lsn, change) in unit.take_changes() {
+                    let i = change.key_group as usize % threads;
+                    chunks[i].push((lsn, change));
+                    if chunks[i].len() == CHUNK {
+                        let full = std::mem::replace(&mut chunks[i], Vec::with_capacity(CHUNK));
+                        send(i, full);
+                    }
+                }
             }
             Ok(())
-        });
+        })();
         for (i, chunk) in chunks.into_iter().enumerate() {
             if !chunk.is_empty() {
                 send(i, chunk);
@@ -631,11 +646,12 @@ fn replay_in_parallel<T>(
                 first_error.get_or_insert(e);
             }
         }
-        let value = result?;
-        match first_error {
-            Some(e) => Err(e),
-            None => Ok(value),
+        read?;
+        if let Some(e) = first_error {
+            return Err(e);
         }
+        // Only once every change is applied: a store that failed gets no writer.
+        Ok(recovery.finish()?)
     })
 }
 

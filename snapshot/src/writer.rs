@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use millpond_format::CompositeKey;
 use millpond_state::{Change, KeyChanges, StateSchema};
-use millpond_wal::{CommitPoint, WalSource};
+use millpond_wal::{CommitPoint, Committed, WalSource};
 
 use crate::archive::{data_path, new_id, now_ms, Archive};
 use crate::data_file::{DataFile, DataFileSettings, DataFileWriter};
@@ -129,18 +129,13 @@ impl SnapshotWriter {
         schemas: &[StateSchema],
     ) -> Result<Option<SnapshotReport>> {
         let mut builder = self.begin(schemas)?;
-        let mut failure = None;
-        let outcome = millpond_wal::replay(source, self.last.lsn, |c| {
-            builder.add(&c.as_change()).map_err(|e| {
-                let msg = e.to_string();
-                failure = Some(e);
-                std::io::Error::other(msg)
-            })
-        });
-        if let Some(e) = failure {
-            return Err(e);
+        let mut units = Committed::new(source, self.last.lsn);
+        while let Some(unit) = units.next()? {
+            for (_lsn, change) in unit.changes() {
+                builder.add(&change.as_change())?;
+            }
         }
-        match outcome?.last_commit {
+        match units.into_outcome().last_commit {
             Some(point) => self.commit(builder, point).map(Some),
             None => Ok(None),
         }

@@ -1,14 +1,16 @@
-//! `millpond wal inspect`: the batches of a write-ahead log, and what replay would make of
-//! them (the same rules as `millpond_wal::replay`: changes count once a commit marker follows
-//! them, a rollback discards the changes before it, batches at or below the LSNs already read
-//! are duplicates, a gap in LSNs is damage).
+//! `millpond wal inspect`: the batches of a write-ahead log, and what recovery would make of
+//! them. It reads the log with `millpond_wal::WalReader`, the one implementation of the log's
+//! rules, and shows its events: accepted batches and their records, duplicates and zombie
+//! batches skipped, takeovers by a newer writer.
 
 use std::path::Path;
 
-use millpond_wal::batch::{self, Decoded};
-use millpond_wal::proto::{self, record::Body, state_change::Op};
-use millpond_wal::{LocalSegmentSource, SourceOffset, WalPosition, WalSource};
-use prost::Message;
+use millpond_wal::batch::BatchHeader;
+use millpond_wal::proto::state_change::Op;
+use millpond_wal::{
+    Event, LocalSegmentSource, ReplayOutcome, Skip, SourceOffset, WalPosition, WalReader,
+    WalSource,
+};
 
 use super::render::{escape, rfc3339_ms, show, size, Render};
 use super::{CliError, Out, Result};
@@ -24,18 +26,6 @@ pub struct InspectOptions {
     pub value_as: Render,
 }
 
-fn position_text(p: &WalPosition) -> String {
-    match p {
-        WalPosition::Local { segment, offset } => format!("{segment:020}.wal@{offset}"),
-        WalPosition::Pulsar {
-            ledger_id,
-            entry_id,
-            partition,
-            batch_index,
-        } => format!("pulsar {ledger_id}:{entry_id}:{partition}:{batch_index}"),
-    }
-}
-
 fn offsets_text(offsets: &[SourceOffset]) -> String {
     if offsets.is_empty() {
         return "none".to_owned();
@@ -47,7 +37,7 @@ fn offsets_text(offsets: &[SourceOffset]) -> String {
         .join(" ")
 }
 
-fn op_text(op: Option<&Op>, value_as: Render) -> String {
+fn op_text(op: &Op, value_as: Render) -> String {
     let value = |b: &[u8]| show(b, value_as);
     let user_key = |b: &[u8]| show(b, Render::Auto);
     let exp = |e: u64| {
@@ -59,24 +49,23 @@ fn op_text(op: Option<&Op>, value_as: Render) -> String {
     };
     let list = |vs: &[Vec<u8>]| vs.iter().map(|v| value(v)).collect::<Vec<_>>().join(", ");
     match op {
-        None => "(no op)".to_owned(),
-        Some(Op::Put(p)) => format!("put {}{}", value(&p.value), exp(p.expires_at_ms)),
-        Some(Op::Clear(_)) => "clear".to_owned(),
-        Some(Op::ListAppend(l)) => {
+        Op::Put(p) => format!("put {}{}", value(&p.value), exp(p.expires_at_ms)),
+        Op::Clear(_) => "clear".to_owned(),
+        Op::ListAppend(l) => {
             format!("list-append [{}]{}", list(&l.values), exp(l.expires_at_ms))
         }
-        Some(Op::ListReplace(l)) => {
+        Op::ListReplace(l) => {
             format!("list-replace [{}]{}", list(&l.values), exp(l.expires_at_ms))
         }
-        Some(Op::MapPut(m)) => format!(
+        Op::MapPut(m) => format!(
             "map-put {} => {}{}",
             user_key(&m.user_key),
             value(&m.value),
             exp(m.expires_at_ms)
         ),
-        Some(Op::MapRemove(m)) => format!("map-remove {}", user_key(&m.user_key)),
-        Some(Op::Touch(t)) => format!("touch{}", exp(t.expires_at_ms)),
-        Some(Op::MapTouch(t)) => format!(
+        Op::MapRemove(m) => format!("map-remove {}", user_key(&m.user_key)),
+        Op::Touch(t) => format!("touch{}", exp(t.expires_at_ms)),
+        Op::MapTouch(t) => format!(
             "map-touch {}{}",
             user_key(&t.user_key),
             exp(t.expires_at_ms)
@@ -84,33 +73,58 @@ fn op_text(op: Option<&Op>, value_as: Render) -> String {
     }
 }
 
-/// The last commit marker seen.
-struct Commit {
-    lsn: u64,
-    offsets: Vec<SourceOffset>,
-    position: WalPosition,
-    committed_at_ms: u64,
-}
-
-/// Replay's bookkeeping, without applying anything.
+/// What the summary counts beyond the reader's outcome.
 #[derive(Default)]
 struct Tally {
+    /// Batches read: accepted and skipped.
     batches: u64,
-    duplicates: u64,
     bytes: u64,
     first_lsn: Option<u64>,
-    /// Highest LSN read.
-    seen: u64,
+    /// Records read, by kind.
     changes: u64,
     commits: u64,
     rollbacks: u64,
-    /// Changes followed by a commit marker.
-    committed: u64,
-    /// Changes since the last commit marker or rollback.
-    pending: u64,
     /// Changes a rollback discarded.
     rolled_back: u64,
-    last_commit: Option<Commit>,
+    /// Takeovers by a newer writer, and the uncommitted changes they superseded.
+    takeovers: u64,
+    superseded: u64,
+    /// When the last commit marker was written.
+    last_commit_at_ms: u64,
+    outcome: ReplayOutcome,
+}
+
+/// An accepted batch, printed once its records are read.
+struct Open {
+    header: BatchHeader,
+    position: String,
+    bytes: usize,
+    changes: u64,
+    commits: u64,
+    rollbacks: u64,
+    lines: Vec<String>,
+}
+
+impl Open {
+    fn print(self, out: &mut Out) -> Result<()> {
+        let h = self.header;
+        outln!(
+            out,
+            "LSN {}..={}  {}  {} bytes  epoch {}  {} changes  {} commits  {} rollbacks",
+            h.first_lsn,
+            h.last_lsn,
+            self.position,
+            self.bytes,
+            h.epoch,
+            self.changes,
+            self.commits,
+            self.rollbacks
+        )?;
+        for line in self.lines {
+            outln!(out, "{line}")?;
+        }
+        Ok(())
+    }
 }
 
 fn inspect(
@@ -121,142 +135,147 @@ fn inspect(
 ) -> Result<Tally> {
     let mut t = Tally::default();
     outln!(out, "WAL {}", escape(what))?;
-    while let Some(stored) = source.next_batch()? {
-        let pos = position_text(&stored.position);
-        let damage = |what: &str| CliError::new(format!("corrupt WAL: {what} at {pos}"));
-        let (h, payload) = match batch::decode(&stored.bytes, || pos.clone())? {
-            Decoded::Batch(h, p) if h.framed_len() == stored.bytes.len() => (h, p),
-            Decoded::Batch(..) => return Err(damage("bytes after a batch")),
-            Decoded::Incomplete => return Err(damage("an incomplete batch")),
-        };
-        t.batches += 1;
-        t.bytes += stored.bytes.len() as u64;
-        if t.first_lsn.is_some() && h.last_lsn <= t.seen {
-            t.duplicates += 1;
-            outln!(
-                out,
-                "LSN {}..={}  {pos}  {} bytes  duplicate of records already read (skipped)",
-                h.first_lsn,
-                h.last_lsn,
-                stored.bytes.len()
-            )?;
-            continue;
-        }
-        if t.first_lsn.is_some() && h.first_lsn > t.seen + 1 {
-            return Err(damage(&format!(
-                "an LSN gap (expected LSN {}, the batch starts at {})",
-                t.seen + 1,
-                h.first_lsn
-            )));
-        }
-        t.first_lsn.get_or_insert(h.first_lsn);
-        let (mut changes, mut commits, mut rollbacks) = (0u64, 0u64, 0u64);
-        let mut lines = Vec::new();
-        for (i, record) in batch::records(payload, h.count).enumerate() {
-            let lsn = h.first_lsn + i as u64;
-            let record = record?;
-            if lsn <= t.seen {
-                continue; // overlaps records already read
+    let mut reader = WalReader::new(source, 0);
+    let mut open: Option<Open> = None;
+    while let Some(event) = reader.next()? {
+        let batch_starts = matches!(
+            event,
+            Event::Batch { .. } | Event::Skipped { .. } | Event::Superseded { .. }
+        );
+        if batch_starts {
+            if let Some(done) = open.take() {
+                done.print(out)?;
             }
-            let bad = || CliError::new(format!("corrupt WAL: record LSN {lsn} at {pos}"));
-            let body = proto::Record::decode(record)
-                .map_err(|_| bad())?
-                .body
-                .ok_or_else(bad)?;
-            match body {
-                Body::Change(c) => {
-                    changes += 1;
-                    t.pending += 1;
+        }
+        match event {
+            Event::Batch {
+                header,
+                position,
+                bytes,
+            } => {
+                t.batches += 1;
+                t.bytes += bytes as u64;
+                t.first_lsn.get_or_insert(header.first_lsn);
+                open = Some(Open {
+                    header: *header,
+                    position: position.to_string(),
+                    bytes,
+                    changes: 0,
+                    commits: 0,
+                    rollbacks: 0,
+                    lines: Vec::new(),
+                });
+            }
+            Event::Skipped {
+                header,
+                position,
+                bytes,
+                why,
+            } => {
+                t.batches += 1;
+                t.bytes += bytes as u64;
+                let why = match why {
+                    Skip::Duplicate => "duplicate of records already read (skipped)".to_owned(),
+                    Skip::Zombie { log_epoch } => format!(
+                        "a zombie's: written by a writer taken over at epoch {log_epoch} \
+                         (skipped, as recovery does)"
+                    ),
+                    _ => "already covered (skipped)".to_owned(),
+                };
+                outln!(
+                    out,
+                    "LSN {}..={}  {position}  {bytes} bytes  epoch {}  {why}",
+                    header.first_lsn,
+                    header.last_lsn,
+                    header.epoch
+                )?;
+            }
+            Event::Superseded {
+                from_lsn,
+                epoch,
+                discarded,
+            } => {
+                t.takeovers += 1;
+                t.superseded += discarded;
+                outln!(
+                    out,
+                    "takeover: writer epoch {epoch} starts at LSN {from_lsn}; the {discarded} \
+                     uncommitted changes read from there on, written by the older writer after \
+                     the takeover, no longer count"
+                )?;
+            }
+            Event::Change { lsn, change } => {
+                t.changes += 1;
+                if let Some(o) = open.as_mut() {
+                    o.changes += 1;
                     if opts.verbose {
-                        let key = show(&c.key, opts.key_as);
-                        let kind = proto::StateKind::try_from(c.kind).map_or_else(
-                            |_| format!("kind {}", c.kind),
-                            |k| {
-                                k.as_str_name()
-                                    .trim_start_matches("STATE_KIND_")
-                                    .to_lowercase()
-                            },
-                        );
-                        lines.push(format!(
-                            "  LSN {lsn}  change  state={} ({kind}) key_group={} key={key}  {}",
-                            escape(&c.state),
-                            c.key_group,
-                            op_text(c.op.as_ref(), opts.value_as)
+                        o.lines.push(format!(
+                            "  LSN {lsn}  change  state={} ({}) key_group={} key={}  {}",
+                            escape(&change.state),
+                            change.kind,
+                            change.key_group,
+                            show(&change.key, opts.key_as),
+                            op_text(change.op(), opts.value_as)
                         ));
                     }
                 }
-                Body::Commit(c) => {
-                    commits += 1;
-                    t.committed += t.pending;
-                    t.pending = 0;
-                    let offsets: Vec<SourceOffset> = c
-                        .offsets
-                        .into_iter()
-                        .map(|o| SourceOffset {
-                            topic: o.topic,
-                            partition: o.partition,
-                            next_offset: o.next_offset,
-                        })
-                        .collect();
+            }
+            Event::Commit {
+                lsn,
+                point,
+                committed_at_ms,
+            } => {
+                t.commits += 1;
+                t.last_commit_at_ms = committed_at_ms;
+                if let Some(o) = open.as_mut() {
+                    o.commits += 1;
                     if opts.verbose {
-                        lines.push(format!(
+                        o.lines.push(format!(
                             "  LSN {lsn}  commit  offsets {}  at {}",
-                            offsets_text(&offsets),
-                            rfc3339_ms(c.committed_at_ms)
-                        ));
-                    }
-                    t.last_commit = Some(Commit {
-                        lsn,
-                        offsets,
-                        position: stored.position.clone(),
-                        committed_at_ms: c.committed_at_ms,
-                    });
-                }
-                Body::Rollback(r) => {
-                    rollbacks += 1;
-                    t.rolled_back += t.pending;
-                    t.pending = 0;
-                    if opts.verbose {
-                        lines.push(format!(
-                            "  LSN {lsn}  rollback  (changes after LSN {} discarded)",
-                            r.last_committed_lsn
+                            offsets_text(&point.offsets),
+                            rfc3339_ms(committed_at_ms)
                         ));
                     }
                 }
             }
-        }
-        t.seen = h.last_lsn;
-        t.changes += changes;
-        t.commits += commits;
-        t.rollbacks += rollbacks;
-        outln!(
-            out,
-            "LSN {}..={}  {pos}  {} bytes  {changes} changes  {commits} commits  {rollbacks} rollbacks",
-            h.first_lsn,
-            h.last_lsn,
-            stored.bytes.len()
-        )?;
-        for line in lines {
-            outln!(out, "{line}")?;
+            Event::Rollback { lsn, discarded } => {
+                t.rollbacks += 1;
+                t.rolled_back += discarded;
+                if let Some(o) = open.as_mut() {
+                    o.rollbacks += 1;
+                    if opts.verbose {
+                        o.lines.push(format!(
+                            "  LSN {lsn}  rollback  ({discarded} uncommitted changes discarded)"
+                        ));
+                    }
+                }
+            }
+            _ => {}
         }
     }
+    if let Some(done) = open.take() {
+        done.print(out)?;
+    }
+    t.outcome = reader.into_outcome();
     Ok(t)
 }
 
 fn summary(t: &Tally, out: &mut Out) -> Result<()> {
     outln!(out, "summary")?;
+    let o = &t.outcome;
     let records = match t.first_lsn {
-        Some(first) => format!("LSN {first}..={}", t.seen),
+        Some(first) => format!("LSN {first}..={}", o.next_lsn - 1),
         None => "none (an empty log)".to_owned(),
     };
     let rows = [
         (
             "batches",
             format!(
-                "{} ({}), {} duplicates",
+                "{} ({}), {} duplicates, {} zombie batches",
                 t.batches,
                 size(t.bytes),
-                t.duplicates
+                o.duplicates,
+                o.fenced
             ),
         ),
         ("records", records),
@@ -269,38 +288,46 @@ fn summary(t: &Tally, out: &mut Out) -> Result<()> {
         ),
         (
             "last commit",
-            match &t.last_commit {
+            match &o.last_commit {
                 Some(c) => format!(
                     "LSN {} at {} ({})",
                     c.lsn,
-                    position_text(&c.position),
-                    rfc3339_ms(c.committed_at_ms)
+                    c.position,
+                    rfc3339_ms(t.last_commit_at_ms)
                 ),
                 None => "none".to_owned(),
             },
         ),
         (
             "offsets",
-            t.last_commit
+            o.last_commit
                 .as_ref()
                 .map_or_else(|| "none".to_owned(), |c| offsets_text(&c.offsets)),
         ),
         (
             "committed",
-            format!("{} changes (replay applies them)", t.committed),
+            format!("{} changes (replay applies them)", o.applied),
         ),
         (
             "uncommitted",
             format!(
                 "{} changes after the last commit (replay does not apply them)",
-                t.pending
+                o.uncommitted
             ),
         ),
         (
             "rolled back",
             format!("{} changes (discarded by a rollback)", t.rolled_back),
         ),
-        ("next LSN", (t.seen + 1).to_string()),
+        (
+            "writer epochs",
+            format!(
+                "highest {}, {} takeovers ({} uncommitted changes superseded), {} zombie \
+                 batches skipped",
+                o.epoch, t.takeovers, t.superseded, o.fenced
+            ),
+        ),
+        ("next LSN", o.next_lsn.to_string()),
     ];
     for (name, value) in rows {
         outln!(out, "  {name:<16} {value}")?;
@@ -341,7 +368,7 @@ pub fn inspect_dir(dir: &Path, opts: &InspectOptions, out: &mut Out) -> Result<(
                     escape(&dir.join(format!("{segment:020}.wal")).to_string_lossy())
                 )
             }
-            other => position_text(&other),
+            other => other.to_string(),
         };
         outln!(
             out,

@@ -292,7 +292,7 @@ impl<S: WalSource> WalReader<S> {
 
     /// Verifies a batch and decides what it is (the batch-level rules).
     fn judge(&mut self, stored: StoredBatch) -> Result<Next> {
-        let location = || format!("{:?}", stored.position);
+        let location = || stored.position.to_string();
         let h = match batch::decode(&stored.bytes, location)? {
             // A stored batch is exactly one framed batch: trailing bytes are damage too.
             Decoded::Batch(h, _) if h.framed_len() == stored.bytes.len() => h,
@@ -402,7 +402,7 @@ impl<S: WalSource> WalReader<S> {
             return Ok(None);
         };
         let h = cur.header;
-        let location = |position: &WalPosition| format!("{position:?}");
+        let location = |position: &WalPosition| position.to_string();
         loop {
             let bytes = &cur.stored.bytes;
             if cur.read == h.count {

@@ -288,6 +288,11 @@ impl OwnedChange {
         })
     }
 
+    /// The operation as the record holds it (what `millpond wal inspect` shows).
+    pub fn op(&self) -> &proto::state_change::Op {
+        &self.op
+    }
+
     /// The change, borrowed, as `millpond_state` takes it.
     pub fn as_change(&self) -> Change<'_> {
         use proto::state_change::Op;

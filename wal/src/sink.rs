@@ -26,6 +26,22 @@ pub enum WalPosition {
     },
 }
 
+/// As tools show it: `00000000000000000001.wal@44` (segment file, byte) or
+/// `pulsar 12:3:-1:-1` (ledger, entry, partition, batch index).
+impl std::fmt::Display for WalPosition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WalPosition::Local { segment, offset } => write!(f, "{segment:020}.wal@{offset}"),
+            WalPosition::Pulsar {
+                ledger_id,
+                entry_id,
+                partition,
+                batch_index,
+            } => write!(f, "pulsar {ledger_id}:{entry_id}:{partition}:{batch_index}"),
+        }
+    }
+}
+
 /// The end of a log that a crash cut short inside a batch, found when the log was opened or
 /// read: the bytes after the last valid batch of the newest segment, when no valid batch follows
 /// them and they lie above the acknowledged LSN (docs/wal.md, "Torn tail"). The batch they
