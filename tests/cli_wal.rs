@@ -2,7 +2,8 @@
 //! so it never exits 0 past a damaged segment. Corruption (a flipped length with batches after
 //! it, a flipped byte in an acknowledged batch, a garbage segment) is exit 1 with an `error:`
 //! line naming the segment; a real torn tail is reported with its bytes and position; a FIFO
-//! named like a segment is refused at once instead of hanging the command.
+//! named like a segment is refused at once instead of hanging the command. Writer epochs count
+//! as in recovery: a zombie's batches are skipped and a takeover is shown.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -14,8 +15,11 @@ use millpond_wal::{open_local, SegmentSettings, SourceOffset, Wal, WalSettings};
 
 mod common {
     pub mod cli;
+    #[path = "../../wal/tests/common/log.rs"]
+    pub mod log;
 }
 use common::cli::{millpond, stderr, stdout};
+use common::log::{append_local, framed, R};
 
 fn inspect(dir: &Path) -> Output {
     millpond(&["wal", "inspect", dir.to_str().unwrap()])
@@ -299,4 +303,64 @@ fn wal_inspect_escapes_control_characters_in_names() {
         out.contains(&format!("of {shown_dir}/{name}, after")),
         "{out}"
     );
+}
+
+#[test]
+fn wal_inspect_skips_a_zombies_batches_and_shows_a_takeover_as_recovery_does() {
+    let dir = tempfile::tempdir().unwrap();
+    append_local(
+        dir.path(),
+        &[
+            // The old owner (epoch 1) commits, then writes two changes after the new owner
+            // read the log up to LSN 2.
+            framed(1, 1, &[R::Put(1), R::Commit(1)]),
+            framed(3, 1, &[R::Put(98), R::Put(99)]),
+            // The new owner (epoch 2) starts at LSN 3, an LSN already read.
+            framed(3, 2, &[R::Rollback, R::Put(2), R::Commit(2)]),
+            // The old one, a zombie now, appends a commit with LSNs that would fit.
+            framed(6, 1, &[R::Put(97), R::Commit(97)]),
+            framed(6, 2, &[R::Put(3), R::Commit(3)]),
+        ],
+    );
+    let mut source = millpond_wal::LocalSegmentSource::open(dir.path(), 1).unwrap();
+    let recovery =
+        millpond_wal::replay(&mut source, 0, |_c| Ok::<(), std::io::Error>(())).unwrap();
+    assert_eq!(
+        (recovery.applied, recovery.fenced, recovery.duplicates),
+        (3, 1, 0)
+    );
+    assert_eq!(recovery.last_commit.as_ref().unwrap().offsets[0].next_offset, 3);
+
+    let o = inspect(dir.path());
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = stdout(&o);
+    let line = |start: &str| {
+        out.lines()
+            .find(|l| l.starts_with(start))
+            .unwrap_or_else(|| panic!("no line {start:?} in:\n{out}"))
+    };
+    assert!(
+        line("takeover: writer epoch 2 starts at LSN 3").contains("the 2 uncommitted changes"),
+        "{out}"
+    );
+    let zombie = line("LSN 6..=7");
+    assert!(
+        zombie.contains("epoch 1") && zombie.contains("zombie"),
+        "{out}"
+    );
+    // The summary is recovery's outcome.
+    for row in [
+        format!("committed        {} changes", recovery.applied),
+        "uncommitted      0 changes".to_owned(),
+        format!("last commit      LSN {} at", recovery.last_commit.unwrap().lsn),
+        "offsets          t/0=3".to_owned(),
+        format!(
+            "{} duplicates, {} zombie batches",
+            recovery.duplicates, recovery.fenced
+        ),
+        format!("next LSN         {}", recovery.next_lsn),
+        "highest 2, 1 takeovers (2 uncommitted changes superseded)".to_owned(),
+    ] {
+        assert!(out.contains(&row), "{row:?} in:\n{out}");
+    }
 }

@@ -177,8 +177,8 @@ fn inspect(
                 let why = match why {
                     Skip::Duplicate => "duplicate of records already read (skipped)".to_owned(),
                     Skip::Zombie { log_epoch } => format!(
-                        "a zombie's: written by a writer taken over at epoch {log_epoch} \
-                         (skipped, as recovery does)"
+                        "a zombie's (epoch {log_epoch} was read before it: its writer was \
+                         taken over), skipped as recovery does"
                     ),
                     _ => "already covered (skipped)".to_owned(),
                 };
@@ -322,9 +322,8 @@ fn summary(t: &Tally, out: &mut Out) -> Result<()> {
         (
             "writer epochs",
             format!(
-                "highest {}, {} takeovers ({} uncommitted changes superseded), {} zombie \
-                 batches skipped",
-                o.epoch, t.takeovers, t.superseded, o.fenced
+                "highest {}, {} takeovers ({} uncommitted changes superseded)",
+                o.epoch, t.takeovers, t.superseded
             ),
         ),
         ("next LSN", o.next_lsn.to_string()),

@@ -64,7 +64,7 @@ pub fn encode(first_lsn: u64, count: u32, epoch: u64, payload: &[u8], out: &mut 
     out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
     out.extend_from_slice(&count.to_le_bytes());
     out.extend_from_slice(&first_lsn.to_le_bytes());
-    out.extend_from_slice(&(first_lsn + count as u64 - 1).to_le_bytes());
+    out.extend_from_slice(&(first_lsn + (count as u64 - 1)).to_le_bytes());
     out.extend_from_slice(&epoch.to_le_bytes());
     let crc = crc32c::crc32c_append(crc32c::crc32c(&out[start..start + CHECKED_BYTES]), payload);
     out.extend_from_slice(&crc.to_le_bytes());
@@ -83,7 +83,7 @@ pub fn seal(buf: &mut [u8], first_lsn: u64, count: u32, epoch: u64) {
     buf[8..12].copy_from_slice(&payload_len.to_le_bytes());
     buf[12..16].copy_from_slice(&count.to_le_bytes());
     buf[16..24].copy_from_slice(&first_lsn.to_le_bytes());
-    buf[24..32].copy_from_slice(&(first_lsn + count as u64 - 1).to_le_bytes());
+    buf[24..32].copy_from_slice(&(first_lsn + (count as u64 - 1)).to_le_bytes());
     buf[32..40].copy_from_slice(&epoch.to_le_bytes());
     let crc = crc32c::crc32c_append(crc32c::crc32c(&buf[..CHECKED_BYTES]), &buf[HEADER_BYTES..]);
     buf[CHECKED_BYTES..HEADER_BYTES].copy_from_slice(&crc.to_le_bytes());

@@ -220,7 +220,7 @@ impl<S: WalSource> WalReader<S> {
         WalReader {
             source,
             outcome: ReplayOutcome {
-                next_lsn: after_lsn + 1,
+                next_lsn: after_lsn.saturating_add(1),
                 ..Default::default()
             },
             step: Step::Pull,
@@ -309,6 +309,13 @@ impl<S: WalSource> WalReader<S> {
                 })
             }
         };
+        if h.last_lsn == u64::MAX {
+            // Nothing could follow it: the next LSN would not exist.
+            return Err(Error::Corrupt {
+                what: "WAL batch header (LSN out of range)",
+                location: location(),
+            });
+        }
         let mut superseded = None;
         if h.epoch < self.outcome.epoch {
             self.outcome.fenced += 1;

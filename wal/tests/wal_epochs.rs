@@ -2,73 +2,17 @@
 //! that overlaps the old writer's uncommitted tail drops that tail. Uses an in-memory fake
 //! source (a Vec of framed batches), since the rule is the replay's own logic.
 
-use millpond_wal::batch;
-use millpond_wal::proto::{self, record::Body};
-use millpond_wal::{replay, Error, OwnedChange, StoredBatch, WalPosition, WalSource};
-use prost::Message;
+use millpond_wal::{replay, Error, OwnedChange};
 
-/// A log held in memory: each entry a framed batch.
-struct FakeLog(std::vec::IntoIter<Vec<u8>>, u64);
-
-impl WalSource for FakeLog {
-    fn next_batch(&mut self) -> Result<Option<StoredBatch>, Error> {
-        self.1 += 1;
-        Ok(self.0.next().map(|bytes| StoredBatch {
-            position: WalPosition::Local {
-                segment: 0,
-                offset: self.1,
-            },
-            bytes,
-        }))
-    }
+mod common {
+    pub mod log;
 }
-
-enum R {
-    /// A put of this value to key "k".
-    Put(u8),
-    Commit(i64),
-    Rollback,
-}
-
-fn framed(first_lsn: u64, epoch: u64, records: &[R]) -> Vec<u8> {
-    let mut payload = Vec::new();
-    for r in records {
-        let body = match r {
-            R::Put(v) => Body::Change(proto::StateChange {
-                state: "s".into(),
-                kind: proto::StateKind::Value as i32,
-                key_group: 0,
-                key: b"k".to_vec(),
-                op: Some(proto::state_change::Op::Put(proto::Put {
-                    value: vec![*v],
-                    expires_at_ms: 0,
-                })),
-            }),
-            R::Commit(o) => Body::Commit(proto::CommitMarker {
-                offsets: vec![proto::SourceOffset {
-                    topic: "t".into(),
-                    partition: 0,
-                    next_offset: *o,
-                }],
-                committed_at_ms: 0,
-            }),
-            R::Rollback => Body::Rollback(proto::Rollback {
-                last_committed_lsn: 0,
-            }),
-        };
-        proto::Record { body: Some(body) }
-            .encode_length_delimited(&mut payload)
-            .unwrap();
-    }
-    let mut out = Vec::new();
-    batch::encode(first_lsn, records.len() as u32, epoch, &payload, &mut out);
-    out
-}
+use common::log::{framed, FakeLog, R};
 
 /// Replays `log`; returns the values applied and the outcome.
 fn run(log: Vec<Vec<u8>>) -> Result<(Vec<u8>, millpond_wal::ReplayOutcome), Error> {
     let mut applied = Vec::new();
-    let outcome = replay(&mut FakeLog(log.into_iter(), 0), 0, |c: &OwnedChange| {
+    let outcome = replay(&mut FakeLog::new(log), 0, |c: &OwnedChange| {
         let millpond_state::ChangeOp::Put { value, .. } = c.as_change().op else {
             panic!("only puts here")
         };
