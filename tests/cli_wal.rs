@@ -323,13 +323,15 @@ fn wal_inspect_skips_a_zombies_batches_and_shows_a_takeover_as_recovery_does() {
         ],
     );
     let mut source = millpond_wal::LocalSegmentSource::open(dir.path(), 1).unwrap();
-    let recovery =
-        millpond_wal::replay(&mut source, 0, |_c| Ok::<(), std::io::Error>(())).unwrap();
+    let recovery = millpond_wal::replay(&mut source, 0, |_c| Ok::<(), std::io::Error>(())).unwrap();
     assert_eq!(
         (recovery.applied, recovery.fenced, recovery.duplicates),
         (3, 1, 0)
     );
-    assert_eq!(recovery.last_commit.as_ref().unwrap().offsets[0].next_offset, 3);
+    assert_eq!(
+        recovery.last_commit.as_ref().unwrap().offsets[0].next_offset,
+        3
+    );
 
     let o = inspect(dir.path());
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
@@ -352,7 +354,10 @@ fn wal_inspect_skips_a_zombies_batches_and_shows_a_takeover_as_recovery_does() {
     for row in [
         format!("committed        {} changes", recovery.applied),
         "uncommitted      0 changes".to_owned(),
-        format!("last commit      LSN {} at", recovery.last_commit.unwrap().lsn),
+        format!(
+            "last commit      LSN {} at",
+            recovery.last_commit.unwrap().lsn
+        ),
         "offsets          t/0=3".to_owned(),
         format!(
             "{} duplicates, {} zombie batches",

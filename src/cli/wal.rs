@@ -8,8 +8,7 @@ use std::path::Path;
 use millpond_wal::batch::BatchHeader;
 use millpond_wal::proto::state_change::Op;
 use millpond_wal::{
-    Event, LocalSegmentSource, ReplayOutcome, Skip, SourceOffset, WalPosition, WalReader,
-    WalSource,
+    Event, LocalSegmentSource, ReplayOutcome, Skip, SourceOffset, WalPosition, WalReader, WalSource,
 };
 
 use super::render::{escape, rfc3339_ms, show, size, Render};

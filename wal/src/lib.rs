@@ -50,11 +50,11 @@ mod writer;
 #[cfg(feature = "pulsar")]
 pub mod pulsar;
 
+pub use committed::{Committed, CommittedUnit};
 pub use error::{Error, Result};
 pub use local::open_local;
-pub use record::{proto, OwnedChange, SourceOffset};
-pub use committed::{Committed, CommittedUnit};
 pub use reader::{CommitPoint, Event, ReplayOutcome, Skip, WalReader};
+pub use record::{proto, OwnedChange, SourceOffset};
 pub use recover::{recover, WalRecovery};
 pub use replay::replay;
 pub use segment::{LocalSegmentSink, LocalSegmentSource};

@@ -3,8 +3,8 @@
 use std::path::Path;
 
 use crate::error::Result;
-use crate::recover::recover;
 use crate::reader::ReplayOutcome;
+use crate::recover::recover;
 use crate::segment::{LocalSegmentSink, LocalSegmentSource};
 use crate::settings::{SegmentSettings, WalSettings};
 use crate::writer::Wal;

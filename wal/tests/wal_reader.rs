@@ -102,7 +102,11 @@ fn units(dir: &Path, after_lsn: u64) -> Result<(Vec<Unit>, ReplayOutcome), Error
             .iter()
             .map(|(lsn, c)| (*lsn, value_of(c)))
             .collect();
-        out.push((changes, unit.point().lsn, unit.point().offsets[0].next_offset));
+        out.push((
+            changes,
+            unit.point().lsn,
+            unit.point().offsets[0].next_offset,
+        ));
     }
     Ok((out, committed.into_outcome()))
 }
