@@ -18,8 +18,11 @@ fn events() -> ListStateDescriptor<String, u64> {
 }
 
 fn settings(replay_threads: usize) -> Settings {
+    // Snapshots only on request: every recovery replays the whole log.
     Settings {
-        snapshot_interval: None,
+        snapshot_after_changes: u64::MAX,
+        snapshot_after_wal_bytes: u64::MAX,
+        snapshot_interval_max: None,
         replay_threads,
         ..Settings::default()
     }
