@@ -52,7 +52,7 @@ enum Command {
     RecoverySteadyJob(steady::JobArgs),
     /// A restore of `recovery --steady`, run by it in a child process.
     #[command(hide = true)]
-    RecoverySteadyRestore(steady::RestoreArgs),
+    RecoverySteadyRestore(steady::ChildArgs),
     /// End to end: a job reading Kafka into keyed state, its WAL in Pulsar (or local) and
     /// snapshots in S3 (or a directory): records/s, commit latency, RSS, and the time to the
     /// first record after a SIGKILL, with every key's count checked (exactly once).

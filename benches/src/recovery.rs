@@ -37,8 +37,8 @@ use millpond_wal::{
 use serde_json::{json, Value};
 
 use crate::util::{
-    child_json, dir_bytes, drop_caches, free_bytes, histogram, loadavg_1m, parse_bytes,
-    percentiles, rss_bytes, s3_delete_prefix, s3_store, text_value, Rng,
+    child_json, copy_dir_synced, dir_bytes, drop_caches, free_bytes, histogram, loadavg_1m,
+    parse_bytes, percentiles, rss_bytes, s3_delete_prefix, s3_store, text_value, Rng,
 };
 
 /// Bytes a key adds to a value in the logical state size: 8 of key, 4 of key-group and
@@ -588,20 +588,10 @@ fn measure(
     let copy_dir = root.join("copy");
     let baseline_dropped = drop_caches();
     let (baseline, baseline_copy_seconds) = match s3 {
-        None => {
-            let t = Instant::now();
-            let cp = Command::new("cp")
-                .arg("-r")
-                .arg(root.join("archive").join("data"))
-                .arg(&copy_dir)
-                .status()
-                .map_err(err)?;
-            let sync = Command::new("sync").status().map_err(err)?;
-            if !cp.success() || !sync.success() {
-                return Err("cp -r or sync of the snapshot's data directory failed".into());
-            }
-            ("cp -r data/ then sync", t.elapsed().as_secs_f64())
-        }
+        None => (
+            "cp -r data/ then sync",
+            copy_dir_synced(&root.join("archive").join("data"), &copy_dir)?,
+        ),
         Some((bucket, prefix)) => (
             "object_store GETs, 4 at once, each file written and fsynced",
             s3_download(bucket, prefix, &report.manifest.files, &copy_dir)?,

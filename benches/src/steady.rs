@@ -34,7 +34,8 @@ use millpond::{Millpond, Settings};
 use serde_json::{json, Value};
 
 use crate::util::{
-    child_json, dir_bytes, drop_caches, loadavg_1m, parse_bytes, rss_bytes, text_value, Rng,
+    child_json, copy_dir_synced, dir_bytes, drop_caches, loadavg_1m, parse_bytes, rss_bytes,
+    text_value, Rng,
 };
 
 /// Updates between two commits of the job.
@@ -56,9 +57,10 @@ pub struct Plan {
     pub snapshot_interval_s: f64,
 }
 
-/// The job process.
+/// What both child processes are told.
 #[derive(Args, Debug)]
-pub struct JobArgs {
+pub struct ChildArgs {
+    /// The instance's data directory.
     #[arg(long)]
     dir: PathBuf,
     #[arg(long)]
@@ -69,26 +71,18 @@ pub struct JobArgs {
     value_bytes: usize,
     #[arg(long, value_parser = parse_bytes)]
     memory_budget: u64,
+}
+
+/// The job process.
+#[derive(Args, Debug)]
+pub struct JobArgs {
+    #[command(flatten)]
+    child: ChildArgs,
     #[arg(long)]
     ops_per_sec: u64,
     /// Seconds between background snapshots; 0 keeps the instance's default trigger.
     #[arg(long)]
     snapshot_interval_s: f64,
-}
-
-/// One restore process.
-#[derive(Args, Debug)]
-pub struct RestoreArgs {
-    #[arg(long)]
-    dir: PathBuf,
-    #[arg(long)]
-    archive: String,
-    #[arg(long)]
-    keys: u64,
-    #[arg(long)]
-    value_bytes: usize,
-    #[arg(long, value_parser = parse_bytes)]
-    memory_budget: u64,
 }
 
 fn err(e: impl std::fmt::Display) -> String {
@@ -303,18 +297,7 @@ pub fn measure(plan: &Plan, root: &Path, archive_url: &str) -> Result<Value, Str
     // 4. The baseline: the current snapshot's files copied plainly.
     let copy_dir = root.join("copy");
     drop_caches();
-    let t = Instant::now();
-    let cp = Command::new("cp")
-        .arg("-r")
-        .arg(root.join("archive").join("data"))
-        .arg(&copy_dir)
-        .status()
-        .map_err(err)?;
-    let sync = Command::new("sync").status().map_err(err)?;
-    if !cp.success() || !sync.success() {
-        return Err("cp -r or sync of the archive's data directory failed".into());
-    }
-    let baseline_copy_seconds = t.elapsed().as_secs_f64();
+    let baseline_copy_seconds = copy_dir_synced(&root.join("archive").join("data"), &copy_dir)?;
 
     let median = |field: &str| -> Option<f64> {
         let mut xs: Vec<f64> = snapshots.iter().filter_map(|s| s[field].as_f64()).collect();
@@ -369,8 +352,10 @@ fn emit(v: Value) -> Result<(), String> {
 
 /// The job: load, first snapshot, then updates until killed.
 pub fn run_job(args: JobArgs) -> Result<String, String> {
+    let (ops_per_sec, snapshot_interval_s) = (args.ops_per_sec, args.snapshot_interval_s);
+    let args = args.child;
     let opening = Millpond::builder(&args.dir)
-        .settings(settings(args.memory_budget, Some(args.snapshot_interval_s)))
+        .settings(settings(args.memory_budget, Some(snapshot_interval_s)))
         .snapshots_url(&args.archive)
         .open()
         .map_err(err)?;
@@ -415,8 +400,8 @@ pub fn run_job(args: JobArgs) -> Result<String, String> {
     let start = Instant::now();
     let mut n = 0u64;
     loop {
-        if args.ops_per_sec > 0 {
-            let due = Duration::from_secs_f64(n as f64 / args.ops_per_sec as f64);
+        if ops_per_sec > 0 {
+            let due = Duration::from_secs_f64(n as f64 / ops_per_sec as f64);
             if let Some(wait) = due.checked_sub(start.elapsed()) {
                 std::thread::sleep(wait);
             }
@@ -457,7 +442,7 @@ pub fn run_job(args: JobArgs) -> Result<String, String> {
 }
 
 /// One restore: timed from `started` (first thing in `main`).
-pub fn run_restore(args: RestoreArgs, started: Instant) -> Result<String, String> {
+pub fn run_restore(args: ChildArgs, started: Instant) -> Result<String, String> {
     let opening = Millpond::builder(&args.dir)
         .settings(settings(args.memory_budget, None))
         .snapshots_url(&args.archive)

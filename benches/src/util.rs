@@ -171,6 +171,24 @@ pub fn free_bytes(path: &std::path::Path) -> Option<u64> {
         .ok()
 }
 
+/// `cp -r from to`, then `sync`: the plain copy restores are measured against. Seconds taken.
+pub fn copy_dir_synced(from: &std::path::Path, to: &std::path::Path) -> Result<f64, String> {
+    let t = std::time::Instant::now();
+    let cp = std::process::Command::new("cp")
+        .arg("-r")
+        .arg(from)
+        .arg(to)
+        .status()
+        .map_err(|e| e.to_string())?;
+    let sync = std::process::Command::new("sync")
+        .status()
+        .map_err(|e| e.to_string())?;
+    if !cp.success() || !sync.success() {
+        return Err(format!("cp -r or sync of {} failed", from.display()));
+    }
+    Ok(t.elapsed().as_secs_f64())
+}
+
 /// Bytes of the files under `dir`, recursively (0 if it does not exist).
 pub fn dir_bytes(dir: &std::path::Path) -> u64 {
     let Ok(entries) = std::fs::read_dir(dir) else {
