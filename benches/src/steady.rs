@@ -234,10 +234,13 @@ pub fn measure(plan: &Plan, root: &Path, archive_url: &str) -> Result<Value, Str
                     let mut v = v;
                     v["cycle_seconds"] = json!(round3(last_at.elapsed().as_secs_f64()));
                     last_at = Instant::now();
-                    eprintln!("steady: snapshot {}: {v}", snapshots.len() + 1);
-                    // The kill waits for the cycle after the last one counted.
+                    // The kill waits for 90 % of a cycle after the newest snapshot; those
+                    // past `--cycles` are not counted.
                     if snapshots.len() < plan.cycles {
+                        eprintln!("steady: snapshot {}: {v}", snapshots.len() + 1);
                         snapshots.push(v);
+                    } else {
+                        eprintln!("steady: snapshot past the counted cycles: {v}");
                     }
                 }
                 _ => {}
