@@ -225,8 +225,9 @@ impl Op {
 enum Changes {
     /// The result is known without the older entry (a put, clear or list replace came first).
     Known(Option<Entry>),
-    /// Ops to apply, in order, to the older entry, each with its replay time.
-    OnBase(Vec<(Op, Option<u64>)>),
+    /// Ops to apply, in order, to the older entry, each with its replay time and the LSN of
+    /// the change it came from (0: not known).
+    OnBase(Vec<(Op, Option<u64>, u64)>),
 }
 
 /// The changes of one key of one state since a parent snapshot, gathered in log order.
@@ -263,6 +264,19 @@ impl KeyChanges {
     /// Adds the next logged change of this key, of a state of `kind` whose TTL is `ttl_ms`
     /// (`None`: no TTL). A change that does not fit `kind` is [`FormatError::Invalid`].
     pub fn push(&mut self, kind: StateKind, ttl_ms: Option<u64>, op: &ChangeOp<'_>) -> Result<()> {
+        self.push_logged(kind, ttl_ms, op, 0)
+    }
+
+    /// [`push`](Self::push) of the change logged at `lsn`: an operand kept for the layer
+    /// below carries it ([`encode`](Self::encode)), so that a reader can tell which layers
+    /// already hold it. LSNs must not decrease.
+    pub fn push_logged(
+        &mut self,
+        kind: StateKind,
+        ttl_ms: Option<u64>,
+        op: &ChangeOp<'_>,
+        lsn: u64,
+    ) -> Result<()> {
         if !kind.accepts(op) {
             return Err(FormatError::Invalid {
                 reason: format!("change {op:?} does not fit a state of kind {kind}"),
@@ -277,7 +291,7 @@ impl KeyChanges {
                 apply_at(&mut entry, &op.as_change(), at);
                 self.changes = Changes::Known(entry);
             }
-            Changes::OnBase(ops) => ops.push((op, at)),
+            Changes::OnBase(ops) => ops.push((op, at, lsn)),
         }
         Ok(())
     }
@@ -288,7 +302,7 @@ impl KeyChanges {
             Changes::Known(entry) => self.changes = Changes::Known(entry),
             Changes::OnBase(ops) => match &mut self.changes {
                 Changes::Known(entry) => {
-                    for (op, at) in &ops {
+                    for (op, at, _) in &ops {
                         apply_at(entry, &op.as_change(), *at);
                     }
                 }
@@ -307,7 +321,7 @@ impl KeyChanges {
         match &self.changes {
             Changes::Known(Some(e)) => 64 + e.mem_size(),
             Changes::Known(None) => 64,
-            Changes::OnBase(ops) => 64 + ops.iter().map(|(op, _)| op.mem_size()).sum::<usize>(),
+            Changes::OnBase(ops) => 64 + ops.iter().map(|(op, ..)| op.mem_size()).sum::<usize>(),
         }
     }
 
@@ -335,7 +349,7 @@ impl KeyChanges {
             Changes::Known(entry) => entry.clone(),
             Changes::OnBase(ops) => {
                 let mut entry = below.filter(|e| !matches!(e, Entry::Tombstone));
-                for (op, at) in ops {
+                for (op, at, _) in ops {
                     apply_at(&mut entry, &op.as_change(), *at);
                 }
                 entry
@@ -344,52 +358,81 @@ impl KeyChanges {
         entry.filter(|e| !e.is_empty())
     }
 
-    /// Appends an encoding of these changes (for sorted runs spilled to disk while a
-    /// snapshot is written; not a stable format).
+    /// Whether the changes are a full result (an entry or, `None`, no data), not operands
+    /// waiting for the layer below.
+    pub fn is_known(&self) -> bool {
+        matches!(self.changes, Changes::Known(_))
+    }
+
+    /// Appends these changes as one entry of a run (docs/snapshot.md, "Entries"): a full
+    /// result as tags 1–3, no data as a tombstone (tag 4), operands waiting for the layer
+    /// below as an operand chain (tag 5). What the writer's sort runs and a snapshot's delta
+    /// runs hold.
     pub fn encode(&self, out: &mut Vec<u8>) {
         match &self.changes {
-            Changes::Known(None) => out.push(0),
-            Changes::Known(Some(e)) => {
-                out.push(1);
-                e.encode(out);
-            }
+            Changes::Known(None) => Entry::Tombstone.encode(out),
+            Changes::Known(Some(e)) => e.encode(out),
             Changes::OnBase(ops) => {
-                out.push(2);
+                let start = out.len();
+                out.push(TAG_OPERANDS);
                 put_u32(ops.len(), out);
-                for (op, at) in ops {
-                    out.extend_from_slice(&at.map_or(u64::MAX, |t| t).to_le_bytes());
-                    encode_op(op, out);
+                for (op, at, lsn) in ops {
+                    encode_operand(op, at.unwrap_or(0), *lsn, out);
                 }
+                let crc = crc32c::crc32c(&out[start..]);
+                out.extend_from_slice(&crc.to_le_bytes());
             }
         }
     }
 
-    /// Decodes what [`KeyChanges::encode`] wrote.
+    /// Decodes what [`KeyChanges::encode`] wrote: any entry (tags 1–5), checked as
+    /// [`Entry::decode`] checks it; an operand chain must hold at least one operand, each of
+    /// a kind that waits for the layer below, with LSNs that do not decrease.
     pub fn decode(bytes: &[u8]) -> Result<KeyChanges> {
-        let bad = || FormatError::corrupt("spilled key changes", "sort run");
-        let (&tag, rest) = bytes.split_first().ok_or_else(bad)?;
-        let changes = match tag {
-            0 if rest.is_empty() => Changes::Known(None),
-            1 => Changes::Known(Some(Entry::decode(rest, || "sort run".to_owned())?)),
-            2 => {
-                let mut r = Cursor(rest);
-                let n = r.u32().ok_or_else(bad)? as usize;
-                let mut ops = Vec::with_capacity(n.min(rest.len() / 9));
-                for _ in 0..n {
-                    let at = r.u64().ok_or_else(bad)?;
-                    let op = decode_op(&mut r).ok_or_else(bad)?;
-                    ops.push((op, (at != u64::MAX).then_some(at)));
-                }
-                if !r.0.is_empty() {
-                    return Err(bad());
-                }
-                Changes::OnBase(ops)
+        if bytes.first() != Some(&TAG_OPERANDS) {
+            let changes = match Entry::decode(bytes, || "run entry".to_owned())? {
+                Entry::Tombstone => Changes::Known(None),
+                e => Changes::Known(Some(e)),
+            };
+            return Ok(KeyChanges { changes });
+        }
+        let bad = || FormatError::corrupt("operand chain", "run entry");
+        if bytes.len() < 9 {
+            return Err(bad());
+        }
+        let (body, crc) = bytes.split_at(bytes.len() - 4);
+        if crc32c::crc32c(body) != u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]) {
+            return Err(bad());
+        }
+        let mut r = Cursor(&body[1..]);
+        let n = r.u32().ok_or_else(bad)? as usize;
+        // Each operand takes at least 21 bytes: never trust a count for an allocation.
+        if n == 0 || n > r.0.len() / MIN_OPERAND_BYTES {
+            return Err(bad());
+        }
+        let mut ops = Vec::with_capacity(n);
+        let mut last_lsn = 0;
+        for _ in 0..n {
+            let (op, made_at, lsn) = decode_operand(&mut r).ok_or_else(bad)?;
+            if lsn < last_lsn {
+                return Err(bad());
             }
-            _ => return Err(bad()),
-        };
-        Ok(KeyChanges { changes })
+            last_lsn = lsn;
+            ops.push((op, (made_at != 0).then_some(made_at), lsn));
+        }
+        if !r.0.is_empty() {
+            return Err(bad());
+        }
+        Ok(KeyChanges {
+            changes: Changes::OnBase(ops),
+        })
     }
 }
+
+/// Tag of an operand chain (docs/snapshot.md, "Entries"); tags 1–4 are [`Entry`]'s.
+pub const TAG_OPERANDS: u8 = 5;
+/// op:u8 lsn:u64 made_at_ms:u64 and the smallest body (a touch: u64; a map remove: u32).
+const MIN_OPERAND_BYTES: usize = 21;
 
 /// Applies `op` as replay does: to the entry as it was at `at` (what had expired then
 /// dropped first; `None`: no TTL filtering, see [`replay_time`]), leaving `None` rather than
@@ -413,45 +456,42 @@ fn put_bytes(b: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(b);
 }
 
-fn encode_op(op: &Op, out: &mut Vec<u8>) {
-    match op {
-        Op::Put(v, e) => {
-            out.push(0);
-            put_bytes(v, out);
-            out.extend_from_slice(&e.to_le_bytes());
+/// One operand of a chain: `op:u8 lsn:u64 made_at_ms:u64 body` (`made_at_ms` 0: no TTL
+/// filtering). Only operands reach here: a barrier makes the changes a full result.
+fn encode_operand(op: &Op, made_at: u64, lsn: u64, out: &mut Vec<u8>) {
+    let code = match op {
+        Op::ListAppend(..) => 1,
+        Op::MapPut(..) => 2,
+        Op::MapRemove(_) => 3,
+        Op::Touch(_) => 4,
+        Op::MapTouch(..) => 5,
+        Op::Put(..) | Op::Clear | Op::ListReplace(..) => {
+            unreachable!("a barrier is folded into a full result, never kept as an operand")
         }
-        Op::Clear => out.push(1),
-        Op::ListAppend(vs, e) | Op::ListReplace(vs, e) => {
-            out.push(if matches!(op, Op::ListAppend(..)) {
-                2
-            } else {
-                3
-            });
+    };
+    out.push(code);
+    out.extend_from_slice(&lsn.to_le_bytes());
+    out.extend_from_slice(&made_at.to_le_bytes());
+    match op {
+        Op::ListAppend(vs, e) => {
+            out.extend_from_slice(&e.to_le_bytes());
             put_u32(vs.len(), out);
             for v in vs {
                 put_bytes(v, out);
             }
-            out.extend_from_slice(&e.to_le_bytes());
         }
         Op::MapPut(k, v, e) => {
-            out.push(4);
+            out.extend_from_slice(&e.to_le_bytes());
             put_bytes(k, out);
             put_bytes(v, out);
-            out.extend_from_slice(&e.to_le_bytes());
         }
-        Op::MapRemove(k) => {
-            out.push(5);
-            put_bytes(k, out);
-        }
-        Op::Touch(e) => {
-            out.push(6);
-            out.extend_from_slice(&e.to_le_bytes());
-        }
+        Op::MapRemove(k) => put_bytes(k, out),
+        Op::Touch(e) => out.extend_from_slice(&e.to_le_bytes()),
         Op::MapTouch(k, e) => {
-            out.push(7);
-            put_bytes(k, out);
             out.extend_from_slice(&e.to_le_bytes());
+            put_bytes(k, out);
         }
+        Op::Put(..) | Op::Clear | Op::ListReplace(..) => {}
     }
 }
 
@@ -485,39 +525,38 @@ impl<'a> Cursor<'a> {
     }
 }
 
-fn decode_op(r: &mut Cursor<'_>) -> Option<Op> {
-    Some(match r.u8()? {
-        0 => {
-            let v = r.bytes()?;
-            Op::Put(v, r.u64()?)
-        }
-        1 => Op::Clear,
-        tag @ (2 | 3) => {
+fn decode_operand(r: &mut Cursor<'_>) -> Option<(Op, u64, u64)> {
+    let code = r.u8()?;
+    let lsn = r.u64()?;
+    let made_at = r.u64()?;
+    let op = match code {
+        1 => {
+            let e = r.u64()?;
             let n = r.u32()? as usize;
-            let mut vs = Vec::with_capacity(n.min(r.0.len() / 4));
+            // Each value takes at least 4 bytes: never trust a count for an allocation.
+            if n > r.0.len() / 4 {
+                return None;
+            }
+            let mut vs = Vec::with_capacity(n);
             for _ in 0..n {
                 vs.push(r.bytes()?);
             }
+            Op::ListAppend(vs, e)
+        }
+        2 => {
             let e = r.u64()?;
-            if tag == 2 {
-                Op::ListAppend(vs, e)
-            } else {
-                Op::ListReplace(vs, e)
-            }
-        }
-        4 => {
             let k = r.bytes()?;
-            let v = r.bytes()?;
-            Op::MapPut(k, v, r.u64()?)
+            Op::MapPut(k, r.bytes()?, e)
         }
-        5 => Op::MapRemove(r.bytes()?),
-        6 => Op::Touch(r.u64()?),
-        7 => {
-            let k = r.bytes()?;
-            Op::MapTouch(k, r.u64()?)
+        3 => Op::MapRemove(r.bytes()?),
+        4 => Op::Touch(r.u64()?),
+        5 => {
+            let e = r.u64()?;
+            Op::MapTouch(r.bytes()?, e)
         }
         _ => return None,
-    })
+    };
+    Some((op, made_at, lsn))
 }
 
 #[cfg(test)]

@@ -16,9 +16,13 @@
 //!
 //! At every layer the decoded entry equals the reference after the same prefix.
 //!
+//! The second property is the one delta runs rely on: each segment is written as it was
+//! gathered, **without** reading below (a full entry, a tombstone, or an operand chain, tag 5),
+//! and a reader folds the runs newest first until a full entry or a tombstone, as a restored
+//! store and compaction do. It equals the reference after every segment.
+//!
 //! What this does not prove: that `Store::apply` (the hot tier, redb, TTL on access) agrees
-//! with `fold::apply_at`; the state crate's replay tests cover that. There are no operand
-//! chains yet (tag 5, a later step): every layer here is a full entry or a tombstone.
+//! with `fold::apply_at`; the state crate's replay tests cover that.
 
 use std::collections::BTreeMap;
 
@@ -234,6 +238,92 @@ proptest! {
         ttl::drop_expired(&mut folded, read_at);
         ttl::drop_expired(&mut replayed, read_at);
         prop_assert_eq!(folded, replayed);
+    }
+}
+
+/// Folds delta runs (newest last in `runs`) as a reader does: newest first until a layer is a
+/// full result, then the collected chains oldest first.
+fn fold_runs(runs: &[Vec<u8>]) -> Option<Entry> {
+    let mut collected = Vec::new();
+    for run in runs.iter().rev() {
+        let layer = KeyChanges::decode(run).expect("a run entry decodes");
+        let known = layer.is_known();
+        collected.push(layer);
+        if known {
+            break;
+        }
+    }
+    let mut acc = KeyChanges::default();
+    for layer in collected.into_iter().rev() {
+        acc.then(layer);
+    }
+    acc.fold_over(None)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn folding_delta_runs_equals_replaying_the_changes_one_by_one(
+        (kind, ttl_ms, steps) in history()
+    ) {
+        let mut now_ms = 1_000_000u64;
+        let mut reference: Option<Entry> = None;
+        let mut runs: Vec<Vec<u8>> = Vec::new();
+        let mut segment = KeyChanges::default();
+        let mut lsn = 0;
+        let last = steps.len() - 1;
+        for (i, step) in steps.iter().enumerate() {
+            now_ms += step.advance_ms;
+            lsn += 1;
+            let expires_at_ms = ttl_ms.map_or(0, |t| now_ms + t);
+            let change = step.op.change(expires_at_ms);
+            fold::apply_at(&mut reference, &change, ttl::replay_time(&change, ttl_ms));
+            segment.push_logged(kind, ttl_ms, &change, lsn).unwrap();
+            if !(step.cut || i == last) {
+                continue;
+            }
+            let mut run = Vec::new();
+            std::mem::take(&mut segment).encode(&mut run);
+            runs.push(run);
+            prop_assert_eq!(fold_runs(&runs), reference.clone(), "after change {}", i);
+        }
+    }
+}
+
+/// An operand chain's bytes, byte for byte (docs/snapshot.md, "Entries", tag 5).
+#[test]
+fn an_operand_chain_is_encoded_as_documented() {
+    let mut c = KeyChanges::default();
+    let values = [b"ab".to_vec()];
+    c.push_logged(
+        StateKind::List,
+        Some(1_000),
+        &ChangeOp::ListAppend {
+            values: &values,
+            expires_at_ms: 5_000,
+        },
+        7,
+    )
+    .unwrap();
+    let mut out = Vec::new();
+    c.encode(&mut out);
+    let mut want = vec![5, 1, 0, 0, 0, 1];
+    want.extend_from_slice(&7u64.to_le_bytes()); // lsn
+    want.extend_from_slice(&4_000u64.to_le_bytes()); // made_at_ms = expiry - ttl
+    want.extend_from_slice(&5_000u64.to_le_bytes()); // expires_at_ms
+    want.extend_from_slice(&[1, 0, 0, 0, 2, 0, 0, 0, b'a', b'b']);
+    let crc = crc32c::crc32c(&want);
+    want.extend_from_slice(&crc.to_le_bytes());
+    assert_eq!(out, want);
+    assert_eq!(KeyChanges::decode(&out).unwrap(), c);
+    for cut in 0..out.len() {
+        assert!(KeyChanges::decode(&out[..cut]).is_err());
+    }
+    for bit in 0..out.len() * 8 {
+        let mut bad = out.clone();
+        bad[bit / 8] ^= 1 << (bit % 8);
+        assert!(KeyChanges::decode(&bad).is_err(), "bit {bit}");
     }
 }
 
