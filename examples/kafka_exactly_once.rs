@@ -292,7 +292,7 @@ impl Job {
             StringCodec,
             U64Codec,
         ))?;
-        let snapshot = (opening.snapshot().files.len(), opening.snapshot().lsn);
+        let snapshot = (opening.snapshot().files().count(), opening.snapshot().lsn);
         let instance = opening.recover()?;
 
         let consumer = consumer(cfg)?;

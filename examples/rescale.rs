@@ -82,7 +82,7 @@ fn main() -> Result<(), Error> {
         "one instance: {} users, snapshot {} ({} files, {} bytes)",
         model.len(),
         snap.manifest.sequence,
-        snap.manifest.files.len(),
+        snap.manifest.files().count(),
         snap.manifest.total_bytes()
     );
     one.close()?;

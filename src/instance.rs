@@ -199,7 +199,7 @@ impl Builder {
             .change_sink_arc(sink.clone());
         let base_dir = dir.join("base");
         let mut base = None;
-        if parent.files.is_empty() {
+        if parent.files().next().is_none() {
             let _ = std::fs::remove_dir_all(&base_dir);
         } else {
             remove_unreferenced(&base_dir, &parent);
@@ -331,7 +331,7 @@ impl Recovering {
         });
         let (requests, receiver) = crossbeam_channel::unbounded();
         let thread = Snapshotter {
-            writer: self.writer,
+            writer: Arc::new(Mutex::new(self.writer)),
             store: self.store.clone(),
             wal: wal.clone(),
             location: self.location,
@@ -717,8 +717,7 @@ fn remove_unreferenced(dir: &Path, manifest: &Manifest) {
         return;
     };
     let keep: std::collections::HashSet<&str> = manifest
-        .files
-        .iter()
+        .files()
         .map(|f| f.path.rsplit('/').next().unwrap_or(&f.path))
         .collect();
     for entry in entries.flatten() {

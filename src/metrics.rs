@@ -44,6 +44,10 @@ pub const SNAPSHOT_BYTES: &str = "millpond_snapshot_bytes_total";
 /// Histogram, bytes: the data file bytes one snapshot wrote (its new files; the parent's
 /// files it reuses are not counted). 0 for a snapshot of offsets only.
 pub const SNAPSHOT_DELTA_BYTES: &str = "millpond_snapshot_delta_bytes";
+/// Counter, bytes: the data files compactions wrote (docs/snapshot.md, "Compaction").
+pub const COMPACTION_BYTES: &str = "millpond_compaction_bytes_total";
+/// Histogram, seconds: one compaction job, start to commit.
+pub const COMPACTION_SECONDS: &str = "millpond_compaction_seconds";
 /// Counter: snapshots committed, labelled `trigger` with why each started: `changes`
 /// (`Settings::snapshot_after_changes`), `bytes` (`snapshot_after_wal_bytes`), `interval`
 /// (`snapshot_interval_max`) or `requested` (`Millpond::snapshot_now`).

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::snapshot::{RestoreSettings, SnapshotSettings};
+use crate::snapshot::{CompactionSettings, RestoreSettings, SnapshotSettings};
 use crate::state::StoreSettings;
 use crate::wal::{SegmentSettings, WalSettings};
 
@@ -104,6 +104,11 @@ pub struct Settings {
     /// How often the metrics gauges (state size, hit rate, WAL lag) are refreshed.
     /// Default: 1 s.
     pub metrics_interval: Duration,
+    /// When a background thread merges the runs that snapshots add (docs/snapshot.md,
+    /// "Compaction"); `None` runs none, and the runs a read consults grow with every
+    /// snapshot. Default: `Some(CompactionSettings::default())`: a partition's runs merge into
+    /// one once its deltas hold half its bottom run's bytes, or it has 16 of them.
+    pub compaction: Option<CompactionSettings>,
 }
 
 const DEFAULT_AFTER_CHANGES: u64 = 500_000;
@@ -193,6 +198,7 @@ impl Default for Settings {
             snapshot_retain: 3,
             snapshot_gc_grace: Duration::from_secs(600),
             metrics_interval: Duration::from_secs(1),
+            compaction: Some(CompactionSettings::default()),
             replay_threads: std::thread::available_parallelism()
                 .map_or(1, |n| n.get())
                 .min(8),

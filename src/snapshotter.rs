@@ -3,6 +3,7 @@
 //! collects old snapshots, and refreshes the metrics gauges. Snapshots are built from the
 //! WAL, so the store is never paused for one.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -15,7 +16,8 @@ use parking_lot::Mutex;
 use crate::error::{Error, Result};
 use crate::metrics::{self, Reporter, SnapshotLag};
 use crate::settings::Settings;
-use crate::snapshot::{SnapshotBase, SnapshotReport, SnapshotWriter};
+use crate::snapshot::compaction::{compact, pick};
+use crate::snapshot::{Archive, SnapshotBase, SnapshotReport, SnapshotWriter};
 use crate::state::Store;
 use crate::wal::{StoredBatch, UpTo, Wal, WalSource};
 use crate::wal_location::WalLocation;
@@ -159,7 +161,8 @@ impl Shared {
 }
 
 pub(crate) struct Snapshotter {
-    pub(crate) writer: SnapshotWriter,
+    /// Shared with the compaction thread, which takes it only to commit.
+    pub(crate) writer: Arc<Mutex<SnapshotWriter>>,
     pub(crate) store: Store,
     pub(crate) wal: Arc<Wal>,
     pub(crate) location: WalLocation,
@@ -184,11 +187,33 @@ impl Snapshotter {
         };
         std::thread::Builder::new()
             .name("millpond-snapshot".into())
-            .spawn(move || self.run(requests, schedule))
+            .spawn(move || {
+                let compactor = self.settings.compaction.clone().map(|settings| {
+                    let archive = self.writer.lock().archive().clone();
+                    Compactor {
+                        writer: self.writer.clone(),
+                        archive,
+                        settings,
+                        snapshot: self.settings.snapshot.clone(),
+                        shared: self.shared.clone(),
+                        stop: Arc::new(AtomicBool::new(false)),
+                    }
+                    .spawn()
+                });
+                self.run(requests, schedule, compactor.as_ref().map(|c| &c.wake));
+                if let Some(c) = compactor {
+                    c.stop();
+                }
+            })
             .expect("spawning the snapshot thread")
     }
 
-    fn run(mut self, requests: Receiver<Request>, mut schedule: Schedule) {
+    fn run(
+        mut self,
+        requests: Receiver<Request>,
+        mut schedule: Schedule,
+        compaction: Option<&Sender<()>>,
+    ) {
         let mut reporter = Reporter::default();
         let report_every = self
             .settings
@@ -203,11 +228,17 @@ impl Snapshotter {
                     return
                 }
                 Ok(Request::Snapshot(reply)) => {
-                    let _ = reply.send(self.snapshot(Trigger::Requested, &mut schedule));
+                    let r = self.snapshot(Trigger::Requested, &mut schedule);
+                    if let (Ok(Some(_)), Some(c)) = (&r, compaction) {
+                        let _ = c.try_send(());
+                    }
+                    let _ = reply.send(r);
                 }
                 Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
             }
-            self.check(&mut schedule);
+            if let (true, Some(c)) = (self.check(&mut schedule), compaction) {
+                let _ = c.try_send(());
+            }
             if Instant::now() >= next_report {
                 reporter.report(&self.store.stats(), &self.wal.stats());
                 next_report = Instant::now() + report_every;
@@ -217,19 +248,23 @@ impl Snapshotter {
 
     /// Starts a snapshot if a trigger holds, then reports the lag. A failed snapshot is
     /// retried by the next check that finds a trigger holding, after the floor and the
-    /// failures' wait, unless the instance was fenced or failed.
-    fn check(&mut self, schedule: &mut Schedule) {
+    /// failures' wait, unless the instance was fenced or failed. Returns whether a snapshot
+    /// committed.
+    fn check(&mut self, schedule: &mut Schedule) -> bool {
         // One reading of the clock and the WAL per check: the gauges show what it decided on.
         let now = self.clock.now_ms();
         let mut lag = self.lag(schedule, now);
+        let mut committed = false;
         if self.shared.check().is_ok() {
             if let Some(trigger) = self.due(schedule, now, &lag) {
                 if let Ok(Some(_)) = self.snapshot(trigger, schedule) {
                     lag = self.lag(schedule, now);
+                    committed = true;
                 }
             }
         }
         metrics::report_snapshot_lag(&lag);
+        committed
     }
 
     /// Which trigger holds now, if a snapshot may start. Nothing committed since the last
@@ -237,7 +272,7 @@ impl Snapshotter {
     /// the interval, and the snapshot is a manifest with no new data file, which moves the
     /// offsets and lets the WAL be truncated.
     fn due(&self, schedule: &Schedule, now: u64, lag: &SnapshotLag) -> Option<Trigger> {
-        let parent = self.writer.parent().lsn;
+        let parent = self.writer.lock().parent().lsn;
         let wal = self.wal.stats();
         let r = &self.recovered;
         let recovered_change = if r.changed { r.commit_lsn } else { 0 };
@@ -268,7 +303,7 @@ impl Snapshotter {
 
     /// What the WAL holds past the last snapshot.
     fn lag(&self, schedule: &Schedule, now: u64) -> SnapshotLag {
-        let parent = self.writer.parent().lsn;
+        let parent = self.writer.lock().parent().lsn;
         // Until this instance's first snapshot, the tail includes what recovery replayed,
         // which this writer did not write.
         let replayed = if parent == self.recovered.snapshot_lsn {
@@ -293,7 +328,7 @@ impl Snapshotter {
         self.shared.check()?;
         let span = tracing::info_span!(
             "millpond.snapshot",
-            parent_lsn = self.writer.parent().lsn,
+            parent_lsn = self.writer.lock().parent().lsn,
             trigger = trigger.as_str()
         );
         let _enter = span.enter();
@@ -343,11 +378,12 @@ impl Snapshotter {
         // What is durable now, and no further: the writer may append faster than a snapshot
         // reads (Pulsar's source would otherwise follow the log's end for ever).
         let last_lsn = self.wal.durable_below().saturating_sub(1);
-        let mut source = UpTo::new(self.location.source(self.writer.parent())?, last_lsn);
-        let report = self
-            .writer
-            .snapshot_from_wal(&mut source, &self.store.schemas())?;
+        let mut writer = self.writer.lock();
+        let mut source = UpTo::new(self.location.source(writer.parent())?, last_lsn);
+        let report = writer.snapshot_from_wal(&mut source, &self.store.schemas())?;
         drop(source);
+        let archive = writer.archive().clone();
+        drop(writer);
         let Some(report) = report else {
             return Ok(None);
         };
@@ -363,7 +399,7 @@ impl Snapshotter {
         self.base = None;
         // Safe beside other writers' snapshots in progress (GC keeps the files of live
         // pending markers); this writer's own is committed by now.
-        if let Err(e) = self.writer.archive().gc(
+        if let Err(e) = archive.gc(
             // The setting keeps at least one whatever its value; `gc` refuses 0.
             self.settings.snapshot_retain.max(1),
             self.settings.snapshot_gc_grace,
@@ -372,5 +408,105 @@ impl Snapshotter {
             tracing::warn!(error = %e, "collecting old snapshots failed");
         }
         Ok(Some(report))
+    }
+}
+
+/// The compaction thread of an instance: after each snapshot commits (and every few
+/// seconds), runs the jobs that are due one at a time (docs/snapshot.md, "Compaction"), at a
+/// lower CPU priority than the job's own threads. It takes the snapshot writer only to
+/// commit, so snapshots never wait for a merge.
+struct Compactor {
+    writer: Arc<Mutex<SnapshotWriter>>,
+    archive: Archive,
+    settings: crate::snapshot::CompactionSettings,
+    snapshot: crate::snapshot::SnapshotSettings,
+    shared: Arc<Shared>,
+    stop: Arc<AtomicBool>,
+}
+
+/// A running compaction thread.
+struct CompactorHandle {
+    wake: Sender<()>,
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<()>,
+}
+
+impl CompactorHandle {
+    /// Stops the thread: a job in progress is cancelled and nothing of it commits.
+    fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        drop(self.wake);
+        let _ = self.thread.join();
+    }
+}
+
+/// How often the compaction thread looks for due jobs without being woken.
+const COMPACTION_CHECK_EVERY: Duration = Duration::from_secs(5);
+
+impl Compactor {
+    fn spawn(self) -> CompactorHandle {
+        let (wake, woken) = crossbeam_channel::bounded(1);
+        let stop = self.stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("millpond-compaction".into())
+            .spawn(move || self.run(woken))
+            .expect("spawning the compaction thread");
+        CompactorHandle { wake, stop, thread }
+    }
+
+    fn run(self, woken: Receiver<()>) {
+        // Best effort: a merge should yield the CPU to the job. SAFETY: setpriority with the
+        // calling thread's id changes only this thread's nice value.
+        unsafe {
+            libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 10);
+        }
+        loop {
+            if let Err(crossbeam_channel::RecvTimeoutError::Disconnected) =
+                woken.recv_timeout(COMPACTION_CHECK_EVERY)
+            {
+                return;
+            }
+            while !self.stop.load(Ordering::Relaxed) && self.shared.check().is_ok() {
+                let parent = self.writer.lock().parent().clone();
+                let Some(job) = pick(&parent, &self.settings) else {
+                    break;
+                };
+                let kind = job.kind;
+                let started = Instant::now();
+                let result = compact(&self.archive, &parent, job, &self.snapshot, &self.stop)
+                    .and_then(|output| self.writer.lock().commit_compaction(output));
+                match result {
+                    Ok(report) => {
+                        ::metrics::counter!(metrics::COMPACTION_BYTES)
+                            .increment(report.bytes_written);
+                        ::metrics::histogram!(metrics::COMPACTION_SECONDS)
+                            .record(started.elapsed().as_secs_f64());
+                        tracing::info!(
+                            kind = ?kind,
+                            sequence = report.manifest.sequence,
+                            runs_in = report.runs_in,
+                            bytes_read = report.bytes_read,
+                            bytes_written = report.bytes_written,
+                            seconds = report.seconds,
+                            "compaction committed"
+                        );
+                    }
+                    // Its inputs changed under it: pick again from the new manifest.
+                    Err(crate::snapshot::Error::Conflict { .. }) => {}
+                    Err(crate::snapshot::Error::Cancelled) => return,
+                    Err(e @ crate::snapshot::Error::Fenced { .. }) => {
+                        let e = Error::from(e);
+                        tracing::warn!(error = %e, "compaction fenced");
+                        self.shared.fail(&e);
+                        return;
+                    }
+                    Err(e) => {
+                        // Retried when the next snapshot commits.
+                        tracing::warn!(error = %e, "compaction failed");
+                        break;
+                    }
+                }
+            }
+        }
     }
 }

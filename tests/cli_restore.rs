@@ -153,7 +153,7 @@ fn fixture() -> Fixture {
     let latest = snapshot();
     wal.close().unwrap();
     store.close().unwrap();
-    assert!(latest.files.len() > 2);
+    assert!(latest.files().count() > 2);
     Fixture { dir, first, latest }
 }
 
@@ -200,8 +200,7 @@ fn names(dir: &Path) -> Vec<String> {
 /// The names a restore of `m` writes: its files' last path parts and the manifest.
 fn restore_names(m: &Manifest) -> Vec<String> {
     let mut names: Vec<String> = m
-        .files
-        .iter()
+        .files()
         .map(|f| f.path.rsplit('/').next().unwrap().to_owned())
         .chain(["manifest.mpm".to_owned()])
         .collect();
@@ -214,7 +213,7 @@ fn assert_restore_of(dir: &Path, m: &Manifest) {
     assert_eq!(names(dir), restore_names(m));
     let manifest = std::fs::read(dir.join("manifest.mpm")).unwrap();
     assert_eq!(&Manifest::decode(&manifest, "restored").unwrap(), m);
-    for f in &m.files {
+    for f in m.files() {
         let p = dir.join(f.path.rsplit('/').next().unwrap());
         let meta = std::fs::symlink_metadata(&p).unwrap();
         assert!(meta.is_file(), "{} is not a regular file", p.display());
@@ -302,11 +301,29 @@ fn force_never_writes_through_a_symlink_in_the_target() {
     }
     // The name a download writes first (`<stem>.part`), the manifest's temporary name, and a
     // data file replaced by a link: each pointing outside.
-    let data = to.join(f.latest.files[0].path.rsplit('/').next().unwrap());
+    let data = to.join(
+        f.latest
+            .files()
+            .next()
+            .unwrap()
+            .path
+            .rsplit('/')
+            .next()
+            .unwrap(),
+    );
     let part = data.with_extension("part");
     symlink(&victims[0], &part).unwrap();
     symlink(&victims[1], to.join("manifest.mpm.part")).unwrap();
-    let other = to.join(f.latest.files[1].path.rsplit('/').next().unwrap());
+    let other = to.join(
+        f.latest
+            .files()
+            .nth(1)
+            .unwrap()
+            .path
+            .rsplit('/')
+            .next()
+            .unwrap(),
+    );
     std::fs::remove_file(&other).unwrap();
     symlink(&victims[2], &other).unwrap();
 
@@ -364,7 +381,7 @@ fn a_damaged_download_keeps_the_earlier_restore() {
     let before = tree(&to);
 
     // Same size, one byte flipped in the middle: only the download's checksum sees it.
-    let victim = f.archive_dir().join(&f.latest.files[1].path);
+    let victim = f.archive_dir().join(&f.latest.files().nth(1).unwrap().path);
     let mut bytes = std::fs::read(&victim).unwrap();
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0x40;
@@ -445,7 +462,16 @@ fn force_refuses_a_directory_that_is_not_a_restore() {
 
     // A directory under a data file's name (removing it would remove all it holds).
     std::fs::remove_file(to.join("notes.txt")).unwrap();
-    let data = to.join(f.latest.files[0].path.rsplit('/').next().unwrap());
+    let data = to.join(
+        f.latest
+            .files()
+            .next()
+            .unwrap()
+            .path
+            .rsplit('/')
+            .next()
+            .unwrap(),
+    );
     std::fs::remove_file(&data).unwrap();
     std::fs::create_dir(&data).unwrap();
     std::fs::write(data.join("inner"), b"mine").unwrap();

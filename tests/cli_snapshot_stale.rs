@@ -100,7 +100,7 @@ fn verify_dump_and_restore_refuse_an_older_version_of_a_data_file() {
     let (older, newer) = two_versions(dir.path());
     let archive = dir.path().join("archive");
     let url = format!("file://{}", archive.display());
-    let (old, new) = (&older.files[0], &newer.files[0]);
+    let (old, new) = (older.files().next().unwrap(), newer.files().next().unwrap());
     assert_eq!(
         (old.bytes, old.first_key_group, old.last_key_group),
         (new.bytes, new.first_key_group, new.last_key_group)

@@ -392,7 +392,7 @@ fn only_offsets_moved_the_interval_snapshot_writes_no_data_file() {
     clock.advance_ms(58_000);
     let report = next_snapshot(&job, first.manifest.sequence);
     assert_eq!((report.changes, report.files_written), (0, 0));
-    assert_eq!(report.manifest.files, first.manifest.files);
+    assert_eq!(report.manifest.partitions, first.manifest.partitions);
     assert_eq!(report.manifest.offsets[0].next_offset, 19);
     counted("interval", before + 1);
     assert_eq!(delta_bytes(), vec![0.0]);

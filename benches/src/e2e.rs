@@ -644,7 +644,7 @@ pub fn run_job(args: JobArgs, started: Instant) -> Result<String, String> {
     let opened = started.elapsed().as_secs_f64();
     // The snapshot opened (the claim manifest names its files and LSN; `Recovery` reports the
     // claim's own sequence number).
-    let snapshot_files = opening.snapshot().files.len();
+    let snapshot_files = opening.snapshot().files().count();
     let snapshot_lsn = opening.snapshot().lsn;
     let state: KeyState = opening
         .store()

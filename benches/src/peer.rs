@@ -462,7 +462,7 @@ pub fn run_job(args: PeerArgs) -> Result<String, String> {
     eprintln!(
         "peer: snapshot {snapshot_bytes} bytes in {} files, {snapshot_seconds:.2} s; \
          updates {during:.0}/s during it, {outside:.0}/s outside",
-        report.manifest.files.len()
+        report.manifest.files().count()
     );
 
     // 5. MapState.
@@ -559,7 +559,7 @@ pub fn run_job(args: PeerArgs) -> Result<String, String> {
         // The job thread is never blocked by a snapshot.
         "snapshot_sync_seconds": 0.0,
         "snapshot_bytes": snapshot_bytes,
-        "snapshot_files": report.manifest.files.len(),
+        "snapshot_files": report.manifest.files().count(),
         "snapshot_mb_per_sec": (snapshot_bytes as f64 / snapshot_seconds / 1e5).round() / 10.0,
         "snapshot_compression": round3(snapshot_bytes as f64 / state_bytes as f64),
         "snapshot_changes": report.changes,

@@ -547,11 +547,11 @@ fn measure(
     drop(wal);
     // The live store's files are not needed again: free the disk for the restore and copy.
     std::fs::remove_dir_all(root.join("live")).map_err(err)?;
-    let snapshot_bytes: u64 = report.manifest.files.iter().map(|f| f.bytes).sum();
+    let snapshot_bytes: u64 = report.manifest.files().map(|f| f.bytes).sum();
     eprintln!(
         "recovery: snapshot of {} files, {snapshot_bytes} bytes, in {snapshot_seconds:.1} s \
          ({} changes, {} runs)",
-        report.manifest.files.len(),
+        report.manifest.files().count(),
         report.changes,
         report.runs
     );
@@ -594,7 +594,12 @@ fn measure(
         ),
         Some((bucket, prefix)) => (
             "object_store GETs, 4 at once, each file written and fsynced",
-            s3_download(bucket, prefix, &report.manifest.files, &copy_dir)?,
+            s3_download(
+                bucket,
+                prefix,
+                &report.manifest.files().cloned().collect::<Vec<_>>(),
+                &copy_dir,
+            )?,
         ),
     };
     let copied_bytes = dir_bytes(&copy_dir);
@@ -626,7 +631,7 @@ fn measure(
         "snapshot_bytes": snapshot_bytes,
         "snapshot_mb_per_sec": (snapshot_bytes as f64 / snapshot_seconds / 1e5).round() / 10.0,
         "snapshot_compression": round3(snapshot_bytes as f64 / logical as f64),
-        "snapshot_files": report.manifest.files.len(),
+        "snapshot_files": report.manifest.files().count(),
         "snapshot_changes": report.changes,
         "snapshot_runs": report.runs,
         "snapshot_stall_ms_p99": ms(sp99),
@@ -786,7 +791,7 @@ pub fn run_restore(args: RestoreArgs, started: Instant) -> Result<String, String
         "replayed_changes": replay.applied,
         "bytes_local_at_first_record": first_progress.0,
         "restored_bytes": restored_bytes,
-        "restored_files": manifest.files.len(),
+        "restored_files": manifest.files().count(),
         "rss_bytes": rss,
         "rss_after_gets_bytes": rss_after_gets,
         "restored_gets_checked": args.gets,

@@ -396,7 +396,7 @@ pub fn run_job(args: JobArgs) -> Result<String, String> {
         "event": "loaded",
         "load_seconds": round3(load_seconds),
         "first_snapshot_seconds": round3(t.elapsed().as_secs_f64()),
-        "first_snapshot_bytes": first.manifest.files.iter().map(|f| f.bytes).sum::<u64>(),
+        "first_snapshot_bytes": first.manifest.files().map(|f| f.bytes).sum::<u64>(),
     }))?;
 
     let mut rng = Rng::new(0x5eed);
@@ -436,7 +436,7 @@ pub fn run_job(args: JobArgs) -> Result<String, String> {
                     "changes": r.changes,
                     "bytes_written": r.bytes_written,
                     "files_written": r.files_written,
-                    "snapshot_bytes": r.manifest.files.iter().map(|f| f.bytes).sum::<u64>(),
+                    "snapshot_bytes": r.manifest.files().map(|f| f.bytes).sum::<u64>(),
                     "updates_per_sec": round3(n as f64 / start.elapsed().as_secs_f64()),
                 }))?;
             }
@@ -454,8 +454,7 @@ pub fn run_restore(args: ChildArgs, started: Instant) -> Result<String, String> 
     let open_seconds = started.elapsed().as_secs_f64();
     let files: Vec<(String, u64)> = opening
         .snapshot()
-        .files
-        .iter()
+        .files()
         .map(|f| {
             (
                 f.path.rsplit('/').next().unwrap_or(&f.path).to_owned(),

@@ -713,7 +713,7 @@ impl Archive {
         mut progress: impl FnMut(u64),
     ) -> Result<VerifyReport> {
         let mut report = VerifyReport::default();
-        for f in &manifest.files {
+        for f in manifest.files() {
             crate::fetch::verify_file(self, f)?;
             report.files += 1;
             report.files_crc_only += usize::from(f.digest.is_none());

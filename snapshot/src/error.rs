@@ -48,6 +48,11 @@ pub enum Error {
         sequence: u64,
     },
 
+    /// A compaction stopped because its `cancel` flag was set (the instance is closing). Its
+    /// uploads are left for GC; nothing was committed. Nothing to do.
+    #[error("compaction cancelled")]
+    Cancelled,
+
     /// The object store failed (network, server, credentials). Retry, and check the store's
     /// URL and credentials if it persists. For a commit the outcome is unknown until the
     /// retry (see `SnapshotWriter::commit`).

@@ -159,7 +159,7 @@ impl Archive {
         report.manifests_kept = kept.len();
         let referenced: HashSet<&str> = kept
             .iter()
-            .flat_map(|m| m.files.iter().map(|f| f.path.as_str()))
+            .flat_map(|m| m.files().map(|f| f.path.as_str()))
             .collect();
         // A marker is live while its writer may still commit: not fenced by a newer claim,
         // and its sequence not yet taken (by its own commit or anyone else's).

@@ -59,6 +59,7 @@
 
 mod archive;
 pub mod block_cache;
+pub mod compaction;
 pub mod data_file;
 mod digest;
 mod error;
@@ -71,17 +72,19 @@ mod pending;
 pub mod read_at;
 mod rescale;
 mod restore;
+mod runs;
 mod writer;
 
 pub use archive::{Archive, ArchiveSettings, VerifyReport};
 pub use block_cache::{BlockCache, BlockCacheStats};
+pub use compaction::{CompactionKind, CompactionReport, CompactionSettings};
 pub use data_file::DataFileIter;
 pub use data_file::{DataFile, DataFileInfo, DataFileSettings, DataFileWriter, FileId, Version3};
 pub use digest::FileDigest;
 pub use error::{Error, Result};
 pub use filter::{Filter, FilterBuilder};
 pub use gc::{GcReport, MAX_GC_GRACE};
-pub use manifest::{FileRef, Manifest, ManifestKind};
+pub use manifest::{FileRef, Manifest, ManifestKind, Partition, Run, RunKind};
 pub use read_at::{InMemory, LocalFile, ReadAt};
 pub use rescale::{rescale, RescaleReport, RescaleSource};
 pub use restore::{RestoreSettings, SnapshotBase};

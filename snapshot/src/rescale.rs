@@ -15,18 +15,19 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use millpond_format::key::range_start;
+use millpond_format::key::{key_group_of, range_start};
 use millpond_format::CompositeKey;
 use millpond_state::{KeyGroupRange, StateSchema};
 use millpond_wal::SourceOffset;
 
 use crate::archive::{data_path, new_id, now_ms, Archive};
-use crate::data_file::DataFile;
+use crate::data_file::{DataFile, Version3};
 use crate::error::{Error, Result};
 use crate::fetch::download_to;
-use crate::manifest::{FileRef, Manifest, ManifestKind};
+use crate::manifest::{cut_partitions, FileRef, Manifest, ManifestKind, DEFAULT_PARTITIONS};
 use crate::pending::PendingSnapshot;
 use crate::read_at::LocalFile;
+use crate::runs::{FoldedMerge, Output, RunEntries};
 use crate::writer::{commit_retrying, FileSplitter, SnapshotSettings};
 
 /// One snapshot that a [`rescale`] takes entries from: an instance's archive and one of its
@@ -218,10 +219,53 @@ pub fn rescale(
         reused_starts: Vec::new(),
         current: None,
         written: Vec::new(),
+        name_base: 0,
+        v3: Some(Version3 {
+            filter_bits_per_key: settings.filter_bits_per_key,
+            bottom: true,
+        }),
     };
     let mut files_copied = 0;
     for piece in &plan {
         let source = &sources[piece.source];
+        if let Some(runs) = &piece.runs {
+            // A partition with delta runs: its entries folded over them, written again.
+            let mut temps = Vec::new();
+            let mut entries: Vec<RunEntries<'_>> = Vec::new();
+            let (first, last) = (piece.first, piece.last);
+            for run in runs {
+                let mut files = Vec::new();
+                for f in run {
+                    let local = temp_file(&temp_dir)?;
+                    download_to(source.archive, f, &local)?;
+                    let file = DataFile::open_source(Arc::new(LocalFile::open(&local).map_err(
+                        |source| Error::Io {
+                            path: local.display().to_string(),
+                            source,
+                        },
+                    )?))?;
+                    f.check_opened(&file)?;
+                    temps.push(local);
+                    files.push(file);
+                }
+                entries.push(Box::new(
+                    files
+                        .into_iter()
+                        .flat_map(move |f| f.iter_from(&range_start(first)))
+                        .filter(move |r| match r {
+                            Ok((k, _)) => key_group_of(k).is_ok_and(|kg| kg <= last),
+                            Err(_) => true,
+                        }),
+                ));
+            }
+            let merged = FoldedMerge::new(entries, Output::Full, source.manifest.id.clone())?;
+            for entry in merged {
+                let (key, value) = entry?;
+                out.add(&key, &value)?;
+            }
+            drop(temps);
+            continue;
+        }
         let local = temp_file(&temp_dir)?;
         let digest = download_to(source.archive, &piece.file, &local)?;
         if piece.whole {
@@ -271,7 +315,8 @@ pub fn rescale(
     }
 
     let claim = dest.claim(max_key_groups)?;
-    if claim.sequence + 1 != sequence || !claim.files.is_empty() || !claim.states.is_empty() {
+    if claim.sequence + 1 != sequence || claim.files().next().is_some() || !claim.states.is_empty()
+    {
         return Err(invalid(format!(
             "another writer wrote to the destination {} during the rescale (its manifest {} \
              is there): the destination is not empty any more; rescale into a new location",
@@ -291,13 +336,13 @@ pub fn rescale(
         wal_position: None,
         offsets,
         states,
-        files,
+        partitions: cut_partitions(max_key_groups, DEFAULT_PARTITIONS, &files, 0),
     };
     let committed = commit_retrying(dest, &manifest);
     pending.settle(&committed);
     committed?;
     Ok(RescaleReport {
-        files_written: manifest.files.len() - files_copied,
+        files_written: manifest.files().count() - files_copied,
         files_copied,
         entries: manifest.total_entries(),
         bytes: manifest.total_bytes(),
@@ -407,6 +452,9 @@ struct Piece {
     last: u16,
     /// The file lies wholly inside the contribution: copied as it is.
     whole: bool,
+    /// Instead of `file`: the files of a partition's runs, newest first, whose entries are
+    /// folded (a partition of delta runs).
+    runs: Option<Vec<Vec<FileRef>>>,
 }
 
 /// The source files to read, in key-group order, after checking that no key group comes
@@ -466,18 +514,61 @@ fn plan_pieces(sources: &[RescaleSource<'_>], range: KeyGroupRange) -> Result<Ve
         if c.start >= c.end {
             continue;
         }
-        for f in s.manifest.files_for(c.start, c.end) {
-            let (first, last) = (
-                f.first_key_group.max(c.start),
-                f.last_key_group.min(c.end - 1),
-            );
-            pieces.push(Piece {
-                source: i,
-                file: f.clone(),
-                first,
-                last,
-                whole: first == f.first_key_group && last == f.last_key_group,
-            });
+        for part in &s.manifest.partitions {
+            if !part.is_flat() {
+                let files = || part.runs.iter().flat_map(|r| &r.files);
+                let (Some(lo), Some(hi)) = (
+                    files()
+                        .filter(|f| f.overlaps(c.start, c.end))
+                        .map(|f| f.first_key_group)
+                        .min(),
+                    files()
+                        .filter(|f| f.overlaps(c.start, c.end))
+                        .map(|f| f.last_key_group)
+                        .max(),
+                ) else {
+                    continue;
+                };
+                let runs = part
+                    .runs
+                    .iter()
+                    .map(|r| {
+                        r.files
+                            .iter()
+                            .filter(|f| f.overlaps(c.start, c.end))
+                            .cloned()
+                            .collect::<Vec<_>>()
+                    })
+                    .collect();
+                pieces.push(Piece {
+                    source: i,
+                    file: files().next().expect("a file").clone(),
+                    first: lo.max(c.start),
+                    last: hi.min(c.end - 1),
+                    whole: false,
+                    runs: Some(runs),
+                });
+                continue;
+            }
+            for f in part
+                .runs
+                .iter()
+                .flat_map(|r| &r.files)
+                .filter(|f| f.overlaps(c.start, c.end))
+            {
+                let (first, last) = (
+                    f.first_key_group.max(c.start),
+                    f.last_key_group.min(c.end - 1),
+                );
+                pieces.push(Piece {
+                    source: i,
+                    file: f.clone(),
+                    first,
+                    last,
+                    whole: first == f.first_key_group && last == f.last_key_group,
+                    runs: None,
+                });
+            }
         }
     }
     pieces.sort_by_key(|p| (p.first, p.source));

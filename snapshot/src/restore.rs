@@ -21,6 +21,7 @@ use crate::error::{Error, Result};
 use crate::fetch::{download_to, ArchiveObject};
 use crate::manifest::{FileRef, Manifest};
 use crate::read_at::LocalFile;
+use crate::runs::{fold_layers, FoldedMerge, Output, RunEntries};
 
 /// Settings of a restore.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,10 +59,19 @@ struct BaseFile {
     damaged: std::sync::OnceLock<String>,
 }
 
+/// One partition as the base reads it: its runs, newest first, each the indexes of its files
+/// in `SnapshotBase::files`, in key order.
+struct BasePartition {
+    first: u16,
+    last: u16,
+    runs: Vec<Vec<usize>>,
+}
+
 /// A snapshot's state as a store's base tier ([`BaseTier`]).
 pub struct SnapshotBase {
     manifest: Manifest,
     files: Vec<BaseFile>,
+    partitions: Vec<BasePartition>,
     cache: Arc<BlockCache>,
     dir: PathBuf,
     bytes_total: u64,
@@ -103,7 +113,29 @@ impl SnapshotBase {
             .unwrap_or_else(|| KeyGroupRange::all(manifest.max_key_groups));
         let r = range.as_range();
         let cache = Arc::new(BlockCache::new(settings.block_cache_bytes));
-        let metas: Vec<&FileRef> = manifest.files_for(r.start, r.end).collect();
+        let mut metas: Vec<&FileRef> = Vec::new();
+        let mut partitions = Vec::new();
+        for p in &manifest.partitions {
+            if p.last_key_group < r.start || p.first_key_group >= r.end {
+                continue;
+            }
+            let mut runs = Vec::with_capacity(p.runs.len());
+            for run in &p.runs {
+                let mut indexes = Vec::new();
+                for f in run.files.iter().filter(|f| f.overlaps(r.start, r.end)) {
+                    indexes.push(metas.len());
+                    metas.push(f);
+                }
+                if !indexes.is_empty() {
+                    runs.push(indexes);
+                }
+            }
+            partitions.push(BasePartition {
+                first: p.first_key_group,
+                last: p.last_key_group,
+                runs,
+            });
+        }
         // Footers and indexes are read in parallel: over S3 each file costs two round trips.
         let next = AtomicUsize::new(0);
         let opened: Vec<OpenSlot> = metas.iter().map(|_| Mutex::new(None)).collect();
@@ -138,6 +170,7 @@ impl SnapshotBase {
             manifest: manifest.clone(),
             files_local: AtomicUsize::new(files.len() - to_fetch.len()),
             files,
+            partitions,
             cache,
             dir,
             bytes_total,
@@ -220,37 +253,68 @@ impl SnapshotBase {
         }
     }
 
-    /// Every entry of key groups `range` of the snapshot, in key order (for dumps and
-    /// checks). A file that its download found damaged yields that error instead of its
-    /// entries.
+    /// Every entry of key groups `range` of the snapshot, in key order, each key's runs
+    /// folded (for dumps and checks). A file that its download found damaged yields that
+    /// error instead of its entries.
     pub fn entries(
         &self,
         range: KeyGroupRange,
     ) -> impl Iterator<Item = Result<(Vec<u8>, Vec<u8>)>> + '_ {
         let r = range.as_range();
-        let start = range_start(r.start);
-        self.files
+        self.partitions
             .iter()
-            .filter(move |f| f.meta.overlaps(r.start, r.end))
-            .flat_map(move |f| -> Box<dyn Iterator<Item = _>> {
-                match f.damaged.get() {
-                    Some(reason) => Box::new(std::iter::once(Err(Error::Corrupt {
-                        what: "data file (its download found it damaged)",
-                        location: reason.clone(),
-                    }))),
-                    None => Box::new(f.file.read().clone().iter_from(&start)),
+            .filter(move |p| p.first < r.end && p.last >= r.start)
+            .flat_map(move |p| -> Box<dyn Iterator<Item = _>> {
+                let runs: Vec<RunEntries<'_>> = p
+                    .runs
+                    .iter()
+                    .map(|run| self.run_entries(run, r.start, r.end))
+                    .collect();
+                if runs.len() == 1 {
+                    return runs.into_iter().next().expect("one run");
                 }
-            })
-            .take_while(move |e| match e {
-                // A key too short for a key group is passed on: its reader reports it.
-                Ok((k, _)) => key_group_of(k).map_or(true, |kg| kg < r.end),
-                Err(_) => true,
+                match FoldedMerge::new(runs, Output::Full, self.manifest.id.clone()) {
+                    Ok(merged) => Box::new(merged),
+                    Err(e) => Box::new(std::iter::once(Err(e))),
+                }
             })
     }
 
-    fn file_of(&self, kg: u16) -> Option<&BaseFile> {
-        let i = self.files.partition_point(|f| f.meta.last_key_group < kg);
-        self.files.get(i).filter(|f| f.meta.first_key_group <= kg)
+    /// The entries of one run's files in key groups `start..end`, in key order.
+    fn run_entries<'a>(&'a self, run: &'a [usize], start: u16, end: u16) -> RunEntries<'a> {
+        let first = range_start(start);
+        Box::new(
+            run.iter()
+                .map(move |&i| &self.files[i])
+                .filter(move |f| f.meta.overlaps(start, end))
+                .flat_map(move |f| -> Box<dyn Iterator<Item = _> + Send> {
+                    match f.damaged.get() {
+                        Some(reason) => Box::new(std::iter::once(Err(Error::Corrupt {
+                            what: "data file (its download found it damaged)",
+                            location: reason.clone(),
+                        }))),
+                        None => Box::new(f.file.read().clone().iter_from(&first)),
+                    }
+                })
+                .take_while(move |e| match e {
+                    // A key too short for a key group is passed on: its reader reports it.
+                    Ok((k, _)) => key_group_of(k).map_or(true, |kg| kg < end),
+                    Err(_) => true,
+                }),
+        )
+    }
+
+    fn partition_of(&self, kg: u16) -> Option<&BasePartition> {
+        let i = self.partitions.partition_point(|p| p.last < kg);
+        self.partitions.get(i).filter(|p| p.first <= kg)
+    }
+
+    /// The file of `run` holding key group `kg`, if any.
+    fn file_of(&self, run: &[usize], kg: u16) -> Option<&BaseFile> {
+        let i = run.partition_point(|&i| self.files[i].meta.last_key_group < kg);
+        run.get(i)
+            .map(|&i| &self.files[i])
+            .filter(|f| f.meta.first_key_group <= kg)
     }
 }
 
@@ -315,13 +379,27 @@ impl BaseTier for SnapshotBase {
         let Ok(kg) = key_group_of(key) else {
             return Ok(None);
         };
-        let Some(f) = self.file_of(kg) else {
+        let Some(p) = self.partition_of(kg) else {
             return Ok(None);
         };
-        if let Some(reason) = f.damaged.get() {
-            return Err(reason.clone().into());
+        // Newest run first, down to the first full entry or tombstone.
+        let mut layers = Vec::new();
+        for run in &p.runs {
+            let Some(f) = self.file_of(run, kg) else {
+                continue;
+            };
+            if let Some(reason) = f.damaged.get() {
+                return Err(reason.clone().into());
+            }
+            let found = f.file.read().get(key)?;
+            if let Some(layer) = found {
+                let last = matches!(layer.first(), Some(1..=4));
+                layers.push(layer);
+                if last {
+                    break;
+                }
+            }
         }
-        let file = f.file.read();
-        Ok(file.get(key)?)
+        Ok(fold_layers(&layers, &self.manifest.id)?)
     }
 }

@@ -12,15 +12,18 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use millpond_format::CompositeKey;
-use millpond_state::{Change, KeyChanges, StateSchema};
+use millpond_format::key::{key_group_of, range_start};
+use millpond_format::{CompositeKey, KeyChanges};
+use millpond_state::{Change, StateSchema};
 use millpond_wal::{CommitPoint, Committed, WalSource};
+use parking_lot::Mutex;
 
 use crate::archive::{data_path, new_id, now_ms, Archive};
-use crate::data_file::{DataFile, DataFileSettings, DataFileWriter};
+use crate::data_file::{DataFile, DataFileSettings, DataFileWriter, Version3};
 use crate::error::{Error, Result};
-use crate::fetch::download_to;
-use crate::manifest::{FileRef, Manifest, ManifestKind};
+use crate::manifest::{
+    cut_partitions, FileRef, Manifest, ManifestKind, Run, RunKind, DEFAULT_PARTITIONS,
+};
 use crate::pending::PendingSnapshot;
 use crate::read_at::LocalFile;
 
@@ -37,9 +40,27 @@ pub struct SnapshotSettings {
     /// Block size and compression of data files. Default: 16 KiB blocks (a point read on a
     /// restored store decompresses one block), LZ4.
     pub data_file: DataFileSettings,
-    /// Where sort runs and downloaded parent files go while a snapshot is written. Default:
-    /// `None`, the system's temporary directory.
+    /// Where sort runs go while a snapshot is written. Default: `None`, the system's
+    /// temporary directory.
     pub temp_dir: Option<PathBuf>,
+    /// Partitions (ranges of consecutive key groups whose changes go to the same runs) of an
+    /// archive whose first snapshot this writer writes; an archive keeps the partitions its
+    /// first snapshot chose. Default: 16 (capped at the number of key groups).
+    pub partitions: u16,
+    /// Threads that write the partitions of one snapshot at once. Default: `None`, the
+    /// machine's parallelism, at most 8.
+    pub threads: Option<usize>,
+    /// Bits per key of each data file's filter (a read skips a file whose filter says its
+    /// key is not there); 0 writes none. Default: 10, about 1 % false positives.
+    pub filter_bits_per_key: u32,
+}
+
+impl SnapshotSettings {
+    pub(crate) fn threads(&self) -> usize {
+        self.threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get().min(8)))
+            .max(1)
+    }
 }
 
 impl Default for SnapshotSettings {
@@ -52,6 +73,9 @@ impl Default for SnapshotSettings {
                 compress: true,
             },
             temp_dir: None,
+            partitions: DEFAULT_PARTITIONS,
+            threads: None,
+            filter_bits_per_key: crate::filter::DEFAULT_BITS_PER_KEY,
         }
     }
 }
@@ -112,6 +136,10 @@ impl SnapshotWriter {
         &self.archive
     }
 
+    pub(crate) fn set_parent(&mut self, manifest: Manifest) {
+        self.last = manifest;
+    }
+
     /// Starts the next snapshot. `schemas` are the live store's states ([`Store::schemas`]
     /// of `millpond-state`): a state the parent does not know is added with them.
     ///
@@ -131,8 +159,8 @@ impl SnapshotWriter {
         let mut builder = self.begin(schemas)?;
         let mut units = Committed::new(source, self.last.lsn);
         while let Some(unit) = units.next()? {
-            for (_lsn, change) in unit.changes() {
-                builder.add(&change.as_change())?;
+            for (lsn, change) in unit.changes() {
+                builder.add_logged(&change.as_change(), *lsn)?;
             }
         }
         match units.into_outcome().last_commit {
@@ -225,6 +253,12 @@ impl SnapshotBuilder {
 
     /// Adds the next committed change, in WAL order.
     pub fn add(&mut self, change: &Change<'_>) -> Result<()> {
+        self.add_logged(change, 0)
+    }
+
+    /// [`add`](Self::add) of the change logged at `lsn`, which operands kept in a delta run
+    /// carry.
+    pub fn add_logged(&mut self, change: &Change<'_>, lsn: u64) -> Result<()> {
         let schema = self
             .states
             .get(change.state)
@@ -252,7 +286,15 @@ impl SnapshotBuilder {
             }
         };
         let before = entry.mem_size();
-        entry.push(schema, &change.op)?;
+        if !schema.kind.accepts(&change.op) {
+            return Err(Error::Invalid {
+                reason: format!(
+                    "change {:?} does not fit state '{}' of kind {}",
+                    change.op, schema.name, schema.kind
+                ),
+            });
+        }
+        entry.push_logged(schema.kind, schema.ttl.map(|t| t.ttl_ms()), &change.op, lsn)?;
         self.buffer_bytes = self.buffer_bytes + entry.mem_size() - before;
         self.changes += 1;
         if self.buffer_bytes + self.slot_bytes() >= self.sort_buffer_bytes {
@@ -320,8 +362,20 @@ impl SnapshotBuilder {
         let id = new_id(sequence);
         // Before the first upload: GC keeps the files of a live marker's snapshot.
         let pending = PendingSnapshot::begin(archive, &id, parent.writer_epoch)?;
-        // Changes, in key order: the runs (oldest first), then what is still in memory.
-        let mut sources: Vec<ChangeSource<'static>> = Vec::new();
+        let mut partitions = if parent.partitions.is_empty() {
+            cut_partitions(parent.max_key_groups, settings.partitions, &[], 0)
+        } else {
+            parent.partitions.clone()
+        };
+        if let Some(kg) = (0..self.changed.len())
+            .find(|&kg| self.changed[kg] && !partitions.iter().any(|p| p.contains(kg as u16)))
+        {
+            return Err(Error::Invalid {
+                reason: format!(
+                    "key group {kg} changed, but the parent snapshot has no partition for it"
+                ),
+            });
+        }
         let mut run_files = Vec::new();
         for run in &self.runs {
             let f = DataFile::open_source(Arc::new(LocalFile::open(run).map_err(|source| {
@@ -332,87 +386,56 @@ impl SnapshotBuilder {
             })?))?;
             run_files.push(f);
         }
-        for f in &run_files {
-            let it = f.iter();
-            sources.push(Box::new(it.map(|r| {
-                r.and_then(|(k, v)| Ok((k, KeyChanges::decode(&v).map_err(Error::State)?)))
-            })));
-        }
         let runs = self.runs.len();
-        let in_memory = self.take_sorted();
-        sources.push(Box::new(in_memory.into_iter().map(Ok)));
-        let mut changes = MergedChanges::new(sources)?;
+        let mut in_memory = self.take_sorted();
 
-        // Parent files: reused whole unless a key group they cover changed.
-        let mut reused = Vec::new();
-        let mut rewrite = Vec::new();
-        for f in &parent.files {
-            let touched =
-                (f.first_key_group..=f.last_key_group).any(|kg| self.changed[kg as usize]);
-            if touched {
-                rewrite.push(f.clone());
-            } else {
-                reused.push(f.clone());
-            }
-        }
-        let temp_dir = self.temp_dir.clone();
-        let mut old = ParentEntries::new(archive, rewrite, temp_dir)?;
-        let mut out = FileSplitter {
-            archive,
-            id: &id,
-            sequence,
-            settings,
-            reused_starts: reused.iter().map(|f| f.first_key_group).collect(),
-            current: None,
-            written: Vec::new(),
-        };
-        let mut next_old = old.next()?;
-        let mut next_new = changes.next()?;
-        loop {
-            match (&next_old, &next_new) {
-                (None, None) => break,
-                (Some((ok, _)), Some((nk, _))) if ok == nk => {
-                    let (k, base) = next_old.take().expect("matched");
-                    let (_, c) = next_new.take().expect("matched");
-                    if let Some(v) = c.resolve(Some(&base))? {
-                        out.add(&k, &v)?;
-                    }
-                    next_old = old.next()?;
-                    next_new = changes.next()?;
-                }
-                (Some((ok, _)), Some((nk, _))) if nk < ok => {
-                    let (k, c) = next_new.take().expect("matched");
-                    if let Some(v) = c.resolve(None)? {
-                        out.add(&k, &v)?;
-                    }
-                    next_new = changes.next()?;
-                }
-                (Some(_), _) => {
-                    let (k, v) = next_old.take().expect("matched");
-                    out.add(&k, &v)?;
-                    next_old = old.next()?;
-                }
-                (None, Some(_)) => {
-                    let (k, c) = next_new.take().expect("matched");
-                    if let Some(v) = c.resolve(None)? {
-                        out.add(&k, &v)?;
-                    }
-                    next_new = changes.next()?;
-                }
-            }
-        }
-        let written = out.finish()?;
-        let files_written = written.len();
-        let bytes_written = written.iter().map(|f| f.bytes).sum();
-        let mut files: Vec<FileRef> = reused.into_iter().chain(written).collect();
-        files.sort_by_key(|f| f.first_key_group);
-        if files
-            .windows(2)
-            .any(|w| w[0].last_key_group >= w[1].first_key_group)
-        {
-            return Err(Error::Invalid {
-                reason: "internal: data files of the new snapshot overlap".into(),
+        // One job per partition with changes: its slice of the buffer and of every sort run.
+        let mut jobs: Vec<PartitionJob> = Vec::new();
+        for (index, p) in partitions.iter().enumerate().rev() {
+            let changed = (p.first_key_group..=p.last_key_group)
+                .any(|kg| self.changed.get(kg as usize).copied().unwrap_or(false));
+            let split = in_memory.partition_point(|(k, _)| {
+                CompositeKey::parse(k).map_or(true, |ck| ck.key_group < p.first_key_group)
             });
+            let mine = in_memory.split_off(split);
+            if changed {
+                jobs.push(PartitionJob {
+                    index,
+                    first: p.first_key_group,
+                    last: p.last_key_group,
+                    bottom: p.runs.is_empty(),
+                    in_memory: mine,
+                });
+            }
+        }
+        let threads = settings.threads().min(jobs.len()).max(1);
+        let queue = Mutex::new(jobs);
+        let results: Mutex<Vec<(usize, Result<Option<Run>>)>> = Mutex::new(Vec::new());
+        std::thread::scope(|scope| {
+            for _ in 0..threads {
+                scope.spawn(|| loop {
+                    let Some(job) = queue.lock().pop() else {
+                        return;
+                    };
+                    let index = job.index;
+                    let r = job.write(archive, &id, sequence, point.lsn, &run_files, settings);
+                    let failed = r.is_err();
+                    results.lock().push((index, r));
+                    if failed {
+                        // The snapshot fails: the other jobs need not run.
+                        queue.lock().clear();
+                    }
+                });
+            }
+        });
+        let mut files_written = 0;
+        let mut bytes_written = 0;
+        for (index, r) in results.into_inner() {
+            if let Some(run) = r? {
+                files_written += run.files.len();
+                bytes_written += run.files.iter().map(|f| f.bytes).sum::<u64>();
+                partitions[index].runs.insert(0, run);
+            }
         }
         let mut states: Vec<StateSchema> = self.states.into_values().collect();
         states.sort_by_key(|s| s.id);
@@ -428,7 +451,7 @@ impl SnapshotBuilder {
             wal_position: Some(point.position),
             offsets: point.offsets,
             states,
-            files,
+            partitions,
         };
         let committed = commit_retrying(archive, &manifest);
         pending.settle(&committed);
@@ -441,6 +464,94 @@ impl SnapshotBuilder {
             runs,
             seconds: self.started.elapsed().as_secs_f64(),
         })
+    }
+}
+
+/// The changes of one partition, written as one run.
+struct PartitionJob {
+    index: usize,
+    first: u16,
+    last: u16,
+    /// The partition has no runs yet: nothing is below, so the changes fold to full entries
+    /// (a bottom run) and deletes leave no tombstone.
+    bottom: bool,
+    in_memory: Vec<(Vec<u8>, KeyChanges)>,
+}
+
+impl PartitionJob {
+    fn write(
+        self,
+        archive: &Archive,
+        id: &str,
+        sequence: u64,
+        lsn: u64,
+        sort_runs: &[DataFile],
+        settings: &SnapshotSettings,
+    ) -> Result<Option<Run>> {
+        let start = range_start(self.first);
+        let last = self.last;
+        let mut sources: Vec<ChangeSource<'_>> = Vec::new();
+        for f in sort_runs {
+            sources.push(Box::new(
+                f.iter_from(&start)
+                    .take_while(move |r| match r {
+                        Ok((k, _)) => key_group_of(k).is_ok_and(|kg| kg <= last),
+                        Err(_) => true,
+                    })
+                    .map(|r| {
+                        r.and_then(|(k, v)| {
+                            Ok((
+                                k,
+                                KeyChanges::decode(&v).map_err(|e| Error::Corrupt {
+                                    what: "snapshot sort run",
+                                    location: e.to_string(),
+                                })?,
+                            ))
+                        })
+                    }),
+            ));
+        }
+        sources.push(Box::new(self.in_memory.into_iter().map(Ok)));
+        let mut changes = MergedChanges::new(sources)?;
+        let kind = if self.bottom {
+            RunKind::Bottom
+        } else {
+            RunKind::Delta
+        };
+        let mut out = FileSplitter {
+            archive,
+            id,
+            sequence,
+            settings,
+            reused_starts: Vec::new(),
+            current: None,
+            written: Vec::new(),
+            name_base: self.index << 16,
+            v3: Some(Version3 {
+                filter_bits_per_key: settings.filter_bits_per_key,
+                bottom: self.bottom,
+            }),
+        };
+        let mut buf = Vec::new();
+        while let Some((key, c)) = changes.next()? {
+            buf.clear();
+            if self.bottom {
+                match c.fold_over(None) {
+                    Some(entry) => entry.encode(&mut buf),
+                    None => continue,
+                }
+            } else {
+                c.encode(&mut buf);
+            }
+            out.add(&key, &buf)?;
+        }
+        let files = out.finish()?;
+        Ok((!files.is_empty()).then_some(Run {
+            kind,
+            upto_lsn: lsn,
+            written_by: sequence,
+            files,
+        }))
     }
 }
 
@@ -517,57 +628,6 @@ impl<'a> MergedChanges<'a> {
     }
 }
 
-/// The entries of the parent's files that are rewritten, in key order: each file is
-/// downloaded to local disk and read front to back.
-struct ParentEntries<'a> {
-    archive: &'a Archive,
-    files: std::vec::IntoIter<FileRef>,
-    temp_dir: PathBuf,
-    /// The file being read; its temporary copy is deleted when it is dropped.
-    current: Option<(crate::data_file::DataFileIter, tempfile::TempPath)>,
-}
-
-impl<'a> ParentEntries<'a> {
-    fn new(archive: &'a Archive, files: Vec<FileRef>, temp_dir: PathBuf) -> Result<Self> {
-        Ok(ParentEntries {
-            archive,
-            files: files.into_iter(),
-            temp_dir,
-            current: None,
-        })
-    }
-
-    fn next(&mut self) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
-        loop {
-            if let Some((iter, _)) = &mut self.current {
-                match iter.next() {
-                    Some(entry) => return entry.map(Some),
-                    None => self.current = None,
-                }
-            }
-            let Some(f) = self.files.next() else {
-                return Ok(None);
-            };
-            let tmp = tempfile::Builder::new()
-                .prefix("millpond-parent-")
-                .tempfile_in(&self.temp_dir)
-                .map_err(|source| Error::Io {
-                    path: self.temp_dir.display().to_string(),
-                    source,
-                })?
-                .into_temp_path();
-            download_to(self.archive, &f, &tmp)?;
-            let source = LocalFile::open(&tmp).map_err(|source| Error::Io {
-                path: tmp.display().to_string(),
-                source,
-            })?;
-            let file = DataFile::open_source(Arc::new(source))?;
-            f.check_opened(&file)?;
-            self.current = Some((file.iter(), tmp));
-        }
-    }
-}
-
 /// Cuts the output into data files at key-group boundaries: once a file reaches the target
 /// size, and always before a reused file's range (so that ranges never overlap).
 pub(crate) struct FileSplitter<'a> {
@@ -578,6 +638,11 @@ pub(crate) struct FileSplitter<'a> {
     pub(crate) reused_starts: Vec<u16>,
     pub(crate) current: Option<OpenFile<'a>>,
     pub(crate) written: Vec<FileRef>,
+    /// Added to the number of each file's name, so that writers of one snapshot on several
+    /// threads never pick the same name.
+    pub(crate) name_base: usize,
+    /// Write data file version 3 with these options (`None`: version 2).
+    pub(crate) v3: Option<Version3>,
 }
 
 pub(crate) struct OpenFile<'a> {
@@ -607,10 +672,14 @@ impl<'a> FileSplitter<'a> {
             self.close()?;
         }
         if self.current.is_none() {
-            let path = data_path(self.id, self.written.len());
+            let path = data_path(self.id, self.name_base + self.written.len());
             let upload = self.archive.upload(&path);
+            let mut writer = DataFileWriter::new(upload, self.settings.data_file);
+            if let Some(v3) = self.v3 {
+                writer = writer.version_3(v3)?;
+            }
             self.current = Some(OpenFile {
-                writer: DataFileWriter::new(upload, self.settings.data_file),
+                writer,
                 path,
                 last_kg: kg,
                 segment,

@@ -594,7 +594,7 @@ impl Scenario {
                 "{what}: the parent's state is current"
             );
             assert_eq!(
-                latest.files, self.parent.files,
+                latest.partitions, self.parent.partitions,
                 "{what}: the parent's files"
             );
         }
@@ -651,7 +651,7 @@ impl Scenario {
         assert_eq!(kept.len(), report.manifests_kept, "{what}");
         let referenced: BTreeSet<String> = kept
             .iter()
-            .flat_map(|m| m.files.iter().map(|f| f.path.clone()))
+            .flat_map(|m| m.files().map(|f| f.path.clone()))
             .collect();
         assert_eq!(
             data_files(mem),
@@ -734,14 +734,19 @@ fn a_crash_at_any_step_of_an_incremental_snapshot_leaves_the_old_or_the_new_snap
         // A few keys change: their files are downloaded, merged and written again.
         |live| live.work([7u64, 8, 9, 700, 1400].into_iter(), 2),
     );
-    assert!(sc.parent.files.len() > 10, "{:?}", sc.parent.files.len());
+    assert!(
+        sc.parent.files().count() > 10,
+        "{:?}",
+        sc.parent.files().count()
+    );
     sc.crash_at_every_step(&[Op::Get, Op::Put]);
 }
 
 #[test]
 fn a_crash_at_any_step_of_a_multipart_upload_leaves_the_old_or_the_new_snapshot() {
-    // ~21 MiB of incompressible values in one data file (the target is 64 MiB), so the file
-    // goes up in 16 MiB parts; a change rewrites it.
+    // ~21 MiB of incompressible values in one partition's data file (the target is 64 MiB),
+    // so the file goes up in 16 MiB parts; the change rewrites ~18 MiB of them, so its delta
+    // run goes up in parts too.
     let sc = Scenario::build(
         "multipart",
         SnapshotSettings {
@@ -749,6 +754,7 @@ fn a_crash_at_any_step_of_a_multipart_upload_leaves_the_old_or_the_new_snapshot(
                 block_bytes: 64 << 10,
                 compress: false,
             },
+            partitions: 1,
             ..SnapshotSettings::default()
         },
         |live| {
@@ -758,14 +764,16 @@ fn a_crash_at_any_step_of_a_multipart_upload_leaves_the_old_or_the_new_snapshot(
             live.work(0..100, 1);
         },
         |live| {
-            live.blob(3, 700 << 10, 1003);
+            for i in 0..20 {
+                live.blob(i, 900 << 10, 1003 + i);
+            }
             live.work(0..10, 2);
         },
     );
     assert!(
-        sc.parent.files.iter().any(|f| f.bytes > 16 << 20),
+        sc.parent.files().any(|f| f.bytes > 16 << 20),
         "{:?}",
-        sc.parent.files
+        sc.parent.partitions
     );
     sc.crash_at_every_step(&[Op::Get, Op::CreateMultipart, Op::PutPart, Op::Complete]);
 }

@@ -84,11 +84,11 @@ fn a_version_1_archive_verifies_and_restores() {
     let dir = tempfile::tempdir().unwrap();
     let archive = fixture(dir.path());
     let m = archive.latest().unwrap().unwrap();
-    assert_eq!((m.sequence, m.files.len(), m.total_entries()), (2, 4, 50));
-    assert!(m
-        .files
-        .iter()
-        .all(|f| f.digest.is_none() && f.file_id.is_none()));
+    assert_eq!(
+        (m.sequence, m.files().count(), m.total_entries()),
+        (2, 4, 50)
+    );
+    assert!(m.files().all(|f| f.digest.is_none() && f.file_id.is_none()));
     let report = archive.verify(&m, |_| {}).unwrap();
     assert_eq!(
         (report.files, report.files_crc_only, report.entries),
@@ -102,7 +102,7 @@ fn a_damaged_version_1_file_is_still_caught_by_its_crc() {
     let dir = tempfile::tempdir().unwrap();
     let archive = fixture(dir.path());
     let m = archive.latest().unwrap().unwrap();
-    let f = &m.files[1];
+    let f = m.files().nth(1).unwrap();
     let path = archive.local_root().unwrap().join(&f.path);
     let mut bytes = std::fs::read(&path).unwrap();
     bytes[10] ^= 0x01;
@@ -130,7 +130,7 @@ fn a_rescale_of_a_version_1_archive_records_digests() {
     .unwrap();
     assert_eq!(report.files_copied, 4);
     let copied = &report.manifest;
-    assert!(copied.files.iter().all(|f| f.digest.is_some()));
+    assert!(copied.files().all(|f| f.digest.is_some()));
     let verified = dest.verify(copied, |_| {}).unwrap();
     assert_eq!((verified.files, verified.files_crc_only), (4, 0));
     // Same entries, read back through the new manifest (version 2, version-1 files).

@@ -1,10 +1,12 @@
-//! A manifest is bytes in object storage: moving `StateKind` and `SourceOffset` into the
-//! shared `common.proto` must not change them. The frame below was written by
-//! `Manifest::encode` before the move (commit 47b61ca), hard-coded.
+//! A manifest is bytes in object storage. `GOLDEN` is a version-2 frame written by
+//! `Manifest::encode` before `StateKind` and `SourceOffset` moved into the shared
+//! `common.proto` (commit 47b61ca): it must still read the same. `GOLDEN_V3` is the first
+//! version-3 frame (partitions and runs), hard-coded so that no change goes unnoticed.
 
 use std::time::Duration;
 
-use millpond_snapshot::manifest::{Manifest, ManifestKind};
+use millpond_snapshot::manifest::{FileRef, Manifest, ManifestKind, Partition, Run, RunKind};
+use millpond_snapshot::{FileDigest, FileId};
 use millpond_state::{StateKind, StateSchema, TtlConfig};
 use millpond_wal::SourceOffset;
 
@@ -17,9 +19,8 @@ fn hex(s: &str) -> Vec<u8> {
         .collect()
 }
 
-#[test]
-fn a_manifest_with_states_and_offsets_is_byte_for_byte_what_it_was() {
-    let m = Manifest {
+fn sample() -> Manifest {
+    Manifest {
         sequence: 3,
         id: "id".into(),
         parent_id: None,
@@ -48,8 +49,59 @@ fn a_manifest_with_states_and_offsets_is_byte_for_byte_what_it_was() {
                 id: 2,
             },
         ],
-        files: vec![],
-    };
-    assert_eq!(m.encode(), hex(GOLDEN));
-    assert_eq!(Manifest::decode(&hex(GOLDEN), "golden").unwrap(), m);
+        partitions: vec![],
+    }
+}
+
+#[test]
+fn a_version_2_manifest_with_states_and_offsets_reads_as_it_did() {
+    let m = Manifest::decode(&hex(GOLDEN), "golden").unwrap();
+    // Without files, version 2 reads as 16 even partitions with no runs.
+    assert_eq!(m.partitions.len(), 16);
+    assert!(m.partitions.iter().all(|p| p.runs.is_empty()));
+    assert_eq!(
+        (
+            m.partitions[1].first_key_group,
+            m.partitions[1].last_key_group
+        ),
+        (8, 15)
+    );
+    assert_eq!(
+        Manifest {
+            partitions: vec![],
+            ..m
+        },
+        sample()
+    );
+}
+
+const GOLDEN_V3: &str = "4d504d46030000007f000000080312026964200228053001388001400952070a01741001182a5a090a01611002180120075a070a016210051802680770647a4b080a100f1a45080110091803223d0a0b646174612f612e6d706466100a180c20642807300838034210070707070707070707070707070707074a1009090909090909090909090909090909a7d3c5b5";
+
+#[test]
+fn a_version_3_manifest_is_byte_for_byte_what_it_was() {
+    let mut m = sample();
+    m.partitions = vec![Partition {
+        first_key_group: 10,
+        last_key_group: 15,
+        runs: vec![Run {
+            kind: RunKind::Delta,
+            upto_lsn: 9,
+            written_by: 3,
+            files: vec![FileRef {
+                path: "data/a.mpdf".into(),
+                first_key_group: 10,
+                last_key_group: 12,
+                bytes: 100,
+                entries: 7,
+                crc32c: 8,
+                written_by: 3,
+                digest: Some(FileDigest([7; 16])),
+                file_id: Some(FileId([9; 16])),
+            }],
+        }],
+    }];
+    let bytes = m.encode();
+    let got: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(got, GOLDEN_V3);
+    assert_eq!(Manifest::decode(&hex(GOLDEN_V3), "golden").unwrap(), m);
 }

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use millpond_snapshot::compaction::{self, CompactionKind, CompactionSettings};
 use millpond_snapshot::{
     Archive, Manifest, RestoreSettings, SnapshotBase, SnapshotSettings, SnapshotWriter,
 };
@@ -39,6 +40,8 @@ enum Op {
     ClearMap(u16),
     Commit,
     Snapshot,
+    /// Run the due compactions; `true`: majors are due early, `false`: minors only.
+    Compact(bool),
 }
 
 fn op(keys: u16) -> impl Strategy<Value = Op> {
@@ -55,6 +58,7 @@ fn op(keys: u16) -> impl Strategy<Value = Op> {
         1 => k.prop_map(Op::ClearMap),
         3 => Just(Op::Commit),
         2 => Just(Op::Snapshot),
+        2 => any::<bool>().prop_map(Op::Compact),
     ]
 }
 
@@ -160,7 +164,7 @@ impl Model {
                 states.maps.clear(&key(*k)).unwrap();
                 self.maps.remove(k);
             }
-            Op::Commit | Op::Snapshot => unreachable!("not a state change"),
+            Op::Commit | Op::Snapshot | Op::Compact(_) => unreachable!("not a state change"),
         }
     }
 
@@ -245,6 +249,8 @@ struct Coverage {
     chained: AtomicUsize,
     reused_files: AtomicUsize,
     runs: AtomicUsize,
+    majors: AtomicUsize,
+    minors: AtomicUsize,
 }
 
 /// Runs `ops` against a store logging to a WAL and a model; snapshots where `ops` say so; then
@@ -320,13 +326,12 @@ fn run_case(
                         );
                         let reused = r
                             .manifest
-                            .files
-                            .iter()
+                            .files()
                             .filter(|f| f.written_by < r.manifest.sequence)
                             .count();
                         prop_assert_eq!(
                             reused + r.files_written,
-                            r.manifest.files.len(),
+                            r.manifest.files().count(),
                             "files are written or reused"
                         );
                         coverage.snapshots.fetch_add(1, Ordering::Relaxed);
@@ -338,6 +343,35 @@ fn run_case(
                         previous_was_snapshot = true;
                         snapshots.push((r.manifest, committed.clone()));
                     }
+                }
+            }
+            Op::Compact(majors) => {
+                let compaction = CompactionSettings {
+                    delta_ratio_percent: if *majors { 100 } else { u32::MAX },
+                    max_runs: 2,
+                };
+                let cancel = std::sync::atomic::AtomicBool::new(false);
+                while let Some(job) = compaction::pick(writer.parent(), &compaction) {
+                    let parent = writer.parent().clone();
+                    let out = compaction::compact(
+                        &archive,
+                        &parent,
+                        job,
+                        &SnapshotSettings::default(),
+                        &cancel,
+                    )
+                    .unwrap();
+                    let r = writer.commit_compaction(out).unwrap();
+                    prop_assert_eq!(r.manifest.lsn, parent.lsn);
+                    prop_assert_eq!(r.manifest.kind, millpond_snapshot::ManifestKind::Compaction);
+                    prop_assert!(r.manifest.files().count() <= parent.files().count());
+                    match r.kind {
+                        CompactionKind::Major => &coverage.majors,
+                        CompactionKind::Minor => &coverage.minors,
+                    }
+                    .fetch_add(1, Ordering::Relaxed);
+                    let at = snapshots.last().map(|(_, m)| m.clone()).unwrap_or_default();
+                    snapshots.push((r.manifest, at));
                 }
             }
             change => model.apply(&states, change),
@@ -374,9 +408,18 @@ fn run_case(
                 &committed,
                 "snapshot + WAL",
             )?;
-            // An older snapshot plus a longer WAL gives the same state.
-            if snapshots.len() >= 2 {
-                let (older, _) = &snapshots[snapshots.len() / 2 - 1];
+            // Every older snapshot or compaction: alone, as of its commit marker; plus a
+            // longer WAL, the same state.
+            for (older, at_older) in &snapshots[..snapshots.len() - 1] {
+                restore_and_check(
+                    &archive,
+                    Some(older),
+                    &wal_dir,
+                    false,
+                    keys,
+                    at_older,
+                    &format!("manifest {} alone", older.sequence),
+                )?;
                 restore_and_check(
                     &archive,
                     Some(older),
@@ -384,7 +427,7 @@ fn run_case(
                     true,
                     keys,
                     &committed,
-                    "older snapshot + WAL",
+                    &format!("manifest {} + WAL", older.sequence),
                 )?;
             }
             // GC keeps the latest snapshot whole.
@@ -441,7 +484,16 @@ fn restore_plus_wal_equals_the_model() {
     let snapshots = coverage.snapshots.load(Ordering::Relaxed);
     let chained = coverage.chained.load(Ordering::Relaxed);
     let reused = coverage.reused_files.load(Ordering::Relaxed);
-    eprintln!("{snapshots} snapshots, {chained} on top of another, {reused} files reused");
+    let majors = coverage.majors.load(Ordering::Relaxed);
+    let minors = coverage.minors.load(Ordering::Relaxed);
+    eprintln!(
+        "{snapshots} snapshots, {chained} on top of another, {reused} files reused, \
+         {majors} major and {minors} minor compactions"
+    );
+    assert!(
+        majors >= 5 && minors >= 1,
+        "{majors} major, {minors} minor compactions"
+    );
     assert!(snapshots >= 24, "only {snapshots} snapshots in all cases");
     assert!(chained >= 10, "only {chained} snapshots on top of another");
     assert!(reused >= 10, "only {reused} files reused");

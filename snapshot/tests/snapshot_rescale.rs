@@ -118,7 +118,11 @@ fn fixture() -> Fixture {
         .unwrap()
         .expect("a commit")
         .manifest;
-    assert!(latest.files.len() > 20, "{} files", latest.files.len());
+    assert!(
+        latest.files().count() > 20,
+        "{} files",
+        latest.files().count()
+    );
     wal.close().unwrap();
     store.close().unwrap();
     Fixture {
@@ -132,8 +136,7 @@ fn fixture() -> Fixture {
 /// A split point inside a file of the snapshot, near the middle: that file straddles it.
 fn split_point(m: &Manifest) -> u16 {
     let f = m
-        .files
-        .iter()
+        .files()
         .find(|f| f.last_key_group >= KEY_GROUPS / 2 && f.first_key_group < f.last_key_group)
         .expect("a file of several key groups past the middle");
     f.first_key_group + 1
@@ -259,10 +262,10 @@ fn check_manifest(r: &RescaleReport, dest: &Archive, source: &Manifest, range: K
     assert_eq!(m.max_key_groups, source.max_key_groups);
     assert_eq!(m.offsets, source.offsets);
     assert_eq!(m.states, source.states);
-    assert!(m.files.iter().all(|f| range.contains(f.first_key_group)
+    assert!(m.files().all(|f| range.contains(f.first_key_group)
         && range.contains(f.last_key_group)
         && f.written_by == m.sequence));
-    assert_eq!(r.files_written + r.files_copied, m.files.len());
+    assert_eq!(r.files_written + r.files_copied, m.files().count());
     assert_eq!((r.entries, r.bytes), (m.total_entries(), m.total_bytes()));
     dest.verify(m, |_| {}).unwrap();
 }
@@ -273,8 +276,7 @@ fn split_in_two_then_merge_back_loses_and_duplicates_nothing() {
     let split = split_point(&f.latest);
     assert!(f
         .latest
-        .files
-        .iter()
+        .files()
         .any(|file| file.first_key_group < split && split <= file.last_key_group));
     let halves = [
         KeyGroupRange::new(0, split),
@@ -412,10 +414,7 @@ fn a_split_instance_goes_on_with_a_fresh_wal_and_its_own_snapshots() {
         .expect("a commit")
         .manifest;
     assert_eq!(second.offsets, offsets(300));
-    assert!(second
-        .files
-        .iter()
-        .any(|file| file.written_by == first.sequence));
+    assert!(second.files().any(|file| file.written_by == first.sequence));
     wal.close().unwrap();
     store.close().unwrap();
 

@@ -246,15 +246,15 @@ fn round_trip(sort_buffer_bytes: usize, min_runs: usize) {
     commit(&job, 200);
     let second = snapshot(root, &mut writer, &job);
     assert!(
-        second.files_written <= 3 && second.manifest.files.len() >= first.manifest.files.len(),
+        second.files_written <= 3
+            && second.manifest.files().count() >= first.manifest.files().count(),
         "{} written of {}",
         second.files_written,
-        second.manifest.files.len()
+        second.manifest.files().count()
     );
     assert!(second
         .manifest
-        .files
-        .iter()
+        .files()
         .any(|f| f.written_by == first.manifest.sequence));
     assert_eq!(
         second.manifest.parent_id.as_deref(),
@@ -309,7 +309,7 @@ fn a_part_symlink_in_the_restore_directory_is_replaced_not_followed() {
     std::fs::write(&outside, b"not yours").unwrap();
     let base_dir = root.join("restore");
     std::fs::create_dir_all(&base_dir).unwrap();
-    for f in &m.files {
+    for f in m.files() {
         let name = f.path.rsplit('/').next().unwrap();
         let part = base_dir.join(Path::new(name).with_extension("part"));
         std::os::unix::fs::symlink(&outside, &part).unwrap();
@@ -319,7 +319,7 @@ fn a_part_symlink_in_the_restore_directory_is_replaced_not_followed() {
     base.wait_local().unwrap();
     assert!(base.is_local());
     assert_eq!(std::fs::read(&outside).unwrap(), b"not yours");
-    for f in &m.files {
+    for f in m.files() {
         let name = f.path.rsplit('/').next().unwrap();
         let local = base_dir.join(name);
         let meta = std::fs::symlink_metadata(&local).unwrap();

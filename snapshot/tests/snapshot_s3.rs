@@ -267,33 +267,34 @@ fn s3_round_trip_with_small_files_and_a_multipart_file() {
     let mut writer = SnapshotWriter::claim(archive.clone(), KEY_GROUPS, small_files()).unwrap();
     let first = live.snapshot(&mut writer).unwrap();
     let m = &first.manifest;
-    assert!(m.files.len() > 10, "{} files", m.files.len());
-    let largest = m.files.iter().map(|f| f.bytes).max().unwrap();
+    assert!(m.files().count() > 10, "{} files", m.files().count());
+    let largest = m.files().map(|f| f.bytes).max().unwrap();
     assert!(
         largest > 16 << 20,
         "largest file {largest} bytes: no multipart upload"
     );
     let report = archive.verify(m, |_| {}).unwrap();
-    assert_eq!(report.files, m.files.len());
-    assert_eq!(s3.list("data").len(), m.files.len());
+    assert_eq!(report.files, m.files().count());
+    assert_eq!(s3.list("data").len(), m.files().count());
 
-    // A few keys and one of the big values change: the multipart file is downloaded, merged
-    // and uploaded again; the other files are reused.
+    // A few keys and every big value change: the delta of the big values' partition goes
+    // up in parts; every file of the first snapshot is named again, none read.
     live.work([1u64, 2, 3, 19_999].into_iter(), 2);
-    live.blob(&big[1], 6 << 20, 99);
+    for (i, k) in big.iter().enumerate() {
+        live.blob(k, 6 << 20, 99 + i as u64);
+    }
     live.commit();
     let second = live.snapshot(&mut writer).unwrap();
     let m2 = &second.manifest;
-    // At most the files of the four keys and the big one.
+    // At most one delta file for each of the partitions of the four keys and the big ones.
     assert!(
-        second.files_written <= 5 && m2.files.len() > 20,
+        second.files_written <= 5 && m2.files().count() == m.files().count() + second.files_written,
         "{} of {} files written",
         second.files_written,
-        m2.files.len()
+        m2.files().count()
     );
     assert!(m2
-        .files
-        .iter()
+        .files()
         .any(|f| f.bytes > 16 << 20 && f.written_by == m2.sequence));
     archive.verify(m2, |_| {}).unwrap();
 
@@ -377,7 +378,7 @@ fn s3_a_stale_writer_is_fenced_and_concurrent_claims_are_unique() {
 
     // The stale writer's files are named by no manifest: GC removes them.
     let gc = archive.gc(1, Duration::ZERO).unwrap();
-    let referenced: BTreeSet<String> = latest.files.iter().map(|f| f.path.clone()).collect();
+    let referenced: BTreeSet<String> = latest.files().map(|f| f.path.clone()).collect();
     assert_eq!(s3.list("data"), referenced);
     for o in orphans.difference(&referenced) {
         assert!(gc.files_deleted.contains(o), "{o} not deleted: {gc:?}");
@@ -416,7 +417,7 @@ fn s3_a_stale_writer_is_fenced_and_concurrent_claims_are_unique() {
         assert_eq!(stored.id, c.id, "manifest {} was overwritten", c.sequence);
         assert_eq!(stored.kind, ManifestKind::Claim);
         assert_eq!(
-            stored.files, before.files,
+            stored.partitions, before.partitions,
             "a claim copies the current state"
         );
     }
@@ -490,7 +491,7 @@ fn s3_a_commit_racing_a_new_claim() {
                     r.manifest.lsn,
                     "the claim copies the commit"
                 );
-                assert_eq!(new.parent().files, r.manifest.files);
+                assert_eq!(new.parent().partitions, r.manifest.partitions);
             }
             Err(Error::Fenced { epoch, newer_epoch }) => {
                 assert_ne!(order, "commit first", "round {round}");
@@ -601,7 +602,7 @@ fn s3_gc_keeps_the_retained_snapshots_whole() {
     let all_files = s3.list("data");
     let named: BTreeSet<String> = snapshots
         .iter()
-        .flat_map(|m| m.files.iter().map(|f| f.path.clone()))
+        .flat_map(|m| m.files().map(|f| f.path.clone()))
         .collect();
     assert!(all_files.len() > named.len(), "orphans exist");
 
@@ -623,7 +624,7 @@ fn s3_gc_keeps_the_retained_snapshots_whole() {
     assert_eq!(kept.last().unwrap(), snapshots.last().unwrap());
     let referenced: BTreeSet<String> = kept
         .iter()
-        .flat_map(|m| m.files.iter().map(|f| f.path.clone()))
+        .flat_map(|m| m.files().map(|f| f.path.clone()))
         .collect();
     assert_eq!(
         s3.list("data"),

@@ -96,8 +96,8 @@ fn two_versions(keys: u64, target_file_bytes: u64) -> TwoVersions {
     let newer = manifests.pop().unwrap();
     let older = manifests.pop().unwrap();
     assert_eq!((older.sequence, newer.sequence), (2, 3));
-    assert_eq!(older.files.len(), newer.files.len());
-    for (o, n) in older.files.iter().zip(&newer.files) {
+    assert_eq!(older.files().count(), newer.files().count());
+    for (o, n) in older.files().zip(newer.files()) {
         // The scenario: only the content differs.
         assert_ne!(o.path, n.path);
         assert_eq!(
@@ -190,11 +190,11 @@ fn both_versions_verify_and_restore_before_any_swap() {
         let (archive, _) = tv.copy("ok", access);
         for m in [&tv.older, &tv.newer] {
             let report = archive.verify(m, |_| {}).unwrap();
-            assert_eq!((report.files, report.files_crc_only), (m.files.len(), 0));
-            assert!(m
-                .files
-                .iter()
-                .all(|f| f.digest.is_some() && f.file_id.is_some()));
+            assert_eq!(
+                (report.files, report.files_crc_only),
+                (m.files().count(), 0)
+            );
+            assert!(m.files().all(|f| f.digest.is_some() && f.file_id.is_some()));
             let dir = tempfile::tempdir().unwrap();
             let base =
                 SnapshotBase::open(&archive, m, dir.path(), &restore_settings(true)).unwrap();
@@ -207,7 +207,7 @@ fn both_versions_verify_and_restore_before_any_swap() {
         }
     }
     // Different content, different ids and digests; the CRC-32C alone may not tell.
-    for (o, n) in tv.older.files.iter().zip(&tv.newer.files) {
+    for (o, n) in tv.older.files().zip(tv.newer.files()) {
         assert_ne!(o.digest, n.digest);
         assert_ne!(o.file_id, n.file_id);
     }
@@ -217,9 +217,13 @@ fn both_versions_verify_and_restore_before_any_swap() {
 #[test]
 fn an_older_version_of_a_data_file_is_refused_by_verify_restore_and_rescale() {
     let tv = two_versions(300, 1 << 10);
-    assert!(tv.newer.files.len() >= 3, "{} files", tv.newer.files.len());
+    assert!(
+        tv.newer.files().count() >= 3,
+        "{} files",
+        tv.newer.files().count()
+    );
     for access in ACCESS {
-        for (i, (old, new)) in tv.older.files.iter().zip(&tv.newer.files).enumerate() {
+        for (i, (old, new)) in tv.older.files().zip(tv.newer.files()).enumerate() {
             let ctx = format!("{access:?}, file {i} ({})", new.path);
             let (archive, root) = tv.copy(&format!("swap-{i}"), access);
             std::fs::copy(root.join(&old.path), root.join(&new.path)).unwrap();
@@ -270,9 +274,16 @@ fn an_older_version_of_a_data_file_is_refused_by_verify_restore_and_rescale() {
 #[test]
 fn a_download_refuses_an_older_version_by_its_digest() {
     let tv = two_versions(300, 1 << 10);
-    let (old, new) = (&tv.older.files[1], &tv.newer.files[1]);
+    let (old, new) = (
+        tv.older.files().nth(1).unwrap(),
+        tv.newer.files().nth(1).unwrap(),
+    );
     let mut without_ids = tv.newer.clone();
-    for f in &mut without_ids.files {
+    for f in without_ids
+        .partitions
+        .iter_mut()
+        .flat_map(|p| p.runs.iter_mut().flat_map(|r| r.files.iter_mut()))
+    {
         f.file_id = None;
     }
     for access in ACCESS {
@@ -322,8 +333,8 @@ fn an_older_manifest_under_a_newer_ones_name_is_refused() {
 fn every_flipped_byte_of_a_small_data_file_is_caught() {
     let tv = two_versions(6, 64 << 20);
     let m = &tv.newer;
-    assert_eq!(m.files.len(), 1);
-    let f = &m.files[0];
+    assert_eq!(m.files().count(), 1);
+    let f = m.files().next().unwrap();
     let (archive, root) = tv.copy("flips", Access::File);
     let path = root.join(&f.path);
     let pristine = std::fs::read(&path).unwrap();
@@ -352,7 +363,7 @@ fn every_flipped_byte_of_a_small_data_file_is_caught() {
 #[test]
 fn a_data_file_larger_than_the_manifest_says_is_refused_unread() {
     let tv = two_versions(50, 1 << 10);
-    let f = &tv.newer.files[0];
+    let f = tv.newer.files().next().unwrap();
     for access in ACCESS {
         let (archive, root) = tv.copy("large", access);
         let file = std::fs::OpenOptions::new()

@@ -342,7 +342,7 @@ fn earlier_restore(dir: &Path) -> Result<()> {
         OsString::from(format!("{RESTORED_MANIFEST}.part")),
     ]
     .into();
-    for f in &manifest.files {
+    for f in manifest.files() {
         allowed.insert(local_name(f).into());
         allowed.insert(part_name(local_name(f)));
     }

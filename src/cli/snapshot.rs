@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use millpond_format::{CompositeKey, EntryView};
 use millpond_snapshot::{
-    Archive, FileRef, Manifest, ManifestKind, RescaleSource, RestoreSettings, SnapshotBase,
-    SnapshotSettings,
+    Archive, FileRef, Manifest, ManifestKind, RescaleSource, RestoreSettings, RunKind,
+    SnapshotBase, SnapshotSettings,
 };
 use millpond_state::{KeyGroupRange, StateSchema, TtlConfig, TtlUpdateType, TtlVisibility};
 use millpond_wal::{SourceOffset, WalPosition};
@@ -42,6 +42,7 @@ fn kind_name(kind: ManifestKind) -> &'static str {
     match kind {
         ManifestKind::Snapshot => "snapshot",
         ManifestKind::Claim => "claim",
+        ManifestKind::Compaction => "compaction",
     }
 }
 
@@ -133,7 +134,7 @@ fn summary_json(m: &Manifest) -> Value {
         "created_at": rfc3339_ms(m.created_at_ms),
         "max_key_groups": m.max_key_groups,
         "lsn": m.lsn,
-        "files": m.files.len(),
+        "files": m.files().count(),
         "total_entries": m.total_entries(),
         "total_bytes": m.total_bytes(),
         "offsets": offsets_json(&m.offsets),
@@ -154,8 +155,7 @@ pub fn manifest_json(m: &Manifest) -> Value {
         })
         .collect();
     let files: Vec<Value> = m
-        .files
-        .iter()
+        .files()
         .map(|f| {
             json!({
                 "path": f.path,
@@ -172,11 +172,44 @@ pub fn manifest_json(m: &Manifest) -> Value {
             })
         })
         .collect();
+    let partitions: Vec<Value> = m
+        .partitions
+        .iter()
+        .map(|p| {
+            let runs: Vec<Value> = p
+                .runs
+                .iter()
+                .map(|r| {
+                    json!({
+                        "kind": run_kind_name(r.kind),
+                        "upto_lsn": r.upto_lsn,
+                        "written_by": r.written_by,
+                        "files": r.files.iter().map(|f| f.path.clone()).collect::<Vec<_>>(),
+                        "bytes": r.files.iter().map(|f| f.bytes).sum::<u64>(),
+                        "entries": r.files.iter().map(|f| f.entries).sum::<u64>(),
+                    })
+                })
+                .collect();
+            json!({
+                "first_key_group": p.first_key_group,
+                "last_key_group": p.last_key_group,
+                "runs": runs,
+            })
+        })
+        .collect();
     let mut v = summary_json(m);
     v["wal_position"] = position_json(m.wal_position.as_ref());
     v["states"] = Value::Array(states);
     v["files"] = Value::Array(files);
+    v["partitions"] = Value::Array(partitions);
     v
+}
+
+fn run_kind_name(kind: RunKind) -> &'static str {
+    match kind {
+        RunKind::Delta => "delta",
+        RunKind::Bottom => "bottom",
+    }
 }
 
 /// `snapshot list`.
@@ -202,7 +235,7 @@ pub fn list(archive: &Archive, as_json: bool, out: &mut Out) -> Result<()> {
             m.writer_epoch.to_string(),
             rfc3339_ms(m.created_at_ms),
             m.lsn.to_string(),
-            m.files.len().to_string(),
+            m.files().count().to_string(),
             m.total_entries().to_string(),
             size(m.total_bytes()),
             offsets_summary(&m.offsets),
@@ -242,7 +275,7 @@ pub fn inspect(archive: &Archive, id: &str, as_json: bool, out: &mut Out) -> Res
             "totals",
             format!(
                 "{} files, {} entries, {} ({} bytes)",
-                m.files.len(),
+                m.files().count(),
                 m.total_entries(),
                 size(m.total_bytes()),
                 m.total_bytes()
@@ -291,7 +324,7 @@ pub fn inspect(archive: &Archive, id: &str, as_json: bool, out: &mut Out) -> Res
         }
     }
 
-    outln!(out, "files ({})", m.files.len())?;
+    outln!(out, "files ({})", m.files().count())?;
     let mut t = Table::new(&[
         "PATH",
         "KEY_GROUPS",
@@ -302,7 +335,7 @@ pub fn inspect(archive: &Archive, id: &str, as_json: bool, out: &mut Out) -> Res
         "FILE_ID",
         ">WRITTEN_BY",
     ]);
-    for f in &m.files {
+    for f in m.files() {
         t.row(vec![
             f.path.clone(),
             format!("{}..={}", f.first_key_group, f.last_key_group),
@@ -318,7 +351,45 @@ pub fn inspect(archive: &Archive, id: &str, as_json: bool, out: &mut Out) -> Res
             f.written_by.to_string(),
         ]);
     }
-    if !m.files.is_empty() {
+    if m.files().next().is_some() {
+        for line in t.lines("  ") {
+            outln!(out, "{line}")?;
+        }
+    }
+
+    // The runs a read of each partition's keys consults, newest first; deltas fold over the
+    // bottom run (docs/snapshot.md, "Partitions and runs").
+    outln!(out, "partitions ({})", m.partitions.len())?;
+    let mut t = Table::new(&[
+        "KEY_GROUPS",
+        ">RUNS",
+        ">BOTTOM",
+        ">DELTAS",
+        ">DELTA_BYTES",
+        "NEWEST_LSN",
+    ]);
+    for p in &m.partitions {
+        let bytes = |kind| -> u64 {
+            p.runs
+                .iter()
+                .filter(|r| r.kind == kind)
+                .flat_map(|r| &r.files)
+                .map(|f| f.bytes)
+                .sum()
+        };
+        let deltas = p.runs.iter().filter(|r| r.kind == RunKind::Delta).count();
+        t.row(vec![
+            format!("{}..={}", p.first_key_group, p.last_key_group),
+            p.runs.len().to_string(),
+            size(bytes(RunKind::Bottom)),
+            deltas.to_string(),
+            size(bytes(RunKind::Delta)),
+            p.runs
+                .first()
+                .map_or_else(|| "-".to_owned(), |r| r.upto_lsn.to_string()),
+        ]);
+    }
+    if !m.partitions.is_empty() {
         for line in t.lines("  ") {
             outln!(out, "{line}")?;
         }
@@ -741,7 +812,7 @@ pub fn rescale(args: &RescaleArgs, out: &mut Out) -> Result<()> {
         escape(dest.url()),
         key_groups.start,
         key_groups.end,
-        m.files.len(),
+        m.files().count(),
         report.files_written,
         report.files_copied,
         report.entries,

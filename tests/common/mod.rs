@@ -688,7 +688,7 @@ pub fn unfinished_snapshot(
         .manifests()
         .unwrap_or_default()
         .into_iter()
-        .flat_map(|m| m.files.into_iter().map(|f| f.path))
+        .flat_map(|m| m.files().map(|f| f.path.clone()).collect::<Vec<_>>())
         .collect();
     let data = object_store::path::Path::from(format!("{prefix}/data").trim_start_matches('/'));
     let listed: Vec<String> = block_on(async {

@@ -1,0 +1,357 @@
+//! Compaction: the runs of one partition merged into fewer, so that the runs a read consults
+//! stay bounded and the bytes of replaced deltas can be collected (docs/snapshot.md,
+//! "Compaction").
+//!
+//! - [`pick`] chooses the next job from a manifest: a **major** job (every run of a partition
+//!   into one bottom run) once its delta runs hold at least `delta_ratio_percent` of its
+//!   bottom run's bytes, a **minor** job (its delta runs into one delta run) once it has
+//!   `max_runs` delta runs and no major is due.
+//! - [`compact`] writes the job's output from the manifest it was picked from: the input
+//!   files are downloaded to local disk and merged with the same fold a restore reads with
+//!   ([`crate::runs`]), so compaction cannot change what a read sees.
+//! - [`SnapshotWriter::commit_compaction`] commits it on top of whatever the writer
+//!   committed since (snapshots only add runs in front, so the inputs are still there): a
+//!   manifest of kind [`ManifestKind::Compaction`] with the state, LSN and offsets of its
+//!   parent, through the same conditional create as a snapshot.
+//!
+//! Expired data is not dropped yet (the TTL horizon of docs/design/incremental-snapshots.md
+//! §4.4 needs commit markers on the store's clock): reads filter it as before.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use millpond_format::key::{key_group_of, range_start};
+
+use crate::archive::{now_ms, Archive};
+use crate::data_file::{DataFile, Version3};
+use crate::error::{Error, Result};
+use crate::fetch::download_to;
+use crate::manifest::{FileRef, Manifest, ManifestKind, Run, RunKind};
+use crate::names::new_id;
+use crate::pending::PendingSnapshot;
+use crate::read_at::LocalFile;
+use crate::runs::{FoldedMerge, Output, RunEntries};
+use crate::writer::{commit_retrying, FileSplitter, SnapshotSettings, SnapshotWriter};
+
+/// When compaction merges a partition's runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompactionSettings {
+    /// A major job (all runs into one bottom run) is due once the partition's delta runs hold
+    /// at least this percentage of its bottom run's bytes. Lower: fewer delta bytes per read
+    /// and more bytes rewritten (write amplification about `1 + 100 / percent`). Default: 50.
+    pub delta_ratio_percent: u32,
+    /// A minor job (the delta runs into one) is due once a partition has this many delta
+    /// runs; a read consults at most this many plus the bottom run while compaction keeps
+    /// up. Default: 16.
+    pub max_runs: usize,
+}
+
+impl Default for CompactionSettings {
+    fn default() -> Self {
+        CompactionSettings {
+            delta_ratio_percent: 50,
+            max_runs: 16,
+        }
+    }
+}
+
+/// Which runs of a partition a job merges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CompactionKind {
+    /// Every run into one bottom run.
+    Major,
+    /// The delta runs into one delta run.
+    Minor,
+}
+
+/// One job: a partition of a manifest and the runs it merges.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompactionJob {
+    /// Major or minor.
+    pub kind: CompactionKind,
+    /// The partition's first key group (partitions never change, so this names it).
+    pub first_key_group: u16,
+    /// The runs merged, newest first, as the manifest named them.
+    pub inputs: Vec<Run>,
+}
+
+impl CompactionJob {
+    /// Bytes of the inputs.
+    pub fn input_bytes(&self) -> u64 {
+        self.inputs
+            .iter()
+            .flat_map(|r| &r.files)
+            .map(|f| f.bytes)
+            .sum()
+    }
+}
+
+/// The next job due in `manifest`, if any: the partition with the most runs first, then
+/// the largest share of delta bytes.
+pub fn pick(manifest: &Manifest, settings: &CompactionSettings) -> Option<CompactionJob> {
+    let mut best: Option<(usize, u128, CompactionJob)> = None;
+    for p in &manifest.partitions {
+        let bytes = |r: &Run| r.files.iter().map(|f| f.bytes).sum::<u64>();
+        let deltas: Vec<&Run> = p.runs.iter().filter(|r| r.kind == RunKind::Delta).collect();
+        if deltas.is_empty() {
+            continue;
+        }
+        let d: u64 = deltas.iter().map(|r| bytes(r)).sum();
+        let b: u64 = p
+            .runs
+            .iter()
+            .filter(|r| r.kind == RunKind::Bottom)
+            .map(bytes)
+            .sum();
+        let major = u128::from(d) * 100 >= u128::from(b) * u128::from(settings.delta_ratio_percent);
+        let minor = deltas.len() >= settings.max_runs.max(2);
+        let job = if major {
+            CompactionJob {
+                kind: CompactionKind::Major,
+                first_key_group: p.first_key_group,
+                inputs: p.runs.clone(),
+            }
+        } else if minor {
+            CompactionJob {
+                kind: CompactionKind::Minor,
+                first_key_group: p.first_key_group,
+                inputs: deltas.into_iter().cloned().collect(),
+            }
+        } else {
+            continue;
+        };
+        // Delta share in millionths, for the order among partitions with as many runs.
+        let share = u128::from(d) * 1_000_000 / u128::from(b.max(1));
+        let rank = (p.runs.len(), share);
+        if best.as_ref().is_none_or(|(n, s, _)| rank > (*n, *s)) {
+            best = Some((rank.0, rank.1, job));
+        }
+    }
+    best.map(|(_, _, job)| job)
+}
+
+/// A job's output, uploaded, waiting for [`SnapshotWriter::commit_compaction`].
+pub struct CompactionOutput<'a> {
+    job: CompactionJob,
+    run: Option<Run>,
+    id: String,
+    bytes_read: u64,
+    started: Instant,
+    pending: PendingSnapshot<'a>,
+}
+
+impl std::fmt::Debug for CompactionOutput<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CompactionOutput")
+            .field("job", &self.job)
+            .field("run", &self.run)
+            .field("id", &self.id)
+            .finish()
+    }
+}
+
+/// What a committed compaction did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CompactionReport {
+    /// The committed manifest.
+    pub manifest: Manifest,
+    /// Major or minor.
+    pub kind: CompactionKind,
+    /// Runs merged.
+    pub runs_in: usize,
+    /// Bytes of the runs merged.
+    pub bytes_read: u64,
+    /// Bytes of the run written (0: every key merged away).
+    pub bytes_written: u64,
+    /// Seconds from start to commit.
+    pub seconds: f64,
+}
+
+/// Added to the parent's sequence in a compaction's id: its pending marker is then never
+/// taken for stale by a snapshot committing meanwhile (GC keeps a marker's files while no
+/// manifest reaches its sequence and no newer writer claimed the archive), so only its
+/// commit or a newer claim releases its files.
+const COMPACTION_ID_OFFSET: u64 = 1 << 40;
+
+/// Writes the output of `job`, picked from `parent`, to `archive` (the files of the
+/// parent's runs are downloaded to `settings.temp_dir` and read once). Setting `cancel`
+/// stops it soon with [`Error::Cancelled`], its uploads left for GC.
+pub fn compact<'a>(
+    archive: &'a Archive,
+    parent: &Manifest,
+    job: CompactionJob,
+    settings: &SnapshotSettings,
+    cancel: &AtomicBool,
+) -> Result<CompactionOutput<'a>> {
+    let started = Instant::now();
+    let id = new_id(parent.sequence + 1 + COMPACTION_ID_OFFSET);
+    let pending = PendingSnapshot::begin(archive, &id, parent.writer_epoch)?;
+    let temp_dir = settings.temp_dir.clone().unwrap_or_else(std::env::temp_dir);
+    let partition = parent
+        .partition_of(job.first_key_group)
+        .ok_or_else(|| Error::Invalid {
+            reason: format!(
+                "no partition starts at key group {} in snapshot {}",
+                job.first_key_group, parent.id
+            ),
+        })?;
+    let (first, last) = (partition.first_key_group, partition.last_key_group);
+    let mut temps = Vec::new();
+    let mut runs: Vec<RunEntries<'_>> = Vec::new();
+    let mut bytes_read = 0;
+    for run in &job.inputs {
+        let mut files = Vec::with_capacity(run.files.len());
+        for f in &run.files {
+            files.push(local_copy(archive, f, &temp_dir, &mut temps)?);
+            bytes_read += f.bytes;
+        }
+        runs.push(Box::new(
+            files
+                .into_iter()
+                .flat_map(move |f| f.iter_from(&range_start(first)))
+                .take_while(move |r| match r {
+                    Ok((k, _)) => key_group_of(k).map_or(true, |kg| kg <= last),
+                    Err(_) => true,
+                }),
+        ));
+    }
+    let bottom = job.kind == CompactionKind::Major;
+    let output = if bottom { Output::Full } else { Output::Layers };
+    let merged = FoldedMerge::new(runs, output, format!("partition {first}..={last}"))?;
+    let mut out = FileSplitter {
+        archive,
+        id: &id,
+        // Set again when committed: the sequence is known only then.
+        sequence: 0,
+        settings,
+        reused_starts: Vec::new(),
+        current: None,
+        written: Vec::new(),
+        name_base: 0,
+        v3: Some(Version3 {
+            filter_bits_per_key: settings.filter_bits_per_key,
+            bottom,
+        }),
+    };
+    for (n, entry) in merged.enumerate() {
+        if n % 1024 == 0 && cancel.load(Ordering::Relaxed) {
+            return Err(Error::Cancelled);
+        }
+        let (key, value) = entry?;
+        out.add(&key, &value)?;
+    }
+    let files = out.finish()?;
+    drop(temps);
+    let run = (!files.is_empty()).then(|| Run {
+        kind: if bottom {
+            RunKind::Bottom
+        } else {
+            RunKind::Delta
+        },
+        upto_lsn: job.inputs.first().map_or(0, |r| r.upto_lsn),
+        written_by: 0,
+        files,
+    });
+    Ok(CompactionOutput {
+        job,
+        run,
+        id,
+        bytes_read,
+        started,
+        pending,
+    })
+}
+
+/// Downloads `f` into `dir` and opens it, checked against the manifest.
+fn local_copy(
+    archive: &Archive,
+    f: &FileRef,
+    dir: &std::path::Path,
+    temps: &mut Vec<tempfile::TempPath>,
+) -> Result<DataFile> {
+    let local = tempfile::Builder::new()
+        .prefix("millpond-compaction-")
+        .tempfile_in(dir)
+        .map_err(|source| Error::Io {
+            path: dir.display().to_string(),
+            source,
+        })?
+        .into_temp_path();
+    download_to(archive, f, &local)?;
+    let file = DataFile::open_source(Arc::new(LocalFile::open(&local).map_err(|source| {
+        Error::Io {
+            path: local.display().to_string(),
+            source,
+        }
+    })?))?;
+    f.check_opened(&file)?;
+    temps.push(local);
+    Ok(file)
+}
+
+impl SnapshotWriter {
+    /// Commits `output` on top of the last manifest this writer committed: the job's input
+    /// runs, which snapshots since have left in place below their own, are replaced by its
+    /// output run. `Error::Conflict` if they are not there any more (another compaction
+    /// replaced them); `Error::Fenced` if another writer took over.
+    pub fn commit_compaction(&mut self, output: CompactionOutput<'_>) -> Result<CompactionReport> {
+        let CompactionOutput {
+            job,
+            run,
+            id: _,
+            bytes_read,
+            started,
+            pending,
+        } = output;
+        let parent = self.parent().clone();
+        let sequence = parent.sequence + 1;
+        let mut manifest = parent.clone();
+        let found = manifest
+            .partitions
+            .iter_mut()
+            .find(|p| p.first_key_group == job.first_key_group)
+            .and_then(|p| {
+                let n = job.inputs.len();
+                let at = (0..=p.runs.len().checked_sub(n)?)
+                    .find(|&i| p.runs[i..i + n] == job.inputs[..])?;
+                Some((p, at, n))
+            });
+        let Some((partition, at, n)) = found else {
+            let e = Err(Error::Conflict { sequence });
+            pending.settle(&e);
+            return e.map(|()| unreachable!());
+        };
+        let mut bytes_written = 0;
+        let runs_in = n;
+        let replacement: Vec<Run> = run
+            .map(|mut r| {
+                r.written_by = sequence;
+                for f in &mut r.files {
+                    f.written_by = sequence;
+                    bytes_written += f.bytes;
+                }
+                r
+            })
+            .into_iter()
+            .collect();
+        partition.runs.splice(at..at + n, replacement);
+        manifest.sequence = sequence;
+        manifest.id = new_id(sequence);
+        manifest.parent_id = (!parent.id.is_empty()).then(|| parent.id.clone());
+        manifest.created_at_ms = now_ms();
+        manifest.kind = ManifestKind::Compaction;
+        let committed = commit_retrying(self.archive(), &manifest);
+        pending.settle(&committed);
+        committed?;
+        self.set_parent(manifest.clone());
+        Ok(CompactionReport {
+            manifest,
+            kind: job.kind,
+            runs_in,
+            bytes_read,
+            bytes_written,
+            seconds: started.elapsed().as_secs_f64(),
+        })
+    }
+}
