@@ -283,7 +283,8 @@ impl Manifest {
             .flat_map(|p| p.runs.iter().map(move |r| (p, r)))
     }
 
-    /// Entries over all files.
+    /// Entries over all files of all runs. A key changed since the bottom run counts once per
+    /// run holding it, so with delta runs this bounds the keys from above.
     pub fn total_entries(&self) -> u64 {
         self.files().map(|f| f.entries).sum()
     }
