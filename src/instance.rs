@@ -20,7 +20,7 @@ use crate::snapshot::{
     Archive, ArchiveSettings, Manifest, RestoreSettings, SnapshotBase, SnapshotReport,
     SnapshotWriter,
 };
-use crate::snapshotter::{Counted, Recovered, Request, Shared, Snapshotter};
+use crate::snapshotter::{CompactionStats, Counted, Recovered, Request, Shared, Snapshotter};
 use crate::state::{
     BoxError, Change, ChangeSink, Clock, KeyGroupRange, Store, StoreStats, SystemClock,
 };
@@ -328,6 +328,7 @@ impl Recovering {
         let shared = Arc::new(Shared {
             failure: Mutex::new(None),
             last_snapshot: Mutex::new(None),
+            compactions: Mutex::new(Default::default()),
         });
         let (requests, receiver) = crossbeam_channel::unbounded();
         let thread = Snapshotter {
@@ -535,6 +536,12 @@ impl Millpond {
     /// The last snapshot this instance wrote.
     pub fn last_snapshot(&self) -> Option<SnapshotReport> {
         self.shared.last_snapshot.lock().clone()
+    }
+
+    /// What the compaction thread committed since the instance opened (docs/snapshot.md,
+    /// "Compaction"); all zero with `Settings::compaction` `None`.
+    pub fn compaction_stats(&self) -> CompactionStats {
+        self.shared.compactions.lock().clone()
     }
 
     /// The store's and the WAL's counters.

@@ -40,6 +40,7 @@ mod wal_location;
 pub use error::{Error, Result};
 pub use instance::{Builder, Millpond, Recovering, Recovery};
 pub use settings::Settings;
+pub use snapshotter::CompactionStats;
 
 pub use millpond_snapshot as snapshot;
 pub use millpond_state as state;

@@ -139,6 +139,24 @@ impl Failure {
 pub(crate) struct Shared {
     pub(crate) failure: Mutex<Option<Failure>>,
     pub(crate) last_snapshot: Mutex<Option<SnapshotReport>>,
+    pub(crate) compactions: Mutex<CompactionStats>,
+}
+
+/// What this instance's compaction thread committed since the instance opened
+/// ([`Millpond::compaction_stats`](crate::Millpond::compaction_stats)).
+#[derive(Debug, Clone, Default)]
+pub struct CompactionStats {
+    /// Jobs committed.
+    pub jobs: u64,
+    /// Bytes of the runs they merged.
+    pub bytes_read: u64,
+    /// Bytes of the runs they wrote: with the snapshots' delta bytes, what compaction adds to
+    /// the bytes uploaded (its write amplification is this over those).
+    pub bytes_written: u64,
+    /// Seconds spent in them, start to commit.
+    pub seconds: f64,
+    /// The last job committed.
+    pub last: Option<crate::snapshot::CompactionReport>,
 }
 
 impl Shared {
@@ -477,6 +495,14 @@ impl Compactor {
                     .and_then(|output| self.writer.lock().commit_compaction(output));
                 match result {
                     Ok(report) => {
+                        {
+                            let mut c = self.shared.compactions.lock();
+                            c.jobs += 1;
+                            c.bytes_read += report.bytes_read;
+                            c.bytes_written += report.bytes_written;
+                            c.seconds += report.seconds;
+                            c.last = Some(report.clone());
+                        }
                         ::metrics::counter!(metrics::COMPACTION_BYTES)
                             .increment(report.bytes_written);
                         ::metrics::histogram!(metrics::COMPACTION_SECONDS)

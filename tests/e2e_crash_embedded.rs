@@ -72,6 +72,10 @@ fn killed_at_random_moments_the_state_is_exactly_once() {
         report.during_snapshot > 0,
         "no kill landed during a snapshot: {report:?}"
     );
+    assert!(
+        common::compactions_committed(&dir) > 0,
+        "no compaction committed while the job ran"
+    );
     let builder = millpond::Millpond::builder(&dir).settings(common::job_settings());
     if soak.kills.is_some() {
         let records = common::check_at_resume(builder, &input(), "generated");

@@ -215,6 +215,10 @@ fn killed_at_random_moments_kafka_pulsar_s3_state_is_exactly_once() {
     );
     eprintln!("{}", report.summary("kafka-pulsar-s3"));
     assert!(report.kills >= kills);
+    assert!(
+        common::compactions_committed(&dir) > 0,
+        "no compaction committed while the job ran"
+    );
     // Restored on another machine: a fresh data directory, everything from Pulsar and S3.
     let elsewhere = tmp.path().join("elsewhere");
     if soak.kills.is_some() {

@@ -174,6 +174,11 @@ pub fn job_settings() -> Settings {
         snapshot_retain: 2,
         snapshot_gc_grace: Duration::from_secs(1),
         metrics_interval: Duration::from_millis(100),
+        // Compactions run all along: a partition's delta runs merge once there are two.
+        compaction: Some(millpond::snapshot::CompactionSettings {
+            max_runs: 2,
+            ..Default::default()
+        }),
         ..Settings::default()
     };
     settings.snapshot.target_file_bytes = 32 << 10;
@@ -264,6 +269,7 @@ fn try_run_job(
     let mut pending: BTreeMap<i32, i64> = BTreeMap::new();
     let mut commit_in = rng.random_range(1..400);
     let mut processed = 0;
+    let mut compactions = 0;
     while let Some(r) = input.poll() {
         let last = states.last.get(&r.key)?.unwrap_or(0);
         if r.seq != last + 1 {
@@ -291,9 +297,11 @@ fn try_run_job(
         if commit_in == 0 {
             commit(&job, &topic, &mut pending, acks.as_deref())?;
             commit_in = rng.random_range(1..400);
+            note_compactions(&job, dir, &mut compactions);
         }
     }
     commit(&job, &topic, &mut pending, acks.as_deref())?;
+    note_compactions(&job, dir, &mut compactions);
     job.close()?;
     Ok(processed)
 }
@@ -678,6 +686,30 @@ impl Input for GeneratedInput {
 /// What unfinished snapshots left in an archive and a data directory: data files that no
 /// manifest names (listed through `store`, the archive's object store at `prefix`), and sort
 /// runs in `{dir}/tmp`.
+/// Compaction jobs the job's runs committed (each run appends its new ones to
+/// `{dir}/compactions` as it goes): a kill test asserts that compactions ran while it killed.
+pub fn compactions_committed(dir: &Path) -> u64 {
+    std::fs::read_to_string(dir.join("compactions"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.parse::<u64>().ok())
+        .sum()
+}
+
+/// Appends the jobs committed since `noted` to `{dir}/compactions`.
+fn note_compactions(job: &Millpond, dir: &Path, noted: &mut u64) {
+    use std::io::Write;
+    let jobs = job.compaction_stats().jobs;
+    if jobs > *noted {
+        let _ = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("compactions"))
+            .and_then(|mut f| writeln!(f, "{}", jobs - *noted));
+        *noted = jobs;
+    }
+}
+
 pub fn unfinished_snapshot(
     dir: &Path,
     store: &Arc<dyn ObjectStore>,
