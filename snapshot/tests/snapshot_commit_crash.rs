@@ -1,6 +1,7 @@
 //! Crash injection into every step of the snapshot commit protocol (docs/snapshot.md, "Commit
 //! protocol"): the claim's manifest read and create, the parent files a snapshot downloads, its
-//! data-file puts, its multipart uploads (create, parts, complete) and the manifest create.
+//! data-file puts, its multipart uploads (create, parts, complete) and the manifest create;
+//! and every step of a compaction (its downloads, pending marker, uploads and manifest).
 //!
 //! For each step N the snapshot runs against a [`FailingStore`] that fails step N either
 //! *before* forwarding it (nothing reaches the store) or *after* (the store applied it, the
@@ -17,6 +18,7 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::ops::Range;
 use std::path::{Path as FsPath, PathBuf};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,9 +26,10 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
+use millpond_snapshot::compaction::{compact, pick};
 use millpond_snapshot::{
-    Archive, DataFileSettings, Manifest, ManifestKind, SnapshotReport, SnapshotSettings,
-    SnapshotWriter,
+    Archive, CompactionKind, CompactionReport, CompactionSettings, DataFileSettings, Manifest,
+    ManifestKind, RunKind, SnapshotReport, SnapshotSettings, SnapshotWriter,
 };
 use millpond_state::{StateSchema, Store};
 use millpond_wal::{
@@ -640,45 +643,14 @@ impl Scenario {
         }
     }
 
-    /// The archive in `mem` is at the last commit; GC removes the orphans (`orphans` among
-    /// them) and keeps every file of the retained manifests, which verify and restore.
     fn gc_and_check(&self, mem: &Arc<InMemory>, orphans: &[String], what: &str) {
-        let archive = Archive::from_store(mem.clone(), "", "memory:///gc").unwrap();
-        let latest = archive.latest().unwrap().unwrap();
-        assert_eq!(latest.lsn, self.last_lsn, "{what}: at the last commit");
-        let report = archive.gc(2, Duration::ZERO).unwrap();
-        let kept = archive.manifests().unwrap();
-        assert_eq!(kept.len(), report.manifests_kept, "{what}");
-        let referenced: BTreeSet<String> = kept
-            .iter()
-            .flat_map(|m| m.files().map(|f| f.path.clone()))
-            .collect();
-        assert_eq!(
-            data_files(mem),
-            referenced,
-            "{what}: after gc, the data files are exactly the retained manifests' files"
-        );
-        for p in orphans {
-            if !referenced.contains(p) {
-                assert!(
-                    report.files_deleted.contains(p),
-                    "{what}: orphan {p} not deleted: {report:?}"
-                );
-            }
-        }
-        assert_eq!(report.files_in_grace, 0, "{what}");
-        for m in &kept {
-            archive
-                .verify(m, |_| {})
-                .unwrap_or_else(|e| panic!("{what}: after gc, verify of {} failed: {e}", m.id));
-        }
-        restore_and_check(
-            &archive,
-            &latest,
+        gc_and_check(
+            mem,
+            orphans,
             &self.wal_dir,
             &self.committed,
-            BUDGET,
-            &format!("{what}, after gc"),
+            self.last_lsn,
+            what,
         );
     }
 
@@ -703,6 +675,55 @@ impl Scenario {
             dry.iter().map(|(o, _)| *o).collect::<Vec<_>>()
         );
     }
+}
+
+/// The archive in `mem` is at the last commit; GC removes the orphans (`orphans` among
+/// them) and keeps every file of the retained manifests, which verify and restore.
+fn gc_and_check(
+    mem: &Arc<InMemory>,
+    orphans: &[String],
+    wal_dir: &FsPath,
+    committed: &Model,
+    last_lsn: u64,
+    what: &str,
+) {
+    let archive = Archive::from_store(mem.clone(), "", "memory:///gc").unwrap();
+    let latest = archive.latest().unwrap().unwrap();
+    assert_eq!(latest.lsn, last_lsn, "{what}: at the last commit");
+    let report = archive.gc(2, Duration::ZERO).unwrap();
+    let kept = archive.manifests().unwrap();
+    assert_eq!(kept.len(), report.manifests_kept, "{what}");
+    let referenced: BTreeSet<String> = kept
+        .iter()
+        .flat_map(|m| m.files().map(|f| f.path.clone()))
+        .collect();
+    assert_eq!(
+        data_files(mem),
+        referenced,
+        "{what}: after gc, the data files are exactly the retained manifests' files"
+    );
+    for p in orphans {
+        if !referenced.contains(p) {
+            assert!(
+                report.files_deleted.contains(p),
+                "{what}: orphan {p} not deleted: {report:?}"
+            );
+        }
+    }
+    assert_eq!(report.files_in_grace, 0, "{what}");
+    for m in &kept {
+        archive
+            .verify(m, |_| {})
+            .unwrap_or_else(|e| panic!("{what}: after gc, verify of {} failed: {e}", m.id));
+    }
+    restore_and_check(
+        &archive,
+        &latest,
+        wal_dir,
+        committed,
+        BUDGET,
+        &format!("{what}, after gc"),
+    );
 }
 
 /// Data file names carry a random snapshot id: runs are compared by directory only.
@@ -731,7 +752,7 @@ fn a_crash_at_any_step_of_an_incremental_snapshot_leaves_the_old_or_the_new_snap
             ..SnapshotSettings::default()
         },
         |live| live.work(0..1500, 1),
-        // A few keys change: their files are downloaded, merged and written again.
+        // A few keys change: a delta run of them per partition they fall in.
         |live| live.work([7u64, 8, 9, 700, 1400].into_iter(), 2),
     );
     assert!(
@@ -776,4 +797,228 @@ fn a_crash_at_any_step_of_a_multipart_upload_leaves_the_old_or_the_new_snapshot(
         sc.parent.partitions
     );
     sc.crash_at_every_step(&[Op::Get, Op::CreateMultipart, Op::PutPart, Op::Complete]);
+}
+
+// ------------------------------------------------------------------------------------------
+// Compaction.
+
+/// An archive whose latest snapshot has delta runs over its bottom runs (three snapshots of
+/// changing keys), the model as of its commit, and a major compaction of one partition to
+/// crash at every step: its downloads, the pending marker, its uploads and its manifest.
+struct CompactionScenario {
+    _dir: tempfile::TempDir,
+    wal_dir: PathBuf,
+    base: InMemory,
+    latest: Manifest,
+    committed: Model,
+    settings: SnapshotSettings,
+}
+
+/// Every partition with a delta run is due, as a major job.
+fn major() -> CompactionSettings {
+    CompactionSettings {
+        delta_ratio_percent: 1,
+        ..CompactionSettings::default()
+    }
+}
+
+impl CompactionScenario {
+    fn build() -> CompactionScenario {
+        let dir = tempfile::tempdir().unwrap();
+        let wal_dir = dir.path().join("wal");
+        let mut live = Live::open(&wal_dir, &dir.path().join("live"));
+        let schemas = live.store.schemas();
+        let settings = SnapshotSettings {
+            target_file_bytes: 4 << 10,
+            sort_buffer_bytes: 1 << 20,
+            partitions: 4,
+            ..SnapshotSettings::default()
+        };
+        let base = InMemory::new();
+        let archive = Archive::from_store(Arc::new(base.clone()), "", "memory:///setup").unwrap();
+        let mut writer = SnapshotWriter::claim(archive, KEY_GROUPS, settings.clone()).unwrap();
+        let mut latest = None;
+        for round in 1..=3u64 {
+            // All keys first, then a third of them and a few others: clears and tombstones
+            // in the deltas too.
+            match round {
+                1 => live.work(0..1200, round),
+                _ => live.work((0..1200).step_by(3).chain(5000..5010), round),
+            }
+            live.commit(round as i64 * 100);
+            latest = snapshot(&mut writer, &wal_dir, &schemas).unwrap();
+        }
+        let latest = latest.expect("a snapshot of the last round").manifest;
+        assert!(
+            latest.runs().any(|(_, r)| r.kind == RunKind::Delta),
+            "{:?}",
+            latest.partitions
+        );
+        let committed = live.model.clone();
+        live.work(0..50, 9);
+        live.wal.close().unwrap();
+        live.store.close().unwrap();
+        CompactionScenario {
+            _dir: dir,
+            wal_dir,
+            base,
+            latest,
+            committed,
+            settings,
+        }
+    }
+
+    /// Claims `archive` (uncounted), then runs one major job, counted.
+    fn claim_and_compact(
+        &self,
+        failing: &FailingStore,
+        archive: Archive,
+    ) -> (SnapshotWriter, millpond_snapshot::Result<CompactionReport>) {
+        let armed = failing.plan.lock().fail_at.take();
+        let mut writer = SnapshotWriter::claim(archive, KEY_GROUPS, self.settings.clone()).unwrap();
+        match armed {
+            Some((n, when)) => failing.arm(n, when),
+            None => failing.arm(usize::MAX, When::Before),
+        }
+        let r = compact_once(&mut writer, &self.settings);
+        (writer, r)
+    }
+
+    fn crash_at(&self, n: usize, when: When, dry: &[(Op, String)]) {
+        let what = format!(
+            "compaction: step {n} ({:?} {}) failing {when:?}",
+            dry[n - 1].0,
+            dry[n - 1].1
+        );
+        let mem = Arc::new(self.base.fork());
+        let failing = FailingStore::new(mem.clone());
+        failing.arm(n, when);
+        let archive =
+            Archive::from_store(Arc::new(failing.clone()), "", "memory:///crash").unwrap();
+        let (mut writer, result) = self.claim_and_compact(&failing, archive);
+        let crashed_log = failing.log();
+        let fired = failing.fired();
+        failing.disarm();
+        let (op, path, _) =
+            fired.unwrap_or_else(|| panic!("{what}: the failure never fired; ran {crashed_log:?}"));
+        assert_eq!(
+            (op, dir_of(&path)),
+            (dry[n - 1].0, dir_of(&dry[n - 1].1)),
+            "{what}: the run differs from the dry run"
+        );
+        // The manifest create is the last step; a failed one is retried with the same
+        // manifest, which resolves the unknown outcome: the compaction commits.
+        let commit_step = dry.len();
+        assert!(dry[commit_step - 1].1.starts_with("manifests/"), "{dry:?}");
+        let committed = n == commit_step;
+        match &result {
+            Ok(r) if committed => assert_eq!(r.manifest.kind, ManifestKind::Compaction),
+            Ok(r) => panic!(
+                "{what}: the injected failure was swallowed: {}",
+                r.manifest.id
+            ),
+            Err(e) => {
+                assert!(!committed, "{what}: the commit was not retried: {e:?}");
+                assert!(e.is_transient(), "{what}: {e:?}");
+            }
+        }
+        let applied_uploads: Vec<String> = crashed_log
+            .iter()
+            .enumerate()
+            .filter(|(i, (op, p))| {
+                p.starts_with("data/")
+                    && matches!(op, Op::Put | Op::Complete)
+                    && (*i + 1 < n || when == When::After)
+            })
+            .map(|(_, (_, p))| p.clone())
+            .collect();
+
+        // A restarted process sees the snapshot before the compaction or the compacted one,
+        // the same state either way.
+        let restarted = Arc::new(mem.fork());
+        let fresh = Archive::from_store(restarted.clone(), "", "memory:///restart").unwrap();
+        let latest = fresh.latest().unwrap().unwrap();
+        assert_eq!(latest.lsn, self.latest.lsn, "{what}");
+        if committed {
+            assert_eq!(latest.kind, ManifestKind::Compaction, "{what}");
+        } else {
+            assert_eq!(latest.partitions, self.latest.partitions, "{what}");
+        }
+        fresh
+            .verify(&latest, |_| {})
+            .unwrap_or_else(|e| panic!("{what}: verify of {} failed: {e}", latest.id));
+        restore_and_check(
+            &fresh,
+            &latest,
+            &self.wal_dir,
+            &self.committed,
+            BUDGET,
+            &format!("{what}, restored"),
+        );
+        // It claims and compacts again: the archive's marker and orphans are stale then.
+        let mut again = SnapshotWriter::claim(fresh, KEY_GROUPS, self.settings.clone()).unwrap();
+        compact_once(&mut again, &self.settings)
+            .unwrap_or_else(|e| panic!("{what}: compaction after a restart: {e}"));
+        gc_and_check(
+            &restarted,
+            &applied_uploads,
+            &self.wal_dir,
+            &self.committed,
+            self.latest.lsn,
+            &format!("{what}, restarted"),
+        );
+
+        // Or the writer that saw the failure compacts again at once.
+        compact_once(&mut writer, &self.settings)
+            .unwrap_or_else(|e| panic!("{what}: the same writer's retry: {e}"));
+        gc_and_check(
+            &mem,
+            &applied_uploads,
+            &self.wal_dir,
+            &self.committed,
+            self.latest.lsn,
+            &format!("{what}, retried"),
+        );
+    }
+}
+
+/// Picks a due major job from the writer's last manifest, runs it and commits it.
+fn compact_once(
+    writer: &mut SnapshotWriter,
+    settings: &SnapshotSettings,
+) -> millpond_snapshot::Result<CompactionReport> {
+    let parent = writer.parent().clone();
+    let job = pick(&parent, &major()).expect("a partition with a delta run");
+    let archive = writer.archive().clone();
+    let output = compact(&archive, &parent, job, settings, &AtomicBool::new(false))?;
+    writer.commit_compaction(output)
+}
+
+#[test]
+fn a_crash_at_any_step_of_a_compaction_leaves_the_snapshot_or_the_compacted_one() {
+    let sc = CompactionScenario::build();
+    let dry = {
+        let failing = FailingStore::new(Arc::new(sc.base.fork()));
+        let archive = Archive::from_store(Arc::new(failing.clone()), "", "memory:///dry").unwrap();
+        let (_, r) = sc.claim_and_compact(&failing, archive);
+        let r = r.unwrap();
+        assert_eq!(r.kind, CompactionKind::Major);
+        assert!(r.runs_in >= 2, "{r:?}");
+        failing.log()
+    };
+    for op in [Op::Get, Op::Put] {
+        assert!(dry.iter().any(|(o, _)| *o == op), "never {op:?}: {dry:?}");
+    }
+    for n in 1..=dry.len() {
+        for when in [When::Before, When::After] {
+            sc.crash_at(n, when, &dry);
+        }
+    }
+    eprintln!(
+        "compaction: {} steps, each failed before and after: {:?}",
+        dry.len(),
+        dry.iter()
+            .map(|(o, p)| format!("{o:?} {}", dir_of(p)))
+            .collect::<Vec<_>>()
+    );
 }

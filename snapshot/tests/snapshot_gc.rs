@@ -1,6 +1,7 @@
 //! Garbage collection that never destroys what is needed (docs/snapshot.md, "Retention and
 //! garbage collection"): run with retain 1 and no grace while a snapshot (or a rescale) is
-//! uploading, it keeps every file of it, and the snapshot commits and verifies; the files and
+//! uploading, it keeps every file of it, and the snapshot commits and verifies; run while a
+//! compaction uploads, it keeps the compaction's output and inputs; the files and
 //! marker of a fenced writer, or of one that stopped before its commit, go once a newer claim
 //! exists; objects whose names are not the archive's are never parsed or deleted; bad input
 //! deletes nothing; an oversized manifest or marker is refused before it is read.
@@ -20,9 +21,10 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
+use millpond_snapshot::compaction::{compact, pick};
 use millpond_snapshot::{
-    rescale, Archive, Error, GcReport, Manifest, RescaleSource, SnapshotReport, SnapshotSettings,
-    SnapshotWriter, MAX_GC_GRACE,
+    rescale, Archive, CompactionSettings, Error, GcReport, Manifest, ManifestKind, RescaleSource,
+    SnapshotReport, SnapshotSettings, SnapshotWriter, MAX_GC_GRACE,
 };
 use millpond_state::{KeyGroupRange, StateSchema, Store};
 use millpond_wal::{
@@ -399,7 +401,7 @@ fn gc_with_retain_1_and_no_grace_keeps_every_file_of_a_snapshot_in_progress() {
         "{} files",
         first.files().count()
     );
-    // Every key changes: the next snapshot rewrites every file.
+    // Every key changes: the next snapshot writes a delta run of every partition.
     job.work(0..400, 2, 200);
 
     let (paused, resume) = hooks.pause_at("data/", 3);
@@ -440,6 +442,90 @@ fn gc_with_retain_1_and_no_grace_keeps_every_file_of_a_snapshot_in_progress() {
     assert_eq!(names(&mem, "data"), referenced(&gc));
     assert_eq!(gc.sequences().unwrap(), [second.sequence]);
     job.check(&gc, &second, "after a second GC");
+}
+
+/// A compaction paused after two uploads while a snapshot commits on top and GC runs with
+/// retain 1 and no grace: its output (held by its pending marker) and its inputs (still
+/// named by the new snapshot, which left them in place) all stay; it then commits on top of
+/// that snapshot, and the state is whole.
+#[test]
+fn gc_with_retain_1_and_no_grace_keeps_a_compactions_inputs_and_output() {
+    let settings = SnapshotSettings {
+        partitions: 1,
+        ..settings()
+    };
+    let mut job = Job::new();
+    let mem: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    let hooks = HookStore::new(mem.clone());
+    let writing = Archive::from_store(Arc::new(hooks.clone()), "", "memory:///writer").unwrap();
+    let mut writer = SnapshotWriter::claim(writing, KEY_GROUPS, settings.clone()).unwrap();
+    job.work(0..400, 1, 100);
+    job.snapshot(&mut writer).unwrap();
+    job.work(0..400, 2, 200);
+    let parent = job.snapshot(&mut writer).unwrap().manifest;
+    let due = CompactionSettings {
+        delta_ratio_percent: 1,
+        ..CompactionSettings::default()
+    };
+    let picked = pick(&parent, &due).expect("a partition with a delta run");
+    let inputs: BTreeSet<String> = picked
+        .inputs
+        .iter()
+        .flat_map(|r| r.files.iter().map(|f| f.path.clone()))
+        .collect();
+    // Its own archive (and runtime): the pause blocks one of its threads.
+    let compacting =
+        Archive::from_store(Arc::new(hooks.clone()), "", "memory:///compactor").unwrap();
+    let (paused, resume) = hooks.pause_at("data/", 3);
+    let output = std::thread::scope(|s| {
+        let running = s.spawn(|| {
+            compact(
+                &compacting,
+                &parent,
+                picked,
+                &settings,
+                &AtomicBool::new(false),
+            )
+        });
+        paused.recv_timeout(Duration::from_secs(60)).unwrap();
+        let id = marker_id(&mem);
+        let uploaded = files_of(&mem, &id);
+        assert_eq!(uploaded.len(), 2, "{uploaded:?}");
+
+        job.work(0..50, 3, 300);
+        let third = job.snapshot(&mut writer).unwrap().manifest;
+        let gc = Archive::from_store(mem.clone(), "", "memory:///gc").unwrap();
+        let report = gc.gc(1, Duration::ZERO).unwrap();
+        assert_eq!(gc.sequences().unwrap(), [third.sequence]);
+        assert_eq!(
+            files_of(&mem, &id),
+            uploaded,
+            "GC deleted compaction output"
+        );
+        assert_kept(&report, &id);
+        let present = names(&mem, "data");
+        assert!(
+            inputs.is_subset(&present),
+            "GC deleted compaction inputs: {:?}",
+            inputs.difference(&present).collect::<Vec<_>>()
+        );
+        resume.send(()).unwrap();
+        running.join().unwrap().unwrap()
+    });
+    let report = writer.commit_compaction(output).unwrap();
+    let m = report.manifest;
+    assert_eq!(m.kind, ManifestKind::Compaction);
+    assert_eq!(
+        m.partitions[0].runs.len(),
+        2,
+        "the new delta over the compacted bottom"
+    );
+    let gc = Archive::from_store(mem.clone(), "", "memory:///gc").unwrap();
+    job.check(&gc, &m, "compacted on top of a snapshot, after GC");
+    let report = gc.gc(1, Duration::ZERO).unwrap();
+    assert!(report.pending.is_empty(), "{report:?}");
+    assert_eq!(names(&mem, "data"), referenced(&gc));
+    job.check(&gc, &m, "after a second GC");
 }
 
 #[test]
