@@ -1,6 +1,7 @@
 //! Snapshot readers are fed whatever is in object storage: a manifest (frame versions 1 and
-//! 2), a data file (footer versions 1 and 2, index, blocks), a filter block and an entry must
-//! each decode or fail with an error, never panic.
+//! 2; manifest versions 1 to 3, with partitions and runs), a data file (footer versions 1 to
+//! 3, index, blocks), a filter block and an entry (tags 1 to 5) must each decode or fail with
+//! an error, never panic.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -12,7 +13,7 @@ fuzz_target!(|data: &[u8]| {
         // Version-1 and version-2 footers; the id check any reader for a manifest makes.
         let _ = file.file_id();
         if let Ok(m) = &manifest {
-            for f in &m.files {
+            for f in m.files() {
                 let _ = f.check_opened(&file);
             }
         }
