@@ -3,7 +3,8 @@
 //! markers at random points and snapshots at random commit markers (often several in a row,
 //! so that unchanged files are reused). Then the latest snapshot restored plus the WAL after
 //! it must equal a `BTreeMap` model as of the last commit, and the latest snapshot alone the
-//! model as of its own commit marker.
+//! model as of its own commit marker; so must every key-group subset of the latest snapshot
+//! plus the WAL, restored as an instance of a rescaled job does.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -16,8 +17,9 @@ use millpond_snapshot::{
     Archive, Manifest, RestoreSettings, SnapshotBase, SnapshotSettings, SnapshotWriter,
 };
 use millpond_state::{
-    BoxError, Change, ChangeSink, ListState, ListStateDescriptor, MapState, MapStateDescriptor,
-    Store, StoreSettings, StringCodec, U64Codec, ValueState, ValueStateDescriptor,
+    key_group, BoxError, Change, ChangeSink, KeyGroupRange, ListState, ListStateDescriptor,
+    MapState, MapStateDescriptor, Store, StoreSettings, StringCodec, U64Codec, ValueState,
+    ValueStateDescriptor,
 };
 use millpond_wal::{
     open_local, LocalSegmentSource, SegmentSettings, SourceOffset, Wal, WalSettings,
@@ -168,10 +170,19 @@ impl Model {
         }
     }
 
-    /// Every key of `0..keys` in `states` equals the model.
-    fn check(&self, states: &States, keys: u16, what: &str) -> Result<(), TestCaseError> {
+    /// Every key of `0..keys` in `part` (all: `None`) in `states` equals the model.
+    fn check(
+        &self,
+        states: &States,
+        keys: u16,
+        part: Option<KeyGroupRange>,
+        what: &str,
+    ) -> Result<(), TestCaseError> {
         for k in 0..keys {
             let name = key(k);
+            if part.is_some_and(|r| !r.contains(key_group(name.as_bytes(), KEY_GROUPS))) {
+                continue;
+            }
             prop_assert_eq!(
                 states.values.get(&name).unwrap(),
                 self.values.get(&k).copied(),
@@ -211,8 +222,29 @@ fn restore_and_check(
     expected: &Model,
     what: &str,
 ) -> Result<(), TestCaseError> {
+    restore_part_and_check(
+        archive, snapshot, wal_dir, replay, keys, expected, None, what,
+    )
+}
+
+/// [`restore_and_check`] for the key groups of `part` only (`None`: all), as an instance of a
+/// rescaled job restores them: only their files fetched, only their changes replayed.
+#[allow(clippy::too_many_arguments)]
+fn restore_part_and_check(
+    archive: &Archive,
+    snapshot: Option<&Manifest>,
+    wal_dir: &Path,
+    replay: bool,
+    keys: u16,
+    expected: &Model,
+    part: Option<KeyGroupRange>,
+    what: &str,
+) -> Result<(), TestCaseError> {
     let dir = tempfile::tempdir().unwrap();
-    let mut builder = Store::builder(dir.path().join("state")).settings(store_settings());
+    let mut builder = Store::builder(dir.path().join("state")).settings(StoreSettings {
+        key_groups: part,
+        ..store_settings()
+    });
     let mut after = 0;
     let mut base = None;
     if let Some(m) = snapshot {
@@ -220,7 +252,10 @@ fn restore_and_check(
             archive,
             m,
             dir.path().join("base"),
-            &RestoreSettings::default(),
+            &RestoreSettings {
+                key_groups: part,
+                ..RestoreSettings::default()
+            },
         )
         .unwrap();
         builder = builder.base(b.clone(), m.states.clone());
@@ -231,10 +266,17 @@ fn restore_and_check(
     let states = register(&store);
     if replay {
         let mut source = LocalSegmentSource::open(wal_dir, after + 1).unwrap();
-        millpond_wal::replay(&mut source, after, |c| store.apply(&c.as_change())).unwrap();
+        millpond_wal::replay(&mut source, after, |c| {
+            let c = c.as_change();
+            if part.is_none_or(|r| r.contains(c.key_group)) {
+                store.apply(&c)?;
+            }
+            Ok::<(), millpond_state::Error>(())
+        })
+        .unwrap();
     }
     store.replay_done();
-    expected.check(&states, keys, what)?;
+    expected.check(&states, keys, part, what)?;
     if let Some(b) = base {
         b.wait_local().unwrap();
     }
@@ -379,7 +421,7 @@ fn run_case(
     }
     wal.close().unwrap();
     // The live store itself agrees with the model (a check of the model).
-    model.check(&states, keys, "live store")?;
+    model.check(&states, keys, None, "live store")?;
     store.close().unwrap();
     drop(states);
 
@@ -408,6 +450,23 @@ fn run_case(
                 &committed,
                 "snapshot + WAL",
             )?;
+            // Instances of a rescaled job: each restores its key groups only.
+            for part in [
+                KeyGroupRange::new(0, 40),
+                KeyGroupRange::new(40, 97),
+                KeyGroupRange::new(97, KEY_GROUPS),
+            ] {
+                restore_part_and_check(
+                    &archive,
+                    Some(m),
+                    &wal_dir,
+                    true,
+                    keys,
+                    &committed,
+                    Some(part),
+                    &format!("key groups {part} + WAL"),
+                )?;
+            }
             // Every older snapshot or compaction: alone, as of its commit marker; plus a
             // longer WAL, the same state.
             for (older, at_older) in &snapshots[..snapshots.len() - 1] {
