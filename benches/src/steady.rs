@@ -117,8 +117,9 @@ fn settings(memory_budget: u64, snapshot_interval_s: Option<f64>) -> Settings {
             settings.snapshot_interval_min = settings.snapshot_interval_min.min(interval);
         }
         Some(_) => {}
-        // A restore measures, it does not snapshot.
+        // A restore measures, it does not snapshot or compact.
         None => {
+            settings.compaction = None;
             settings.snapshot_after_changes = u64::MAX;
             settings.snapshot_after_wal_bytes = u64::MAX;
             settings.snapshot_interval_max = None;
