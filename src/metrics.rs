@@ -48,6 +48,12 @@ pub const SNAPSHOT_DELTA_BYTES: &str = "millpond_snapshot_delta_bytes";
 pub const COMPACTION_BYTES: &str = "millpond_compaction_bytes_total";
 /// Histogram, seconds: one compaction job, start to commit.
 pub const COMPACTION_SECONDS: &str = "millpond_compaction_seconds";
+/// Gauge, bytes: the input bytes of the compaction jobs due in the last manifest (about what
+/// they will write); it returns to 0 when compaction keeps up. Refreshed after each commit.
+pub const COMPACTION_DEBT_BYTES: &str = "millpond_compaction_debt_bytes";
+/// Gauge, runs: the most runs a partition of the last manifest has, what a read of a key
+/// not in memory consults at worst. Refreshed after each commit.
+pub const SNAPSHOT_RUNS_MAX: &str = "millpond_snapshot_runs_max";
 /// Counter: snapshots committed, labelled `trigger` with why each started: `changes`
 /// (`Settings::snapshot_after_changes`), `bytes` (`snapshot_after_wal_bytes`), `interval`
 /// (`snapshot_interval_max`) or `requested` (`Millpond::snapshot_now`).

@@ -16,7 +16,7 @@ use parking_lot::Mutex;
 use crate::error::{Error, Result};
 use crate::metrics::{self, Reporter, SnapshotLag};
 use crate::settings::Settings;
-use crate::snapshot::compaction::{compact, pick};
+use crate::snapshot::compaction::{compact, debt, pick};
 use crate::snapshot::{Archive, SnapshotBase, SnapshotReport, SnapshotWriter};
 use crate::state::Store;
 use crate::wal::{StoredBatch, UpTo, Wal, WalSource};
@@ -486,6 +486,9 @@ impl Compactor {
             }
             while !self.stop.load(Ordering::Relaxed) && self.shared.check().is_ok() {
                 let parent = self.writer.lock().parent().clone();
+                let owed = debt(&parent, &self.settings);
+                ::metrics::gauge!(metrics::COMPACTION_DEBT_BYTES).set(owed.bytes as f64);
+                ::metrics::gauge!(metrics::SNAPSHOT_RUNS_MAX).set(owed.max_runs as f64);
                 let Some(job) = pick(&parent, &self.settings) else {
                     break;
                 };

@@ -27,7 +27,7 @@ use crate::archive::{now_ms, Archive};
 use crate::data_file::{DataFile, Version3};
 use crate::error::{Error, Result};
 use crate::fetch::download_to;
-use crate::manifest::{FileRef, Manifest, ManifestKind, Run, RunKind};
+use crate::manifest::{FileRef, Manifest, ManifestKind, Partition, Run, RunKind};
 use crate::names::new_id;
 use crate::pending::PendingSnapshot;
 use crate::read_at::LocalFile;
@@ -90,45 +90,81 @@ impl CompactionJob {
 /// The next job due in `manifest`, if any: the partition with the most runs first, then
 /// the largest share of delta bytes.
 pub fn pick(manifest: &Manifest, settings: &CompactionSettings) -> Option<CompactionJob> {
-    let mut best: Option<(usize, u128, CompactionJob)> = None;
+    manifest
+        .partitions
+        .iter()
+        .filter_map(|p| due(p, settings))
+        // The first of equal ranks: the lowest partition.
+        .fold(
+            None,
+            |best: Option<((usize, u128), CompactionJob)>, (rank, job)| match best {
+                Some((r, _)) if r >= rank => best,
+                _ => Some((rank, job)),
+            },
+        )
+        .map(|(_, job)| job)
+}
+
+/// The compaction work a manifest owes (`millpond_compaction_debt_bytes` and
+/// `millpond_snapshot_runs_max` in the facade).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CompactionDebt {
+    /// Partitions with a job due.
+    pub jobs: usize,
+    /// Bytes those jobs would read (a major writes about as much, a minor at most as much).
+    pub bytes: u64,
+    /// The most runs a partition has: what a read of a key consults at worst.
+    pub max_runs: usize,
+}
+
+/// What `manifest` owes under `settings`: the jobs due now, their bytes, and the most runs of
+/// a partition.
+pub fn debt(manifest: &Manifest, settings: &CompactionSettings) -> CompactionDebt {
+    let mut d = CompactionDebt::default();
     for p in &manifest.partitions {
-        let bytes = |r: &Run| r.files.iter().map(|f| f.bytes).sum::<u64>();
-        let deltas: Vec<&Run> = p.runs.iter().filter(|r| r.kind == RunKind::Delta).collect();
-        if deltas.is_empty() {
-            continue;
-        }
-        let d: u64 = deltas.iter().map(|r| bytes(r)).sum();
-        let b: u64 = p
-            .runs
-            .iter()
-            .filter(|r| r.kind == RunKind::Bottom)
-            .map(bytes)
-            .sum();
-        let major = u128::from(d) * 100 >= u128::from(b) * u128::from(settings.delta_ratio_percent);
-        let minor = deltas.len() >= settings.max_runs.max(2);
-        let job = if major {
-            CompactionJob {
-                kind: CompactionKind::Major,
-                first_key_group: p.first_key_group,
-                inputs: p.runs.clone(),
-            }
-        } else if minor {
-            CompactionJob {
-                kind: CompactionKind::Minor,
-                first_key_group: p.first_key_group,
-                inputs: deltas.into_iter().cloned().collect(),
-            }
-        } else {
-            continue;
-        };
-        // Delta share in millionths, for the order among partitions with as many runs.
-        let share = u128::from(d) * 1_000_000 / u128::from(b.max(1));
-        let rank = (p.runs.len(), share);
-        if best.as_ref().is_none_or(|(n, s, _)| rank > (*n, *s)) {
-            best = Some((rank.0, rank.1, job));
+        d.max_runs = d.max_runs.max(p.runs.len());
+        if let Some((_, job)) = due(p, settings) {
+            d.jobs += 1;
+            d.bytes += job.input_bytes();
         }
     }
-    best.map(|(_, _, job)| job)
+    d
+}
+
+/// The job due in partition `p`, with its rank (runs, then delta bytes per bottom byte in
+/// millionths).
+fn due(p: &Partition, settings: &CompactionSettings) -> Option<((usize, u128), CompactionJob)> {
+    let bytes = |r: &Run| r.files.iter().map(|f| f.bytes).sum::<u64>();
+    let deltas: Vec<&Run> = p.runs.iter().filter(|r| r.kind == RunKind::Delta).collect();
+    if deltas.is_empty() {
+        return None;
+    }
+    let d: u64 = deltas.iter().map(|r| bytes(r)).sum();
+    let b: u64 = p
+        .runs
+        .iter()
+        .filter(|r| r.kind == RunKind::Bottom)
+        .map(bytes)
+        .sum();
+    let major = u128::from(d) * 100 >= u128::from(b) * u128::from(settings.delta_ratio_percent);
+    let minor = deltas.len() >= settings.max_runs.max(2);
+    let job = if major {
+        CompactionJob {
+            kind: CompactionKind::Major,
+            first_key_group: p.first_key_group,
+            inputs: p.runs.clone(),
+        }
+    } else if minor {
+        CompactionJob {
+            kind: CompactionKind::Minor,
+            first_key_group: p.first_key_group,
+            inputs: deltas.into_iter().cloned().collect(),
+        }
+    } else {
+        return None;
+    };
+    let share = u128::from(d) * 1_000_000 / u128::from(b.max(1));
+    Some(((p.runs.len(), share), job))
 }
 
 /// A job's output, uploaded, waiting for [`SnapshotWriter::commit_compaction`].
@@ -353,5 +389,92 @@ impl SnapshotWriter {
             bytes_written,
             seconds: started.elapsed().as_secs_f64(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(kind: RunKind, bytes: &[u64]) -> Run {
+        Run {
+            kind,
+            upto_lsn: 1,
+            written_by: 1,
+            files: bytes
+                .iter()
+                .map(|&bytes| FileRef {
+                    path: format!("data/f{bytes}.mpdf"),
+                    first_key_group: 0,
+                    last_key_group: 0,
+                    bytes,
+                    entries: 1,
+                    crc32c: 0,
+                    written_by: 1,
+                    digest: None,
+                    file_id: None,
+                })
+                .collect(),
+        }
+    }
+
+    fn partition(first_key_group: u16, runs: Vec<Run>) -> Partition {
+        Partition {
+            first_key_group,
+            last_key_group: first_key_group,
+            runs,
+        }
+    }
+
+    fn manifest(partitions: Vec<Partition>) -> Manifest {
+        let mut m = Manifest::empty(16);
+        m.partitions = partitions;
+        m
+    }
+
+    #[test]
+    fn majors_minors_and_the_debt_follow_the_policy() {
+        let settings = CompactionSettings {
+            delta_ratio_percent: 50,
+            max_runs: 3,
+        };
+        let bottom = || run(RunKind::Bottom, &[1000]);
+        let delta = |b| run(RunKind::Delta, &[b]);
+        let m = manifest(vec![
+            // Nothing due: 400 delta bytes on 1000, two deltas.
+            partition(0, vec![delta(200), delta(200), bottom()]),
+            // Minor: three small deltas.
+            partition(1, vec![delta(10), delta(10), delta(10), bottom()]),
+            // Major: 500 of 1000.
+            partition(2, vec![delta(500), bottom()]),
+            // No delta: nothing to do.
+            partition(3, vec![bottom()]),
+        ]);
+        // The most runs first.
+        let job = pick(&m, &settings).unwrap();
+        assert_eq!((job.kind, job.first_key_group), (CompactionKind::Minor, 1));
+        assert_eq!(job.inputs.len(), 3);
+        assert_eq!(job.input_bytes(), 30);
+        let d = debt(&m, &settings);
+        assert_eq!(
+            d,
+            CompactionDebt {
+                jobs: 2,
+                bytes: 30 + 1500,
+                max_runs: 4
+            }
+        );
+        // With as many runs, the larger delta share first.
+        let m = manifest(vec![
+            partition(0, vec![delta(600), bottom()]),
+            partition(1, vec![delta(900), bottom()]),
+        ]);
+        let job = pick(&m, &settings).unwrap();
+        assert_eq!((job.kind, job.first_key_group), (CompactionKind::Major, 1));
+        assert_eq!(job.inputs.len(), 2);
+        // Nothing due, no debt.
+        let m = manifest(vec![partition(0, vec![delta(1), bottom()])]);
+        assert_eq!(pick(&m, &settings), None);
+        assert_eq!(debt(&m, &settings).bytes, 0);
     }
 }

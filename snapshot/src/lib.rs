@@ -77,7 +77,7 @@ mod writer;
 
 pub use archive::{Archive, ArchiveSettings, VerifyReport};
 pub use block_cache::{BlockCache, BlockCacheStats};
-pub use compaction::{CompactionKind, CompactionReport, CompactionSettings};
+pub use compaction::{CompactionDebt, CompactionKind, CompactionReport, CompactionSettings};
 pub use data_file::DataFileIter;
 pub use data_file::{DataFile, DataFileInfo, DataFileSettings, DataFileWriter, FileId, Version3};
 pub use digest::FileDigest;
