@@ -165,7 +165,7 @@ impl Builder {
         if settings.snapshot.temp_dir.is_none() {
             // Ours alone: sort runs of a snapshot cut short by a crash can go.
             let tmp = dir.join("tmp");
-            let _ = std::fs::remove_dir_all(&tmp);
+            discard_dir(&dir, "tmp");
             std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
             settings.snapshot.temp_dir = Some(tmp);
         }
@@ -682,6 +682,31 @@ impl Clock for SharedClock {
     fn now_ms(&self) -> u64 {
         self.0.now_ms()
     }
+}
+
+/// Moves `dir/name` aside and deletes it (and any older one moved aside) on a background
+/// thread: a crashed snapshot's sort runs can be gigabytes, which a restart should not wait
+/// to free.
+fn discard_dir(dir: &Path, name: &str) {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let prefix = format!("{name}.discarded-");
+    if std::fs::rename(dir.join(name), dir.join(format!("{prefix}{nanos}"))).is_err() {
+        // Not there, or not movable: delete it in place.
+        let _ = std::fs::remove_dir_all(dir.join(name));
+    }
+    let dir = dir.to_owned();
+    let _ = std::thread::Builder::new()
+        .name("millpond-discard".into())
+        .spawn(move || {
+            for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                if e.file_name().to_string_lossy().starts_with(&prefix) {
+                    // Best effort: what is left goes at the next open.
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        });
 }
 
 /// An exclusive lock on the data directory for the life of the instance: two processes never

@@ -142,8 +142,52 @@ pub(crate) struct ColdTier {
     base: Option<Arc<dyn BaseTier>>,
 }
 
+/// Suffix of an old cold tier renamed aside, deleted in the background.
+const DISCARDED: &str = ".discarded-";
+
+/// Moves the file at `path` (if any) aside and deletes it, and any older file moved aside
+/// next to it, on a background thread: freeing a cold tier of many gigabytes written page by
+/// page takes the file system a second or more, which a restart should not wait for. Only the
+/// rename is on the caller's path.
+fn discard(path: &Path) -> std::io::Result<()> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let aside = path.with_file_name(format!("{name}{DISCARDED}{nanos}"));
+    match std::fs::rename(path, &aside) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let Some(dir) = path.parent().map(Path::to_owned) else {
+        return Ok(());
+    };
+    let prefix = format!("{name}{DISCARDED}");
+    let spawned = std::thread::Builder::new()
+        .name("millpond-discard".into())
+        .spawn(move || {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                return;
+            };
+            for e in entries.flatten() {
+                if e.file_name().to_string_lossy().starts_with(&prefix) {
+                    // Best effort: what is left is deleted by the next open.
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        });
+    // No thread: the next open deletes it.
+    drop(spawned);
+    Ok(())
+}
+
 impl ColdTier {
-    /// Creates a fresh cold tier at `path` (removing any old one) and starts its writer.
+    /// Creates a fresh cold tier at `path` (an old one is moved aside and deleted in the
+    /// background) and starts its writer.
     pub fn create(
         path: &Path,
         cache_bytes: usize,
@@ -153,16 +197,10 @@ impl ColdTier {
         config: WriterConfig,
         base: Option<Arc<dyn BaseTier>>,
     ) -> Result<Self> {
-        match std::fs::remove_file(path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(source) => {
-                return Err(Error::Io {
-                    path: path.display().to_string(),
-                    source,
-                })
-            }
-        }
+        discard(path).map_err(|source| Error::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
         let db = Database::builder()
             .set_cache_size(cache_bytes)
             .create(path)
