@@ -21,7 +21,7 @@ use millpond_state::{KeyGroupRange, StateSchema};
 use millpond_wal::SourceOffset;
 
 use crate::archive::{data_path, new_id, now_ms, Archive};
-use crate::data_file::{DataFile, Version3};
+use crate::data_file::DataFile;
 use crate::error::{Error, Result};
 use crate::fetch::download_to;
 use crate::manifest::{cut_partitions, FileRef, Manifest, ManifestKind, DEFAULT_PARTITIONS};
@@ -210,21 +210,8 @@ pub fn rescale(
     // while the marker is live, although nothing names them until the commit.
     let pending = PendingSnapshot::begin(dest, &id, 1)?;
     let temp_dir = settings.temp_dir.clone().unwrap_or_else(std::env::temp_dir);
-    let mut out = FileSplitter {
-        archive: dest,
-        id: &id,
-        sequence,
-        settings,
-        // Copied files are placed by closing the current file first.
-        reused_starts: Vec::new(),
-        current: None,
-        written: Vec::new(),
-        name_base: 0,
-        v3: Some(Version3 {
-            filter_bits_per_key: settings.filter_bits_per_key,
-            bottom: true,
-        }),
-    };
+    // Copied files are placed by closing the current file first.
+    let mut out = FileSplitter::new(dest, &id, sequence, settings, 0, true);
     let mut files_copied = 0;
     for piece in &plan {
         let source = &sources[piece.source];

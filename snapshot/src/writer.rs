@@ -518,20 +518,14 @@ impl PartitionJob {
         } else {
             RunKind::Delta
         };
-        let mut out = FileSplitter {
+        let mut out = FileSplitter::new(
             archive,
             id,
             sequence,
             settings,
-            reused_starts: Vec::new(),
-            current: None,
-            written: Vec::new(),
-            name_base: self.index << 16,
-            v3: Some(Version3 {
-                filter_bits_per_key: settings.filter_bits_per_key,
-                bottom: self.bottom,
-            }),
-        };
+            self.index << 16,
+            self.bottom,
+        );
         let mut buf = Vec::new();
         while let Some((key, c)) = changes.next()? {
             buf.clear();
@@ -654,6 +648,32 @@ pub(crate) struct OpenFile<'a> {
 }
 
 impl<'a> FileSplitter<'a> {
+    /// A splitter writing data file version 3 (a bottom run's files if `bottom`), numbering
+    /// its files from `name_base`.
+    pub(crate) fn new(
+        archive: &'a Archive,
+        id: &'a str,
+        sequence: u64,
+        settings: &'a SnapshotSettings,
+        name_base: usize,
+        bottom: bool,
+    ) -> Self {
+        FileSplitter {
+            archive,
+            id,
+            sequence,
+            settings,
+            reused_starts: Vec::new(),
+            current: None,
+            written: Vec::new(),
+            name_base,
+            v3: Some(Version3 {
+                filter_bits_per_key: settings.filter_bits_per_key,
+                bottom,
+            }),
+        }
+    }
+
     pub(crate) fn add(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
         let kg = CompositeKey::parse(key)
             .map_err(|_| Error::Invalid {

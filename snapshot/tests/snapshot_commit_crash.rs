@@ -522,16 +522,7 @@ impl Scenario {
         let archive =
             Archive::from_store(Arc::new(failing.clone()), "", "memory:///crash").unwrap();
         let (writer, result) = self.claim_and_snapshot(archive);
-        let crashed_log = failing.log();
-        let fired = failing.fired();
-        failing.disarm();
-        let (op, path, _) =
-            fired.unwrap_or_else(|| panic!("{what}: the failure never fired; ran {crashed_log:?}"));
-        assert_eq!(
-            (op, dir_of(&path)),
-            (dry[n - 1].0, dir_of(&dry[n - 1].1)),
-            "{what}: the run differs from the dry run"
-        );
+        let crashed_log = fired_as_in_the_dry_run(&failing, dry, n, &what);
         // The snapshot's own manifest create is the last step of a complete run.
         let commit_step = dry.len();
         assert!(
@@ -563,16 +554,7 @@ impl Scenario {
 
         // The uploads the crashed run applied are in the store, named by nothing (unless it
         // committed): orphans.
-        let applied_uploads: Vec<String> = crashed_log
-            .iter()
-            .enumerate()
-            .filter(|(i, (op, p))| {
-                p.starts_with("data/")
-                    && matches!(op, Op::Put | Op::Complete)
-                    && (*i + 1 < n || when == When::After)
-            })
-            .map(|(_, (_, p))| p.clone())
-            .collect();
+        let applied_uploads = applied_uploads(&crashed_log, n, when);
         let present = data_files(&mem);
         for p in &applied_uploads {
             assert!(
@@ -724,6 +706,40 @@ fn gc_and_check(
         BUDGET,
         &format!("{what}, after gc"),
     );
+}
+
+/// Disarms `failing` and checks that the step that failed is step `n` of the dry run (by
+/// directory); returns the operations of the crashed run.
+fn fired_as_in_the_dry_run(
+    failing: &FailingStore,
+    dry: &[(Op, String)],
+    n: usize,
+    what: &str,
+) -> Vec<(Op, String)> {
+    let crashed_log = failing.log();
+    let fired = failing.fired();
+    failing.disarm();
+    let (op, path, _) =
+        fired.unwrap_or_else(|| panic!("{what}: the failure never fired; ran {crashed_log:?}"));
+    assert_eq!(
+        (op, dir_of(&path)),
+        (dry[n - 1].0, dir_of(&dry[n - 1].1)),
+        "{what}: the run differs from the dry run"
+    );
+    crashed_log
+}
+
+/// The data files a run failed at step `n` (`when`) uploaded: the store has them.
+fn applied_uploads(log: &[(Op, String)], n: usize, when: When) -> Vec<String> {
+    log.iter()
+        .enumerate()
+        .filter(|(i, (op, p))| {
+            p.starts_with("data/")
+                && matches!(op, Op::Put | Op::Complete)
+                && (*i + 1 < n || when == When::After)
+        })
+        .map(|(_, (_, p))| p.clone())
+        .collect()
 }
 
 /// Data file names carry a random snapshot id: runs are compared by directory only.
@@ -896,16 +912,7 @@ impl CompactionScenario {
         let archive =
             Archive::from_store(Arc::new(failing.clone()), "", "memory:///crash").unwrap();
         let (mut writer, result) = self.claim_and_compact(&failing, archive);
-        let crashed_log = failing.log();
-        let fired = failing.fired();
-        failing.disarm();
-        let (op, path, _) =
-            fired.unwrap_or_else(|| panic!("{what}: the failure never fired; ran {crashed_log:?}"));
-        assert_eq!(
-            (op, dir_of(&path)),
-            (dry[n - 1].0, dir_of(&dry[n - 1].1)),
-            "{what}: the run differs from the dry run"
-        );
+        let crashed_log = fired_as_in_the_dry_run(&failing, dry, n, &what);
         // The manifest create is the last step; a failed one is retried with the same
         // manifest, which resolves the unknown outcome: the compaction commits.
         let commit_step = dry.len();
@@ -922,16 +929,7 @@ impl CompactionScenario {
                 assert!(e.is_transient(), "{what}: {e:?}");
             }
         }
-        let applied_uploads: Vec<String> = crashed_log
-            .iter()
-            .enumerate()
-            .filter(|(i, (op, p))| {
-                p.starts_with("data/")
-                    && matches!(op, Op::Put | Op::Complete)
-                    && (*i + 1 < n || when == When::After)
-            })
-            .map(|(_, (_, p))| p.clone())
-            .collect();
+        let applied_uploads = applied_uploads(&crashed_log, n, when);
 
         // A restarted process sees the snapshot before the compaction or the compacted one,
         // the same state either way.
