@@ -248,6 +248,30 @@ fn inspect_shows_the_manifest() {
     }
     // Some files are the first snapshot's, reused.
     assert!(files.iter().any(|j| j["written_by"] == f.first.sequence));
+    // Partitions, their runs newest first, and what compaction owes under the default policy.
+    let policy = millpond::snapshot::CompactionSettings::default();
+    let partitions = v["partitions"].as_array().unwrap();
+    assert_eq!(partitions.len(), f.latest.partitions.len());
+    for (j, p) in partitions.iter().zip(&f.latest.partitions) {
+        assert_eq!(j["first_key_group"], p.first_key_group);
+        assert_eq!(j["runs"].as_array().unwrap().len(), p.runs.len());
+        let due = millpond::snapshot::compaction::due(p, &policy).map(|job| job.kind);
+        assert_eq!(
+            j["compaction_due"].as_str(),
+            due.map(|k| match k {
+                millpond::snapshot::CompactionKind::Major => "major",
+                millpond::snapshot::CompactionKind::Minor => "minor",
+            })
+        );
+    }
+    let owed = millpond::snapshot::compaction::debt(&f.latest, &policy);
+    assert_eq!(v["compaction"]["jobs_due"], owed.jobs);
+    assert_eq!(v["compaction"]["debt_bytes"], owed.bytes);
+    assert_eq!(v["compaction"]["max_runs"], owed.max_runs);
+    assert!(
+        owed.max_runs >= 2,
+        "the latest snapshot has delta runs: {owed:?}"
+    );
 
     // By sequence number, as text.
     let seq = f.first.sequence.to_string();
@@ -259,6 +283,8 @@ fn inspect_shows_the_manifest() {
         "{out}"
     );
     assert!(out.contains("counts") && out.contains("data/"), "{out}");
+    assert!(out.contains("partitions (") && out.contains("DUE"), "{out}");
+    assert!(out.contains("compaction (default policy): "), "{out}");
     // Each file's row: its path, digest and file id (hex).
     assert!(out.contains("XXH3_128") && out.contains("FILE_ID"), "{out}");
     for file in f.first.files() {

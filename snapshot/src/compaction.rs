@@ -24,7 +24,7 @@ use std::time::Instant;
 use millpond_format::key::{key_group_of, range_start};
 
 use crate::archive::{now_ms, Archive};
-use crate::data_file::{DataFile, Version3};
+use crate::data_file::DataFile;
 use crate::error::{Error, Result};
 use crate::fetch::download_to;
 use crate::manifest::{FileRef, Manifest, ManifestKind, Partition, Run, RunKind};
@@ -93,7 +93,7 @@ pub fn pick(manifest: &Manifest, settings: &CompactionSettings) -> Option<Compac
     manifest
         .partitions
         .iter()
-        .filter_map(|p| due(p, settings))
+        .filter_map(|p| ranked_due(p, settings))
         // The first of equal ranks: the lowest partition.
         .fold(
             None,
@@ -123,7 +123,7 @@ pub fn debt(manifest: &Manifest, settings: &CompactionSettings) -> CompactionDeb
     let mut d = CompactionDebt::default();
     for p in &manifest.partitions {
         d.max_runs = d.max_runs.max(p.runs.len());
-        if let Some((_, job)) = due(p, settings) {
+        if let Some(job) = due(p, settings) {
             d.jobs += 1;
             d.bytes += job.input_bytes();
         }
@@ -131,9 +131,16 @@ pub fn debt(manifest: &Manifest, settings: &CompactionSettings) -> CompactionDeb
     d
 }
 
-/// The job due in partition `p`, with its rank (runs, then delta bytes per bottom byte in
-/// millionths).
-fn due(p: &Partition, settings: &CompactionSettings) -> Option<((usize, u128), CompactionJob)> {
+/// The job due in partition `p` under `settings`, if any.
+pub fn due(p: &Partition, settings: &CompactionSettings) -> Option<CompactionJob> {
+    ranked_due(p, settings).map(|(_, job)| job)
+}
+
+/// [`due`], with the job's rank (runs, then delta bytes per bottom byte in millionths).
+fn ranked_due(
+    p: &Partition,
+    settings: &CompactionSettings,
+) -> Option<((usize, u128), CompactionJob)> {
     let bytes = |r: &Run| r.files.iter().map(|f| f.bytes).sum::<u64>();
     let deltas: Vec<&Run> = p.runs.iter().filter(|r| r.kind == RunKind::Delta).collect();
     if deltas.is_empty() {
@@ -255,21 +262,8 @@ pub fn compact<'a>(
     let bottom = job.kind == CompactionKind::Major;
     let output = if bottom { Output::Full } else { Output::Layers };
     let merged = FoldedMerge::new(runs, output, format!("partition {first}..={last}"))?;
-    let mut out = FileSplitter {
-        archive,
-        id: &id,
-        // Set again when committed: the sequence is known only then.
-        sequence: 0,
-        settings,
-        reused_starts: Vec::new(),
-        current: None,
-        written: Vec::new(),
-        name_base: 0,
-        v3: Some(Version3 {
-            filter_bits_per_key: settings.filter_bits_per_key,
-            bottom,
-        }),
-    };
+    // Sequence 0: set when committed, the sequence is known only then.
+    let mut out = FileSplitter::new(archive, &id, 0, settings, 0, bottom);
     for (n, entry) in merged.enumerate() {
         if n % 1024 == 0 && cancel.load(Ordering::Relaxed) {
             return Err(Error::Cancelled);

@@ -5,8 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use millpond_format::{CompositeKey, EntryView};
+use millpond_snapshot::compaction::{self, CompactionKind, CompactionSettings};
 use millpond_snapshot::{
-    Archive, FileRef, Manifest, ManifestKind, RescaleSource, RestoreSettings, RunKind,
+    Archive, FileRef, Manifest, ManifestKind, Partition, RescaleSource, RestoreSettings, RunKind,
     SnapshotBase, SnapshotSettings,
 };
 use millpond_state::{KeyGroupRange, StateSchema, TtlConfig, TtlUpdateType, TtlVisibility};
@@ -194,6 +195,7 @@ pub fn manifest_json(m: &Manifest) -> Value {
                 "first_key_group": p.first_key_group,
                 "last_key_group": p.last_key_group,
                 "runs": runs,
+                "compaction_due": due_name(p),
             })
         })
         .collect();
@@ -202,7 +204,22 @@ pub fn manifest_json(m: &Manifest) -> Value {
     v["states"] = Value::Array(states);
     v["files"] = Value::Array(files);
     v["partitions"] = Value::Array(partitions);
+    let owed = compaction::debt(m, &CompactionSettings::default());
+    v["compaction"] = json!({
+        "jobs_due": owed.jobs,
+        "debt_bytes": owed.bytes,
+        "max_runs": owed.max_runs,
+    });
     v
+}
+
+/// The compaction job due in `p` under the default policy (what an instance with default
+/// settings would run): "major", "minor" or null.
+fn due_name(p: &Partition) -> Option<&'static str> {
+    compaction::due(p, &CompactionSettings::default()).map(|job| match job.kind {
+        CompactionKind::Major => "major",
+        CompactionKind::Minor => "minor",
+    })
 }
 
 fn run_kind_name(kind: RunKind) -> &'static str {
@@ -367,6 +384,7 @@ pub fn inspect(archive: &Archive, id: &str, as_json: bool, out: &mut Out) -> Res
         ">DELTAS",
         ">DELTA_BYTES",
         "NEWEST_LSN",
+        "DUE",
     ]);
     for p in &m.partitions {
         let bytes = |kind| -> u64 {
@@ -387,12 +405,21 @@ pub fn inspect(archive: &Archive, id: &str, as_json: bool, out: &mut Out) -> Res
             p.runs
                 .first()
                 .map_or_else(|| "-".to_owned(), |r| r.upto_lsn.to_string()),
+            due_name(p).unwrap_or("-").to_owned(),
         ]);
     }
     if !m.partitions.is_empty() {
         for line in t.lines("  ") {
             outln!(out, "{line}")?;
         }
+        let owed = compaction::debt(&m, &CompactionSettings::default());
+        outln!(
+            out,
+            "compaction (default policy): {} jobs due, {} to merge; at most {} runs in a partition",
+            owed.jobs,
+            size(owed.bytes),
+            owed.max_runs
+        )?;
     }
     Ok(())
 }
