@@ -583,17 +583,7 @@ impl Scenario {
                 "{what}: the parent's files"
             );
         }
-        fresh
-            .verify(&latest, |_| {})
-            .unwrap_or_else(|e| panic!("{what}: verify of {} failed: {e}", latest.id));
-        restore_and_check(
-            &fresh,
-            &latest,
-            &self.wal_dir,
-            &self.committed,
-            BUDGET,
-            &format!("{what}, restored"),
-        );
+        verify_and_restore(&fresh, &latest, &self.wal_dir, &self.committed, &what);
         // It claims and snapshots: a new snapshot unless the crashed one committed.
         let (_, r) = self.claim_and_snapshot(fresh.clone());
         match r {
@@ -705,6 +695,27 @@ fn gc_and_check(
         committed,
         BUDGET,
         &format!("{what}, after gc"),
+    );
+}
+
+/// `latest` verifies, and restored plus the WAL equals `committed`.
+fn verify_and_restore(
+    archive: &Archive,
+    latest: &Manifest,
+    wal_dir: &FsPath,
+    committed: &Model,
+    what: &str,
+) {
+    archive
+        .verify(latest, |_| {})
+        .unwrap_or_else(|e| panic!("{what}: verify of {} failed: {e}", latest.id));
+    restore_and_check(
+        archive,
+        latest,
+        wal_dir,
+        committed,
+        BUDGET,
+        &format!("{what}, restored"),
     );
 }
 
@@ -942,17 +953,7 @@ impl CompactionScenario {
         } else {
             assert_eq!(latest.partitions, self.latest.partitions, "{what}");
         }
-        fresh
-            .verify(&latest, |_| {})
-            .unwrap_or_else(|e| panic!("{what}: verify of {} failed: {e}", latest.id));
-        restore_and_check(
-            &fresh,
-            &latest,
-            &self.wal_dir,
-            &self.committed,
-            BUDGET,
-            &format!("{what}, restored"),
-        );
+        verify_and_restore(&fresh, &latest, &self.wal_dir, &self.committed, &what);
         // It claims and compacts again: the archive's marker and orphans are stale then.
         let mut again = SnapshotWriter::claim(fresh, KEY_GROUPS, self.settings.clone()).unwrap();
         compact_once(&mut again, &self.settings)
