@@ -604,3 +604,50 @@ impl Writer {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The old file is gone from its name at once and deleted soon, with any older one moved
+    /// aside; other files, including ones whose names merely resemble, are never touched.
+    #[test]
+    fn discard_moves_aside_and_deletes_only_its_own_leftovers() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cold.redb");
+        std::fs::write(&path, b"old").unwrap();
+        let older = dir.path().join(format!("cold.redb{DISCARDED}1"));
+        std::fs::write(&older, b"older").unwrap();
+        let keep = [
+            dir.path().join("cold.redb.discarded"),
+            dir.path().join("other.redb.discarded-1"),
+            dir.path().join("xcold.redb.discarded-1"),
+        ];
+        for k in &keep {
+            std::fs::write(k, b"keep").unwrap();
+        }
+        discard(&path).unwrap();
+        assert!(!path.exists());
+        let started = Instant::now();
+        let leftovers = || {
+            std::fs::read_dir(dir.path())
+                .unwrap()
+                .flatten()
+                .filter(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .starts_with("cold.redb.discarded-")
+                })
+                .count()
+        };
+        while leftovers() > 0 {
+            assert!(started.elapsed() < Duration::from_secs(30), "not deleted");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        for k in &keep {
+            assert_eq!(std::fs::read(k).unwrap(), b"keep", "{}", k.display());
+        }
+        // Nothing there: nothing to do.
+        discard(&path).unwrap();
+    }
+}
