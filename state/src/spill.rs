@@ -2,6 +2,12 @@
 //! background thread so that no state call ever waits on a redb commit (except as backpressure
 //! when the spill queue is full).
 //!
+//! The file is rotated (docs/state.md, "Cold tier rotation"): [`ColdTier::rotate`] seals the
+//! active file (still read, never written again) and starts a new one; once a snapshot covers
+//! everything the sealed file holds and its runs are the store's base, the sealed file is
+//! deleted ([`ColdTier::drop_sealed`]). So redb holds what was evicted during about two
+//! snapshot intervals, not everything since the process started.
+//!
 //! The cold tier is a cache of state, not its durable copy: it is emptied when a store opens.
 //! Durability comes from the write-ahead log and snapshots. Hence spill commits use
 //! `Durability::None`, with an `Immediate` commit now and then only so that redb can reuse the
@@ -14,7 +20,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use redb::{Database, Durability, ReadOnlyTable, ReadableDatabase, ReadableTable, TableDefinition};
 
 use millpond_format::key::key_group_of;
@@ -39,6 +45,8 @@ pub(crate) type Shards = Arc<[crossbeam_utils::CachePadded<Mutex<Shard>>]>;
 pub(crate) enum Msg {
     Batch(Vec<SpillOp>),
     Flush(Sender<Result<(), Failure>>),
+    /// Write from now on to this file (the new active one), then answer.
+    Rotate(Arc<Database>, Option<std::fs::File>, Sender<()>),
 }
 
 /// Why the writer stopped: kept apart from [`Error`] (which holds an `io::Error`, not
@@ -92,9 +100,9 @@ pub(crate) struct WriterConfig {
     pub replaying: Arc<std::sync::atomic::AtomicBool>,
     /// Key group → shard, to find the shard of a cold-tier key (its first two bytes).
     pub shard_of_kg: Arc<[u16]>,
-    /// Write deletes as tombstones (the store has a base tier whose entries they must hide)
-    /// instead of removing the key.
-    pub tombstones: bool,
+    /// Write deletes as tombstones (the store has, or will have, a base tier whose entries
+    /// they must hide) instead of removing the key. Set for good by the first rotation.
+    pub tombstones: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Starts writing the file's dirty pages to disk, without waiting for it. Non-durable commits
@@ -120,53 +128,96 @@ fn tombstone() -> Vec<u8> {
     buf
 }
 
+type Table = Arc<ReadOnlyTable<&'static [u8], &'static [u8]>>;
+
 /// A read view of the cold tier, reused until the writer commits again (saves opening a
-/// transaction and the table on every cold read).
+/// transaction and the table on every cold read): the active file's table, then the sealed
+/// one's.
 struct ReadView {
     epoch: u64,
-    table: Option<Arc<ReadOnlyTable<&'static [u8], &'static [u8]>>>,
+    tables: [Option<Table>; 2],
+}
+
+/// The redb files of the cold tier: the one the writer writes, and the one sealed by the last
+/// rotation (read below it until a snapshot covers it).
+struct Files {
+    active: Arc<Database>,
+    active_path: PathBuf,
+    sealed: Option<(Arc<Database>, PathBuf)>,
+    /// Number of the active file (`cold-<generation>.redb`).
+    generation: u64,
 }
 
 pub(crate) struct ColdTier {
-    db: Arc<Database>,
+    files: RwLock<Files>,
+    dir: PathBuf,
+    cache_bytes: usize,
     /// Bumped by the writer after each commit, before it releases the committed pending
     /// entries: a reader that misses in `pending` and then sees the new epoch sees the commit.
+    /// Bumped too when the files change.
     epoch: Arc<AtomicU64>,
     view: Mutex<ReadView>,
-    path: PathBuf,
     tx: Mutex<Option<Sender<Msg>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
     /// Set once the writer has failed; every later call reports it.
     failed: Arc<OnceLock<Failure>>,
-    /// Read where the cold tier has nothing for a key.
-    base: Option<Arc<dyn BaseTier>>,
+    /// Read where the cold tier has nothing for a key; replaced when a newer snapshot's runs
+    /// are installed.
+    base: RwLock<Option<Arc<dyn BaseTier>>>,
+    tombstones: Arc<std::sync::atomic::AtomicBool>,
 }
 
-/// Suffix of an old cold tier renamed aside, deleted in the background.
+/// Infix of an old cold-tier file renamed aside, deleted in the background.
 const DISCARDED: &str = ".discarded-";
 
-/// Moves the file at `path` (if any) aside and deletes it, and any older file moved aside
-/// next to it, on a background thread: freeing a cold tier of many gigabytes written page by
-/// page takes the file system a second or more, which a restart should not wait for. Only the
-/// rename is on the caller's path.
-fn discard(path: &Path) -> std::io::Result<()> {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+/// Whether `name` is a cold-tier file of a store: `cold.redb` (before rotation) or
+/// `cold-<n>.redb`.
+fn is_cold_file(name: &str) -> bool {
+    name == "cold.redb"
+        || name
+            .strip_prefix("cold-")
+            .and_then(|n| n.strip_suffix(".redb"))
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Moves every cold-tier file in `dir` aside and deletes them, and any older ones moved aside,
+/// on a background thread: freeing a cold tier of many gigabytes written page by page takes
+/// the file system a second or more, which a restart should not wait for. Only the renames
+/// are on the caller's path.
+fn discard(dir: &Path) -> std::io::Result<()> {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
-    let aside = path.with_file_name(format!("{name}{DISCARDED}{nanos}"));
-    match std::fs::rename(path, &aside) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(e),
-    }
-    let Some(dir) = path.parent().map(Path::to_owned) else {
-        return Ok(());
     };
-    let prefix = format!("{name}{DISCARDED}");
+    let mut any = false;
+    for e in entries {
+        let e = e?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        if is_cold_file(&name) {
+            std::fs::rename(e.path(), dir.join(format!("{name}{DISCARDED}{nanos}")))?;
+            any = true;
+        } else if is_discarded(&name) {
+            any = true;
+        }
+    }
+    if any {
+        spawn_deletion(dir.to_owned());
+    }
+    Ok(())
+}
+
+/// Whether `name` is a cold-tier file moved aside by [`discard`].
+fn is_discarded(name: &str) -> bool {
+    name.split_once(DISCARDED)
+        .is_some_and(|(file, _)| is_cold_file(file))
+}
+
+/// Deletes the files of `dir` that [`discard`] moved aside, on a background thread.
+fn spawn_deletion(dir: PathBuf) {
     let spawned = std::thread::Builder::new()
         .name("millpond-discard".into())
         .spawn(move || {
@@ -174,22 +225,39 @@ fn discard(path: &Path) -> std::io::Result<()> {
                 return;
             };
             for e in entries.flatten() {
-                if e.file_name().to_string_lossy().starts_with(&prefix) {
+                if is_discarded(&e.file_name().to_string_lossy()) {
                     // Best effort: what is left is deleted by the next open.
                     let _ = std::fs::remove_file(e.path());
                 }
             }
         });
-    // No thread: the next open deletes it.
+    // No thread: the next open deletes them.
     drop(spawned);
-    Ok(())
+}
+
+fn create_db(path: &Path, cache_bytes: usize) -> Result<Arc<Database>> {
+    let db = Database::builder()
+        .set_cache_size(cache_bytes)
+        .create(path)
+        .map_err(|e| match redb::Error::from(e) {
+            redb::Error::Io(source) => Error::Io {
+                path: path.display().to_string(),
+                source,
+            },
+            e => Error::storage(format!("creating {}: {e}", path.display())),
+        })?;
+    Ok(Arc::new(db))
+}
+
+fn cold_path(dir: &Path, generation: u64) -> PathBuf {
+    dir.join(format!("cold-{generation}.redb"))
 }
 
 impl ColdTier {
-    /// Creates a fresh cold tier at `path` (an old one is moved aside and deleted in the
+    /// Creates a fresh cold tier in `dir` (old files are moved aside and deleted in the
     /// background) and starts its writer.
     pub fn create(
-        path: &Path,
+        dir: &Path,
         cache_bytes: usize,
         queue_batches: usize,
         shards: Shards,
@@ -197,26 +265,19 @@ impl ColdTier {
         config: WriterConfig,
         base: Option<Arc<dyn BaseTier>>,
     ) -> Result<Self> {
-        discard(path).map_err(|source| Error::Io {
-            path: path.display().to_string(),
+        discard(dir).map_err(|source| Error::Io {
+            path: dir.display().to_string(),
             source,
         })?;
-        let db = Database::builder()
-            .set_cache_size(cache_bytes)
-            .create(path)
-            .map_err(|e| match redb::Error::from(e) {
-                redb::Error::Io(source) => Error::Io {
-                    path: path.display().to_string(),
-                    source,
-                },
-                e => Error::storage(format!("creating {}: {e}", path.display())),
-            })?;
-        let db = Arc::new(db);
+        let generation = 1;
+        let path = cold_path(dir, generation);
+        let db = create_db(&path, cache_bytes)?;
         // A second handle on the file, only to start the writeback of what redb wrote.
-        let writeback = std::fs::File::open(path).ok();
+        let writeback = std::fs::File::open(&path).ok();
         let (tx, rx) = crossbeam_channel::bounded(queue_batches.max(1));
         let failed = Arc::new(OnceLock::new());
         let epoch = Arc::new(AtomicU64::new(1));
+        let tombstones = config.tombstones.clone();
         let writer = Writer {
             db: db.clone(),
             epoch: epoch.clone(),
@@ -239,24 +300,102 @@ impl ColdTier {
                 source,
             })?;
         Ok(ColdTier {
-            db,
+            files: RwLock::new(Files {
+                active: db,
+                active_path: path,
+                sealed: None,
+                generation,
+            }),
+            dir: dir.to_owned(),
+            cache_bytes,
             epoch,
             view: Mutex::new(ReadView {
                 epoch: 0,
-                table: None,
+                tables: [None, None],
             }),
-            path: path.to_owned(),
             tx: Mutex::new(Some(tx)),
             writer: Mutex::new(Some(handle)),
             failed,
-            base,
+            base: RwLock::new(base),
+            tombstones,
         })
+    }
+
+    /// Seals the active file and starts a new one, unless a sealed file is still there (then
+    /// nothing changes and this returns `false`). Returns once the writer writes to the new
+    /// file: everything in the sealed file was spilled before this returned. From the first
+    /// rotation on, deletes are written as tombstones (a base tier may come).
+    pub fn rotate(&self) -> Result<bool> {
+        self.check()?;
+        let (new_db, path) = {
+            let files = self.files.read();
+            if files.sealed.is_some() {
+                return Ok(false);
+            }
+            let path = cold_path(&self.dir, files.generation + 1);
+            (create_db(&path, self.cache_bytes)?, path)
+        };
+        self.tombstones.store(true, Ordering::SeqCst);
+        // Readers see both files before the writer writes to the new one, so that nothing it
+        // releases from the pending queue is ever out of their sight.
+        {
+            let mut files = self.files.write();
+            let old = std::mem::replace(&mut files.active, new_db.clone());
+            let old_path = std::mem::replace(&mut files.active_path, path.clone());
+            files.sealed = Some((old, old_path));
+            files.generation += 1;
+        }
+        self.epoch.fetch_add(1, Ordering::Release);
+        let writeback = std::fs::File::open(&path).ok();
+        let tx = self.tx.lock().clone().ok_or(Error::Closed)?;
+        let (ack_tx, ack_rx) = crossbeam_channel::bounded(1);
+        tx.send(Msg::Rotate(new_db, writeback, ack_tx))
+            .map_err(|_| self.stopped())?;
+        loop {
+            match ack_rx.recv_timeout(TICK) {
+                Ok(()) => return Ok(true),
+                Err(RecvTimeoutError::Timeout) => self.check()?,
+                Err(RecvTimeoutError::Disconnected) => return Err(self.stopped()),
+            }
+        }
+    }
+
+    /// Deletes the sealed file, if any: the caller guarantees that the store's base now holds
+    /// everything in it (a snapshot covering every change made before the rotation).
+    pub fn drop_sealed(&self) -> Result<()> {
+        let sealed = self.files.write().sealed.take();
+        let Some((db, path)) = sealed else {
+            return Ok(());
+        };
+        self.epoch.fetch_add(1, Ordering::Release);
+        // Views that still hold its table keep the file open until they refresh; unlinking it
+        // now is safe.
+        drop(db);
+        std::fs::remove_file(&path).map_err(|source| Error::Io {
+            path: path.display().to_string(),
+            source,
+        })
+    }
+
+    /// Replaces the base tier (a newer snapshot's runs).
+    pub fn set_base(&self, base: Arc<dyn BaseTier>) {
+        *self.base.write() = Some(base);
+    }
+
+    /// Bytes of the cold tier's files on disk: the active one and the sealed one.
+    pub fn file_bytes(&self) -> (u64, u64) {
+        let files = self.files.read();
+        let len = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
+        (
+            len(&files.active_path),
+            files.sealed.as_ref().map_or(0, |(_, p)| len(p)),
+        )
     }
 
     /// The writer's failure, if it failed: the store reports it on every call from then on.
     pub fn check(&self) -> Result<()> {
         match self.failed.get() {
-            Some(failure) => Err(failure.to_error(&self.path)),
+            Some(failure) => Err(failure.to_error(&self.files.read().active_path)),
             None => Ok(()),
         }
     }
@@ -267,20 +406,25 @@ impl ColdTier {
         self.check().err().unwrap_or(Error::Closed)
     }
 
-    /// Reads `key` from the cold tier, then from the base tier if the cold tier has nothing
-    /// for it. A tombstone reads as `None`.
+    /// Reads `key` from the cold tier (the active file, then the sealed one), then from the
+    /// base tier if the cold tier has nothing for it. A tombstone reads as `None`.
     pub fn get(&self, key: &[u8]) -> Result<Option<Entry>> {
         let found = self.get_cold(key)?;
-        let data = match (found, &self.base) {
-            (Some(data), _) => data,
-            (None, Some(base)) => match base.get(key) {
-                Ok(Some(bytes)) => {
-                    Entry::decode(&bytes, || format!("key {key:02x?} in the base snapshot"))?
+        let data = match found {
+            Some(data) => data,
+            None => {
+                let base = self.base.read().clone();
+                let Some(base) = base else {
+                    return Ok(None);
+                };
+                match base.get(key) {
+                    Ok(Some(bytes)) => {
+                        Entry::decode(&bytes, || format!("key {key:02x?} in the base snapshot"))?
+                    }
+                    Ok(None) => return Ok(None),
+                    Err(source) => return Err(Error::Base { source }),
                 }
-                Ok(None) => return Ok(None),
-                Err(source) => return Err(Error::Base { source }),
-            },
-            (None, None) => return Ok(None),
+            }
         };
         Ok(match data {
             Entry::Tombstone => None,
@@ -289,34 +433,39 @@ impl ColdTier {
     }
 
     fn get_cold(&self, key: &[u8]) -> Result<Option<Entry>> {
-        let location = || format!("key {:02x?} in {}", key, self.path.display());
-        let table = {
+        let tables = {
             let epoch = self.epoch.load(Ordering::Acquire);
             let mut view = self.view.lock();
             if view.epoch != epoch {
-                let txn = self
-                    .db
-                    .begin_read()
-                    .map_err(|e| Error::storage(format!("read transaction: {e}")))?;
-                view.table = match txn.open_table(TABLE) {
-                    Ok(t) => Some(Arc::new(t)),
-                    Err(redb::TableError::TableDoesNotExist(_)) => None,
-                    Err(e) => return Err(Error::storage(format!("opening table: {e}"))),
-                };
+                let files = self.files.read();
+                view.tables = [
+                    open_table(&files.active)?,
+                    match &files.sealed {
+                        Some((db, _)) => open_table(db)?,
+                        None => None,
+                    },
+                ];
                 view.epoch = epoch;
             }
-            match &view.table {
-                Some(t) => t.clone(),
-                None => return Ok(None),
-            }
+            view.tables.clone()
         };
-        match table.get(key) {
-            Ok(Some(v)) => Entry::decode(v.value(), location)
-                .map(Some)
-                .map_err(Error::from),
-            Ok(None) => Ok(None),
-            Err(e) => Err(Error::storage(format!("reading {}: {e}", location()))),
+        for table in tables.iter().flatten() {
+            match table.get(key) {
+                Ok(Some(v)) => {
+                    let location = || format!("key {:02x?} in the cold tier", key);
+                    return Entry::decode(v.value(), location)
+                        .map(Some)
+                        .map_err(Error::from);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    return Err(Error::storage(format!(
+                        "reading key {key:02x?} in the cold tier: {e}"
+                    )))
+                }
+            }
         }
+        Ok(None)
     }
 
     /// Hands a batch to the writer; blocks while the queue is full (backpressure).
@@ -339,7 +488,7 @@ impl ColdTier {
         loop {
             match ack_rx.recv_timeout(TICK) {
                 Ok(Ok(())) => return Ok(()),
-                Ok(Err(failure)) => return Err(failure.to_error(&self.path)),
+                Ok(Err(failure)) => return Err(failure.to_error(&self.files.read().active_path)),
                 // A writer that failed before it read the request never answers, and the
                 // request stays queued (this side holds the channel open): the job hung on
                 // a full disk, in the flush of its instance's close.
@@ -360,6 +509,18 @@ impl ColdTier {
             Err(Error::Closed) => Ok(()),
             other => other,
         }
+    }
+}
+
+/// The table of `db` in a new read transaction (`None` before the first write created it).
+fn open_table(db: &Database) -> Result<Option<Table>> {
+    let txn = db
+        .begin_read()
+        .map_err(|e| Error::storage(format!("read transaction: {e}")))?;
+    match txn.open_table(TABLE) {
+        Ok(t) => Ok(Some(Arc::new(t))),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+        Err(e) => Err(Error::storage(format!("opening table: {e}"))),
     }
 }
 
@@ -411,16 +572,19 @@ impl Writer {
             let msg = self.rx.recv_timeout(TICK);
             let mut batches = Vec::new();
             let mut acks = Vec::new();
+            let mut rotate = None;
             match msg {
                 Ok(Msg::Batch(b)) => batches.push(b),
                 Ok(Msg::Flush(ack)) => acks.push(ack),
+                Ok(Msg::Rotate(db, file, ack)) => rotate = Some((db, file, ack)),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return,
             }
-            while batches.len() < MAX_BATCHES_PER_COMMIT {
+            while rotate.is_none() && batches.len() < MAX_BATCHES_PER_COMMIT {
                 match self.rx.try_recv() {
                     Ok(Msg::Batch(b)) => batches.push(b),
                     Ok(Msg::Flush(ack)) => acks.push(ack),
+                    Ok(Msg::Rotate(db, file, ack)) => rotate = Some((db, file, ack)),
                     Err(_) => break,
                 }
             }
@@ -457,6 +621,13 @@ impl Writer {
             if result.is_err() {
                 // Keep the pending entries in memory (reads still find them) and stop writing.
                 return;
+            }
+            if let Some((db, file, ack)) = rotate {
+                // What came before the request went to the old file, now sealed.
+                self.db = db;
+                self.writeback = file;
+                self.cleanup_cursor.clear();
+                let _ = ack.send(());
             }
         }
     }
@@ -498,12 +669,11 @@ impl Writer {
                 }
             });
             let tombstone = tombstone();
+            let tombstones = self.config.tombstones.load(Ordering::SeqCst);
             for op in ops {
                 let r = match &op.value {
                     Some(v) => table.insert(&*op.key, &**v).map(|_| ()),
-                    None if self.config.tombstones => {
-                        table.insert(&*op.key, &tombstone[..]).map(|_| ())
-                    }
+                    None if tombstones => table.insert(&*op.key, &tombstone[..]).map(|_| ()),
                     None => table.remove(&*op.key).map(|_| ()),
                 };
                 r.map_err(Failure::redb("spill write"))?;
@@ -571,6 +741,7 @@ impl Writer {
                 .open_table(TABLE)
                 .map_err(Failure::redb("cleanup table"))?;
             let tombstone = tombstone();
+            let tombstones = self.config.tombstones.load(Ordering::SeqCst);
             for (key, value) in &rewrites {
                 // A key too short for a key group was not written by this store: leave it.
                 let Ok(kg) = key_group_of(key) else {
@@ -584,9 +755,7 @@ impl Writer {
                 }
                 let r = match value {
                     Some(v) => table.insert(&key[..], &v[..]).map(|_| ()),
-                    None if self.config.tombstones => {
-                        table.insert(&key[..], &tombstone[..]).map(|_| ())
-                    }
+                    None if tombstones => table.insert(&key[..], &tombstone[..]).map(|_| ()),
                     None => table.remove(&key[..]).map(|_| ()),
                 };
                 r.map_err(Failure::redb("cleanup write"))?;
@@ -609,38 +778,44 @@ impl Writer {
 mod tests {
     use super::*;
 
-    /// The old file is gone from its name at once and deleted soon, with any older one moved
-    /// aside; other files, including ones whose names merely resemble, are never touched.
+    /// Every cold-tier file is gone from its name at once and deleted soon, with any older
+    /// one moved aside; other files, including ones whose names merely resemble, are never
+    /// touched.
     #[test]
     fn discard_moves_aside_and_deletes_only_its_own_leftovers() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("cold.redb");
-        std::fs::write(&path, b"old").unwrap();
-        let older = dir.path().join(format!("cold.redb{DISCARDED}1"));
+        let files = ["cold.redb", "cold-1.redb", "cold-27.redb"];
+        for f in files {
+            std::fs::write(dir.path().join(f), b"old").unwrap();
+        }
+        let older = dir.path().join(format!("cold-3.redb{DISCARDED}1"));
         std::fs::write(&older, b"older").unwrap();
         let keep = [
-            dir.path().join("cold.redb.discarded"),
-            dir.path().join("other.redb.discarded-1"),
-            dir.path().join("xcold.redb.discarded-1"),
-        ];
+            "cold.redb.discarded",
+            "other.redb.discarded-1",
+            "xcold.redb.discarded-1",
+            "cold-.redb",
+            "cold-1x.redb",
+            "cold-1.redb.part",
+        ]
+        .map(|k| dir.path().join(k));
         for k in &keep {
             std::fs::write(k, b"keep").unwrap();
         }
-        discard(&path).unwrap();
-        assert!(!path.exists());
+        discard(dir.path()).unwrap();
+        for f in files {
+            assert!(!dir.path().join(f).exists(), "{f}");
+        }
         let started = Instant::now();
         let leftovers = || {
             std::fs::read_dir(dir.path())
                 .unwrap()
                 .flatten()
-                .filter(|e| {
-                    e.file_name()
-                        .to_string_lossy()
-                        .starts_with("cold.redb.discarded-")
-                })
+                .filter(|e| e.file_name().to_string_lossy().contains(DISCARDED))
                 .count()
         };
-        while leftovers() > 0 {
+        // The three `keep` names with the infix stay.
+        while leftovers() > 2 {
             assert!(started.elapsed() < Duration::from_secs(30), "not deleted");
             std::thread::sleep(Duration::from_millis(5));
         }
@@ -648,6 +823,6 @@ mod tests {
             assert_eq!(std::fs::read(k).unwrap(), b"keep", "{}", k.display());
         }
         // Nothing there: nothing to do.
-        discard(&path).unwrap();
+        discard(&dir.path().join("missing")).unwrap();
     }
 }

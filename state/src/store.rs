@@ -144,6 +144,10 @@ pub struct StoreStats {
     pub evictions: u64,
     /// Entries (or deletes) queued for the cold tier.
     pub spills: u64,
+    /// Bytes of the cold tier's active redb file.
+    pub cold_active_bytes: u64,
+    /// Bytes of its sealed file (0 when there is none; see [`Store::rotate_cold`]).
+    pub cold_sealed_bytes: u64,
 }
 
 /// Keyed state: the five kinds of Flink's keyed state, sharded by key group, in an LRU hot
@@ -356,7 +360,7 @@ impl Store {
                 .then(|| Duration::from_millis(s.ttl_cleanup_interval_ms)),
             ttl_cleanup_entries: s.ttl_cleanup_entries_per_step.max(1),
             shard_of_kg: shard_of_kg.clone(),
-            tombstones: has_base,
+            tombstones: Arc::new(AtomicBool::new(has_base)),
         };
         let (base, schemas) = match b.base {
             Some((base, schemas)) => (Some(base), schemas),
@@ -373,7 +377,7 @@ impl Store {
             reserved.insert(schema.name.clone(), schema);
         }
         let cold = ColdTier::create(
-            &b.dir.join("cold.redb"),
+            &b.dir,
             budget.cold_cache_bytes,
             queue_batches,
             shards.clone(),
@@ -496,6 +500,40 @@ impl Store {
         self.inner.cold.flush()
     }
 
+    /// Seals the cold tier's redb file and starts a new one, unless the file sealed by the
+    /// last rotation is still there (then nothing changes and this returns `false`).
+    ///
+    /// This is how a running instance keeps its cold tier small (docs/state.md, "Cold tier
+    /// rotation"): it rotates when a snapshot starts, takes the snapshot's changes up to a
+    /// log position read after this returned, installs the snapshot's runs as the store's
+    /// base ([`Store::install_base`]), and then deletes the sealed file
+    /// ([`Store::drop_sealed_cold`]): everything in it was evicted, hence changed, before
+    /// this returned, so the snapshot holds it. From the first rotation on, deletes leave
+    /// tombstones, since a base may hold older versions.
+    pub fn rotate_cold(&self) -> Result<bool> {
+        self.inner.check_open()?;
+        for shard in self.inner.shards.iter() {
+            shard.lock().spilled_any = true;
+        }
+        self.inner.cold.rotate()
+    }
+
+    /// Makes `base` the tier read below the cold tier, in place of the base the store was
+    /// opened over (if any). `base` must hold the state as of a log position at or after
+    /// every change made before the first [`Store::rotate_cold`] (or be a newer snapshot of
+    /// the one the store was opened over), and every state it holds must be registered or
+    /// reserved: it is a newer snapshot of this store's own changes.
+    pub fn install_base(&self, base: Arc<dyn BaseTier>) {
+        self.inner.cold.set_base(base);
+    }
+
+    /// Deletes the cold tier's sealed file (see [`Store::rotate_cold`]). Call it only once the
+    /// installed base holds every change made before the rotation that sealed it.
+    pub fn drop_sealed_cold(&self) -> Result<()> {
+        self.inner.check_open()?;
+        self.inner.cold.drop_sealed()
+    }
+
     /// Removes wholly expired entries among the `max_per_shard` least recently used of every
     /// shard, now. The background cleanup does this step by step; call it to clean on demand.
     /// Returns how many entries were removed.
@@ -538,6 +576,7 @@ impl Store {
             st.evictions += s.stats.evictions;
             st.spills += s.stats.spills;
         }
+        (st.cold_active_bytes, st.cold_sealed_bytes) = self.inner.cold.file_bytes();
         st
     }
 

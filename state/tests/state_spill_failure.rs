@@ -41,7 +41,7 @@ fn limit_file_size(bytes: u64) {
 fn assert_spill_failed(what: &str, r: Result<(), Error>) {
     match r {
         Err(Error::SpillFailed { path, step, source }) => {
-            assert!(path.ends_with("cold.redb"), "{what}: path {path}");
+            assert!(path.ends_with("cold-1.redb"), "{what}: path {path}");
             assert_eq!(source.raw_os_error(), Some(libc::EFBIG), "{what}: {source}");
             assert_eq!(
                 source.kind(),
@@ -123,7 +123,7 @@ fn a_spill_writer_that_cannot_write_reports_its_io_error_to_every_later_call_not
     );
     let message = store.flush().unwrap_err().to_string();
     assert!(
-        message.contains("cold.redb") && message.contains("File too large"),
+        message.contains("cold-1.redb") && message.contains("File too large"),
         "{message}"
     );
 
