@@ -14,6 +14,7 @@ use crossbeam_channel::Sender;
 use parking_lot::Mutex;
 
 use crate::error::{io, Error, Result};
+use crate::lower_tiers::LowerTiers;
 use crate::metrics;
 use crate::settings::Settings;
 use crate::snapshot::{
@@ -198,18 +199,18 @@ impl Builder {
             .clock(SharedClock(self.clock.clone()))
             .change_sink_arc(sink.clone());
         let base_dir = dir.join("base");
+        let restore = RestoreSettings {
+            key_groups: Some(owned),
+            // A running instance outlives the snapshot it restored (GC), so its files
+            // must become local.
+            download: true,
+            ..settings.restore.clone()
+        };
         let mut base = None;
         if parent.files().next().is_none() {
             let _ = std::fs::remove_dir_all(&base_dir);
         } else {
             remove_unreferenced(&base_dir, &parent);
-            let restore = RestoreSettings {
-                key_groups: Some(owned),
-                // A running instance outlives the snapshot it restored (GC), so its files
-                // must become local.
-                download: true,
-                ..settings.restore.clone()
-            };
             let opened = SnapshotBase::open(&archive, &parent, &base_dir, &restore)?;
             store = store.base(opened.clone(), parent.states.clone());
             base = Some(opened);
@@ -224,7 +225,7 @@ impl Builder {
         );
         Ok(Recovering {
             dir,
-            base,
+            lower: LowerTiers::new(base_dir, restore, base),
             settings,
             lock,
             store,
@@ -242,7 +243,7 @@ impl Builder {
 pub struct Recovering {
     dir: PathBuf,
     /// The restored snapshot, read in place while its files download.
-    base: Option<Arc<SnapshotBase>>,
+    lower: LowerTiers,
     settings: Settings,
     lock: DirLock,
     store: Store,
@@ -338,7 +339,8 @@ impl Recovering {
             location: self.location,
             settings: self.settings.clone(),
             shared: shared.clone(),
-            base: self.base,
+            lower: self.lower,
+            gc_pending: false,
             clock: self.clock,
             recovered,
         }

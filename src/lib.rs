@@ -32,6 +32,7 @@
 
 mod error;
 mod instance;
+mod lower_tiers;
 pub mod metrics;
 mod settings;
 mod snapshotter;

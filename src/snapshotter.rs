@@ -14,10 +14,11 @@ use crossbeam_channel::{Receiver, Sender};
 use parking_lot::Mutex;
 
 use crate::error::{Error, Result};
+use crate::lower_tiers::LowerTiers;
 use crate::metrics::{self, Reporter, SnapshotLag};
 use crate::settings::Settings;
 use crate::snapshot::compaction::{compact, debt, pick};
-use crate::snapshot::{Archive, SnapshotBase, SnapshotReport, SnapshotWriter};
+use crate::snapshot::{Archive, SnapshotReport, SnapshotWriter};
 use crate::state::Store;
 use crate::wal::{StoredBatch, UpTo, Wal, WalSource};
 use crate::wal_location::WalLocation;
@@ -186,9 +187,11 @@ pub(crate) struct Snapshotter {
     pub(crate) location: WalLocation,
     pub(crate) settings: Settings,
     pub(crate) shared: Arc<Shared>,
-    /// The snapshot this instance restored, until its files are all local: its files may not
-    /// be collected before, since reads go to the archive until then.
-    pub(crate) base: Option<Arc<SnapshotBase>>,
+    /// The runs the store reads below redb, and the cold tier's rotation.
+    pub(crate) lower: LowerTiers,
+    /// A snapshot committed since the last archive GC: collect once every file the store
+    /// reads is local (until then some reads go to the archive).
+    pub(crate) gc_pending: bool,
     /// The instance's clock: the triggers' time.
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) recovered: Recovered,
@@ -282,6 +285,11 @@ impl Snapshotter {
             }
         }
         metrics::report_snapshot_lag(&lag);
+        if self.shared.check().is_ok() {
+            let archive = self.writer.lock().archive().clone();
+            self.refresh_lower_tiers(&archive);
+            self.collect_garbage(&archive);
+        }
         committed
     }
 
@@ -410,11 +418,44 @@ impl Snapshotter {
         // The batch holding the snapshot's commit marker stays: the next recovery starts
         // reading there.
         self.wal.truncate_below(lsn);
-        if self.base.as_ref().is_some_and(|b| !b.is_local()) {
-            tracing::info!("old snapshots kept until the restored one is downloaded");
-            return Ok(Some(report));
+        self.refresh_lower_tiers(&archive);
+        self.gc_pending = true;
+        self.collect_garbage(&archive);
+        Ok(Some(report))
+    }
+
+    /// Installs the writer's latest manifest (a snapshot's or a compaction's) below the
+    /// store, deletes the sealed cold file it covers and rotates the cold tier
+    /// ([`LowerTiers::refresh`]). A failure leaves the tiers as they were (reads stay
+    /// correct, the disk holds more) and is retried at the next check.
+    fn refresh_lower_tiers(&mut self, archive: &Archive) {
+        let manifest = {
+            let writer = self.writer.lock();
+            let installed = self.lower.base.as_ref().map(|b| b.manifest().id.as_str());
+            if installed == Some(writer.parent().id.as_str()) && self.lower.sealed_below.is_some() {
+                return;
+            }
+            writer.parent().clone()
+        };
+        if let Err(e) = self
+            .lower
+            .refresh(archive, &manifest, &self.store, &self.wal)
+        {
+            tracing::warn!(error = %e, "installing the latest snapshot below the store failed");
         }
-        self.base = None;
+    }
+
+    /// Deletes old snapshots from the archive once a snapshot committed since the last time
+    /// and every file the store reads is local.
+    fn collect_garbage(&mut self, archive: &Archive) {
+        if !self.gc_pending {
+            return;
+        }
+        if !self.lower.is_local() {
+            tracing::debug!("old snapshots kept until the files the store reads are local");
+            return;
+        }
+        self.gc_pending = false;
         // Safe beside other writers' snapshots in progress (GC keeps the files of live
         // pending markers); this writer's own is committed by now.
         if let Err(e) = archive.gc(
@@ -425,7 +466,6 @@ impl Snapshotter {
             // Old snapshots stay a little longer; the next snapshot retries.
             tracing::warn!(error = %e, "collecting old snapshots failed");
         }
-        Ok(Some(report))
     }
 }
 

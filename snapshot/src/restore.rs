@@ -5,7 +5,7 @@
 //! whatever the size of the state, and the full restore costs one copy of the files.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -54,9 +54,12 @@ struct BaseFile {
     meta: FileRef,
     /// Read through the archive until the download completes, then from local disk.
     file: RwLock<DataFile>,
-    id: u64,
     /// Set when the download found the object damaged: reads of this file fail from then on.
     damaged: std::sync::OnceLock<String>,
+    /// Whether the file is on local disk.
+    local: AtomicBool,
+    /// Set by the one download thread that fetches it (a base and the next one share files).
+    claimed: AtomicBool,
 }
 
 /// One partition as the base reads it: its runs, newest first, each the indexes of its files
@@ -70,15 +73,15 @@ struct BasePartition {
 /// A snapshot's state as a store's base tier ([`BaseTier`]).
 pub struct SnapshotBase {
     manifest: Manifest,
-    files: Vec<BaseFile>,
+    files: Vec<Arc<BaseFile>>,
     partitions: Vec<BasePartition>,
     cache: Arc<BlockCache>,
     dir: PathBuf,
-    bytes_total: u64,
-    bytes_local: AtomicU64,
-    files_local: AtomicUsize,
-    failure: Mutex<Option<Error>>,
+    settings: RestoreSettings,
+    failure: Arc<Mutex<Option<Error>>>,
     downloads: Mutex<Vec<JoinHandle<()>>>,
+    /// Set once a newer base took over: its downloads stop after the file in hand.
+    superseded: AtomicBool,
 }
 
 impl std::fmt::Debug for SnapshotBase {
@@ -89,6 +92,9 @@ impl std::fmt::Debug for SnapshotBase {
             .finish()
     }
 }
+
+/// Block-cache ids of files, unique across the bases that share one cache.
+static NEXT_FILE_ID: AtomicU64 = AtomicU64::new(0);
 
 impl SnapshotBase {
     /// Opens the snapshot `manifest` of `archive` as a base tier, keeping local copies of its
@@ -103,7 +109,49 @@ impl SnapshotBase {
         dir: impl AsRef<Path>,
         settings: &RestoreSettings,
     ) -> Result<Arc<SnapshotBase>> {
-        let dir = dir.as_ref().to_owned();
+        let cache = Arc::new(BlockCache::new(settings.block_cache_bytes));
+        let failure = Arc::new(Mutex::new(None));
+        Self::open_over(
+            None,
+            archive,
+            manifest,
+            dir.as_ref(),
+            settings,
+            cache,
+            failure,
+        )
+    }
+
+    /// Opens a newer snapshot `manifest` of the same archive and key groups as this base (a
+    /// running instance's next snapshot, or a compaction of it), in the same directory, with
+    /// the same settings and block cache. The files both name are shared, opened and local
+    /// as they are (a download in progress goes on); only the others are opened, and
+    /// downloaded in the background. This base's downloads of files the new one does not
+    /// name stop.
+    pub fn next(&self, archive: &Archive, manifest: &Manifest) -> Result<Arc<SnapshotBase>> {
+        let next = Self::open_over(
+            Some(self),
+            archive,
+            manifest,
+            &self.dir,
+            &self.settings,
+            self.cache.clone(),
+            self.failure.clone(),
+        )?;
+        self.superseded.store(true, Ordering::Relaxed);
+        Ok(next)
+    }
+
+    fn open_over(
+        prev: Option<&SnapshotBase>,
+        archive: &Archive,
+        manifest: &Manifest,
+        dir: &Path,
+        settings: &RestoreSettings,
+        cache: Arc<BlockCache>,
+        failure: Arc<Mutex<Option<Error>>>,
+    ) -> Result<Arc<SnapshotBase>> {
+        let dir = dir.to_owned();
         std::fs::create_dir_all(&dir).map_err(|source| Error::Io {
             path: dir.display().to_string(),
             source,
@@ -112,7 +160,6 @@ impl SnapshotBase {
             .key_groups
             .unwrap_or_else(|| KeyGroupRange::all(manifest.max_key_groups));
         let r = range.as_range();
-        let cache = Arc::new(BlockCache::new(settings.block_cache_bytes));
         let mut metas: Vec<&FileRef> = Vec::new();
         let mut partitions = Vec::new();
         for p in &manifest.partitions {
@@ -136,47 +183,64 @@ impl SnapshotBase {
                 runs,
             });
         }
+        let shared: std::collections::HashMap<&str, &Arc<BaseFile>> = prev
+            .map(|p| {
+                p.files
+                    .iter()
+                    .filter(|f| f.damaged.get().is_none())
+                    .map(|f| (f.meta.path.as_str(), f))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let reused = |meta: &FileRef| shared.get(meta.path.as_str()).filter(|f| f.meta == *meta);
         // Footers and indexes are read in parallel: over S3 each file costs two round trips.
         let next = AtomicUsize::new(0);
         let opened: Vec<OpenSlot> = metas.iter().map(|_| Mutex::new(None)).collect();
+        let to_open: Vec<usize> = (0..metas.len())
+            .filter(|&i| reused(metas[i]).is_none())
+            .collect();
         std::thread::scope(|scope| {
-            for _ in 0..OPEN_THREADS.min(metas.len()) {
+            for _ in 0..OPEN_THREADS.min(to_open.len()) {
                 scope.spawn(|| loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(meta) = metas.get(i) else { return };
-                    *opened[i].lock() = Some(open_file(archive, &dir, meta));
+                    let n = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(&i) = to_open.get(n) else { return };
+                    *opened[i].lock() = Some(open_file(archive, &dir, metas[i]));
                 });
             }
         });
         let mut files = Vec::with_capacity(metas.len());
         let mut to_fetch = Vec::new();
-        let mut already = 0;
         for (i, (meta, slot)) in metas.iter().zip(opened).enumerate() {
+            if let Some(f) = reused(meta) {
+                if !f.local.load(Ordering::Acquire) {
+                    to_fetch.push(i);
+                }
+                files.push(Arc::clone(f));
+                continue;
+            }
             let (file, remote) = slot.into_inner().expect("every file was opened")?;
             if remote {
                 to_fetch.push(i);
-            } else {
-                already += meta.bytes;
             }
-            files.push(BaseFile {
+            let id = NEXT_FILE_ID.fetch_add(1, Ordering::Relaxed);
+            files.push(Arc::new(BaseFile {
                 meta: (*meta).clone(),
-                file: RwLock::new(file.with_cache(cache.clone(), i as u64)),
-                id: i as u64,
+                file: RwLock::new(file.with_cache(cache.clone(), id)),
                 damaged: std::sync::OnceLock::new(),
-            });
+                local: AtomicBool::new(!remote),
+                claimed: AtomicBool::new(false),
+            }));
         }
-        let bytes_total = files.iter().map(|f| f.meta.bytes).sum();
         let base = Arc::new(SnapshotBase {
             manifest: manifest.clone(),
-            files_local: AtomicUsize::new(files.len() - to_fetch.len()),
             files,
             partitions,
             cache,
             dir,
-            bytes_total,
-            bytes_local: AtomicU64::new(already),
-            failure: Mutex::new(None),
+            settings: settings.clone(),
+            failure,
             downloads: Mutex::new(Vec::new()),
+            superseded: AtomicBool::new(false),
         });
         if settings.download && !to_fetch.is_empty() {
             let queue = Arc::new(Mutex::new(to_fetch));
@@ -188,11 +252,21 @@ impl SnapshotBase {
                 let h = std::thread::Builder::new()
                     .name(format!("millpond-fetch-{n}"))
                     .spawn(move || loop {
+                        if base.superseded.load(Ordering::Relaxed) {
+                            return;
+                        }
                         let Some(i) = queue.lock().pop() else { return };
-                        if let Err(e) = base.fetch(&archive, i) {
+                        let f = &base.files[i];
+                        if f.claimed.swap(true, Ordering::AcqRel) {
+                            // Another base's thread fetches it.
+                            continue;
+                        }
+                        if let Err(e) = base.fetch(&archive, f) {
                             if matches!(e, Error::Corrupt { .. } | Error::NotFound { .. }) {
-                                let _ = base.files[i].damaged.set(e.to_string());
+                                let _ = f.damaged.set(e.to_string());
                             }
+                            // A transient failure: a later base may try it again.
+                            f.claimed.store(false, Ordering::Release);
                             base.failure.lock().get_or_insert(e);
                             return;
                         }
@@ -208,8 +282,7 @@ impl SnapshotBase {
         Ok(base)
     }
 
-    fn fetch(&self, archive: &Archive, i: usize) -> Result<()> {
-        let f = &self.files[i];
+    fn fetch(&self, archive: &Archive, f: &BaseFile) -> Result<()> {
         let local = local_path(&self.dir, &f.meta);
         download_to(archive, &f.meta, &local)?;
         let (file, remote) = open_file(archive, &self.dir, &f.meta)?;
@@ -218,9 +291,9 @@ impl SnapshotBase {
                 reason: format!("{} was downloaded but is not local", local.display()),
             });
         }
-        *f.file.write() = file.with_cache(self.cache.clone(), f.id);
-        self.bytes_local.fetch_add(f.meta.bytes, Ordering::Relaxed);
-        self.files_local.fetch_add(1, Ordering::Relaxed);
+        let id = NEXT_FILE_ID.fetch_add(1, Ordering::Relaxed);
+        *f.file.write() = file.with_cache(self.cache.clone(), id);
+        f.local.store(true, Ordering::Release);
         Ok(())
     }
 
@@ -231,12 +304,30 @@ impl SnapshotBase {
 
     /// Bytes of the files local so far, and of all files.
     pub fn progress(&self) -> (u64, u64) {
-        (self.bytes_local.load(Ordering::Relaxed), self.bytes_total)
+        self.files.iter().fold((0, 0), |(local, all), f| {
+            let b = f.meta.bytes;
+            let is_local = f.local.load(Ordering::Relaxed);
+            (local + if is_local { b } else { 0 }, all + b)
+        })
     }
 
     /// Whether every file is on local disk.
     pub fn is_local(&self) -> bool {
-        self.files_local.load(Ordering::Relaxed) == self.files.len()
+        self.files.iter().all(|f| f.local.load(Ordering::Relaxed))
+    }
+
+    /// The names of the files in the base's directory that it reads or downloads: every
+    /// other data file there is left over from an older snapshot.
+    pub fn local_names(&self) -> std::collections::HashSet<String> {
+        self.files
+            .iter()
+            .map(|f| {
+                local_path(&self.dir, &f.meta)
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            })
+            .collect()
     }
 
     /// Waits until the background downloads end; returns their first failure, once. After
@@ -246,6 +337,16 @@ impl SnapshotBase {
         let handles = std::mem::take(&mut *self.downloads.lock());
         for h in handles {
             let _ = h.join();
+        }
+        // Files shared with an older base may still be in its threads' hands.
+        while self.settings.download
+            && self.failure.lock().is_none()
+            && !self
+                .files
+                .iter()
+                .all(|f| f.local.load(Ordering::Acquire) || f.damaged.get().is_some())
+        {
+            std::thread::sleep(std::time::Duration::from_millis(5));
         }
         match self.failure.lock().take() {
             Some(e) => Err(e),
@@ -313,7 +414,7 @@ impl SnapshotBase {
     fn file_of(&self, run: &[usize], kg: u16) -> Option<&BaseFile> {
         let i = run.partition_point(|&i| self.files[i].meta.last_key_group < kg);
         run.get(i)
-            .map(|&i| &self.files[i])
+            .map(|&i| &*self.files[i])
             .filter(|f| f.meta.first_key_group <= kg)
     }
 }

@@ -331,3 +331,61 @@ fn a_part_symlink_in_the_restore_directory_is_replaced_not_followed() {
         );
     }
 }
+
+/// A base that follows the next snapshot (a running instance installs each one) shares the
+/// files both name, opens and downloads only the new ones, and reads as a fresh restore of
+/// the new snapshot does; the old base's downloads stop.
+#[test]
+fn a_base_follows_the_next_snapshot_sharing_its_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let archive = Archive::open(&format!("file://{}", root.join("archive").display())).unwrap();
+    let mut model = Model::default();
+    let job = open_job(root, &archive, "a", None);
+    let mut writer =
+        SnapshotWriter::claim(archive.clone(), 128, SnapshotSettings::default()).unwrap();
+    work(&job, &mut model, 0..2_000, 1);
+    commit(&job, 100);
+    let first = snapshot(root, &mut writer, &job).manifest;
+    let base_dir = root.join("base");
+    let base =
+        SnapshotBase::open(&archive, &first, &base_dir, &RestoreSettings::default()).unwrap();
+    base.wait_local().unwrap();
+
+    work(&job, &mut model, 0..200, 2);
+    commit(&job, 200);
+    let second = snapshot(root, &mut writer, &job).manifest;
+    let next = base.next(&archive, &second).unwrap();
+    next.wait_local().unwrap();
+    assert!(next.is_local());
+    assert_eq!(next.progress().0, next.progress().1);
+    let on_disk: std::collections::HashSet<String> = std::fs::read_dir(&base_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(next.local_names().is_subset(&on_disk));
+    assert!(
+        second.files().count() > first.files().count(),
+        "the second snapshot adds delta runs over the first's files"
+    );
+
+    let fresh = SnapshotBase::open(
+        &archive,
+        &second,
+        root.join("fresh"),
+        &RestoreSettings::default(),
+    )
+    .unwrap();
+    fresh.wait_local().unwrap();
+    let all = KeyGroupRange::all(128);
+    let followed: Vec<_> = next.entries(all).map(|e| e.unwrap()).collect();
+    let restored: Vec<_> = fresh.entries(all).map(|e| e.unwrap()).collect();
+    assert!(!followed.is_empty());
+    assert_eq!(followed, restored);
+    for (key, value) in &restored {
+        use millpond_state::BaseTier;
+        assert_eq!(next.get(key).unwrap().as_ref(), Some(value));
+    }
+    job.wal.close().unwrap();
+    job.store.close().unwrap();
+}

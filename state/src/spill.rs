@@ -135,7 +135,9 @@ type Table = Arc<ReadOnlyTable<&'static [u8], &'static [u8]>>;
 /// one's.
 struct ReadView {
     epoch: u64,
-    tables: [Option<Table>; 2],
+    /// Each with its database: a read in progress keeps a sealed file's database open (redb
+    /// fails reads of a dropped one) while `drop_sealed` lets it go.
+    tables: [Option<(Arc<Database>, Table)>; 2],
 }
 
 /// The redb files of the cold tier: the one the writer writes, and the one sealed by the last
@@ -438,10 +440,12 @@ impl ColdTier {
             let mut view = self.view.lock();
             if view.epoch != epoch {
                 let files = self.files.read();
+                let with_db =
+                    |db: &Arc<Database>| open_table(db).map(|t| t.map(|t| (db.clone(), t)));
                 view.tables = [
-                    open_table(&files.active)?,
+                    with_db(&files.active)?,
                     match &files.sealed {
-                        Some((db, _)) => open_table(db)?,
+                        Some((db, _)) => with_db(db)?,
                         None => None,
                     },
                 ];
@@ -449,7 +453,7 @@ impl ColdTier {
             }
             view.tables.clone()
         };
-        for table in tables.iter().flatten() {
+        for (_db, table) in tables.iter().flatten() {
             match table.get(key) {
                 Ok(Some(v)) => {
                     let location = || format!("key {:02x?} in the cold tier", key);
