@@ -308,7 +308,7 @@ fn local_copy(
             source,
         })?
         .into_temp_path();
-    download_to(archive, f, &local)?;
+    download_to(archive, f, &local, true)?;
     let file = DataFile::open_source(Arc::new(LocalFile::open(&local).map_err(|source| {
         Error::Io {
             path: local.display().to_string(),

@@ -106,20 +106,35 @@ impl ObjectBody {
 /// Downloads `file` to `to` (written to a temporary name, synced, then renamed, so a file at
 /// `to` is always whole). Its size, digest (if the manifest has one) and CRC-32C must match
 /// the manifest. Returns its digest (computed, so also for a file the manifest has none for).
-pub(crate) fn download_to(archive: &Archive, file: &FileRef, to: &Path) -> Result<FileDigest> {
+/// With `link`, a local (`file://`) archive's object is hard-linked instead of copied where the
+/// file system allows (checked the same way): for copies that only this process reads, and
+/// that may share the archive's blocks.
+pub(crate) fn download_to(
+    archive: &Archive,
+    file: &FileRef,
+    to: &Path,
+    link: bool,
+) -> Result<FileDigest> {
     let io = |source| Error::Io {
         path: to.display().to_string(),
         source,
     };
-    let mut body = ObjectBody::open(archive, file)?;
     let part = to.with_extension("part");
     // A `.part` left by a crash goes first. `remove_file` unlinks a symlink itself, and
-    // `create_new` refuses whatever appears there meanwhile: a restore into a directory
-    // someone else can write to never writes through their link to a file outside it.
+    // `create_new` (or `hard_link`) refuses whatever appears there meanwhile: a restore into a
+    // directory someone else can write to never writes through their link to a file outside it.
     match std::fs::remove_file(&part) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(e)),
         _ => {}
     }
+    if let Some(root) = archive.local_root().filter(|_| link) {
+        // A local archive's objects are immutable (a put renames a new file into place), so
+        // a hard link is a copy that costs no disk; it is checked like a download.
+        if std::fs::hard_link(root.join(&file.path), &part).is_ok() {
+            return check_linked(file, &part, to);
+        }
+    }
+    let mut body = ObjectBody::open(archive, file)?;
     let out = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -146,6 +161,42 @@ pub(crate) fn download_to(archive: &Archive, file: &FileRef, to: &Path) -> Resul
     }
     std::fs::rename(&part, to).map_err(io)?;
     Ok(hasher.digest())
+}
+
+/// Checks a hard link `part` to a local archive's object against the manifest (size, digest,
+/// CRC-32C, reading it once), then renames it to `to`.
+fn check_linked(file: &FileRef, part: &Path, to: &Path) -> Result<FileDigest> {
+    let io = |source| Error::Io {
+        path: to.display().to_string(),
+        source,
+    };
+    let checked = (|| {
+        let mut f = std::fs::File::open(part).map_err(io)?;
+        let mut hasher = FileHasher::new();
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = std::io::Read::read(&mut f, &mut buf).map_err(io)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            if hasher.len() > file.bytes {
+                return Err(size_differs(file));
+            }
+        }
+        hasher.check(file)?;
+        Ok(hasher.digest())
+    })();
+    match checked {
+        Ok(digest) => {
+            std::fs::rename(part, to).map_err(io)?;
+            Ok(digest)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(part);
+            Err(e)
+        }
+    }
 }
 
 /// Checks the data file `file` end to end in one pass over its bytes, in bounded memory:

@@ -224,7 +224,7 @@ pub fn rescale(
                 let mut files = Vec::new();
                 for f in run {
                     let local = temp_file(&temp_dir)?;
-                    download_to(source.archive, f, &local)?;
+                    download_to(source.archive, f, &local, true)?;
                     let file = DataFile::open_source(Arc::new(LocalFile::open(&local).map_err(
                         |source| Error::Io {
                             path: local.display().to_string(),
@@ -254,7 +254,7 @@ pub fn rescale(
             continue;
         }
         let local = temp_file(&temp_dir)?;
-        let digest = download_to(source.archive, &piece.file, &local)?;
+        let digest = download_to(source.archive, &piece.file, &local, true)?;
         if piece.whole {
             out.close()?;
             let path = data_path(&id, out.written.len());

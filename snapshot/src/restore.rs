@@ -37,6 +37,11 @@ pub struct RestoreSettings {
     /// the archive by range requests (`false`: nothing local at all, for a short-lived
     /// reader like `millpond snapshot dump`).
     pub download: bool,
+    /// For a local (`file://`) archive, hard-link its files into the directory instead of
+    /// copying them, where the file system allows (checked like a download). The copies then
+    /// share the archive's disk blocks: right for a running instance's own reads (the facade
+    /// sets it), wrong for a copy meant to outlive damage to the archive. Default: `false`.
+    pub hard_links: bool,
 }
 
 impl Default for RestoreSettings {
@@ -46,6 +51,7 @@ impl Default for RestoreSettings {
             block_cache_bytes: 32 << 20,
             parallel_downloads: 4,
             download: true,
+            hard_links: false,
         }
     }
 }
@@ -284,7 +290,7 @@ impl SnapshotBase {
 
     fn fetch(&self, archive: &Archive, f: &BaseFile) -> Result<()> {
         let local = local_path(&self.dir, &f.meta);
-        download_to(archive, &f.meta, &local)?;
+        download_to(archive, &f.meta, &local, self.settings.hard_links)?;
         let (file, remote) = open_file(archive, &self.dir, &f.meta)?;
         if remote {
             return Err(Error::Invalid {

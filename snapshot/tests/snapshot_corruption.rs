@@ -228,6 +228,9 @@ impl Fixture {
             dir.path().join("base"),
             &RestoreSettings {
                 download,
+                // Downloads from the local archive as a running instance makes them: hard
+                // links, checked like copies (the copy path: cli_restore's damaged download).
+                hard_links: download,
                 ..RestoreSettings::default()
             },
         )?;

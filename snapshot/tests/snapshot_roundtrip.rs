@@ -333,8 +333,8 @@ fn a_part_symlink_in_the_restore_directory_is_replaced_not_followed() {
 }
 
 /// A base that follows the next snapshot (a running instance installs each one) shares the
-/// files both name, opens and downloads only the new ones, and reads as a fresh restore of
-/// the new snapshot does; the old base's downloads stop.
+/// files both name, opens and downloads only the new ones (hard links to a local archive's
+/// objects, when asked), and reads as a fresh restore (copies) of the new snapshot does.
 #[test]
 fn a_base_follows_the_next_snapshot_sharing_its_files() {
     let dir = tempfile::tempdir().unwrap();
@@ -348,8 +348,11 @@ fn a_base_follows_the_next_snapshot_sharing_its_files() {
     commit(&job, 100);
     let first = snapshot(root, &mut writer, &job).manifest;
     let base_dir = root.join("base");
-    let base =
-        SnapshotBase::open(&archive, &first, &base_dir, &RestoreSettings::default()).unwrap();
+    let linked = RestoreSettings {
+        hard_links: true,
+        ..RestoreSettings::default()
+    };
+    let base = SnapshotBase::open(&archive, &first, &base_dir, &linked).unwrap();
     base.wait_local().unwrap();
 
     work(&job, &mut model, 0..200, 2);
@@ -368,6 +371,19 @@ fn a_base_follows_the_next_snapshot_sharing_its_files() {
         second.files().count() > first.files().count(),
         "the second snapshot adds delta runs over the first's files"
     );
+    // Hard links to the local archive's objects, the new files too: no second copy.
+    #[cfg(unix)]
+    for f in second.files() {
+        use std::os::unix::fs::MetadataExt;
+        let local = base_dir.join(f.path.rsplit('/').next().unwrap());
+        let object = root.join("archive").join(&f.path);
+        assert_eq!(
+            std::fs::metadata(&local).unwrap().ino(),
+            std::fs::metadata(&object).unwrap().ino(),
+            "{}",
+            local.display()
+        );
+    }
 
     let fresh = SnapshotBase::open(
         &archive,
