@@ -204,8 +204,6 @@ impl Builder {
             // A running instance outlives the snapshot it restored (GC), so its files
             // must become local.
             download: true,
-            // The store reads them; a local archive keeps its own copy.
-            hard_links: true,
             ..settings.restore.clone()
         };
         let mut base = None;

@@ -45,9 +45,11 @@ pub struct Settings {
     /// Default: [`SnapshotSettings::default`], with the temporary directory under the data
     /// directory when unset.
     pub snapshot: SnapshotSettings,
-    /// Restoring: block cache, parallel downloads. Its `key_groups` is ignored (the store's
-    /// `key_groups` decides) and `download` is always on (the restored files must be local
-    /// before garbage collection may delete them). Default: [`RestoreSettings::default`].
+    /// Restoring, and the runs a running instance reads from `{data_dir}/base/`: block cache,
+    /// parallel downloads, hard links. Its `key_groups` is ignored (the store's `key_groups`
+    /// decides) and `download` is always on (the files must be local before garbage
+    /// collection may delete them). Default: [`RestoreSettings::default`] with `hard_links`
+    /// on: a `file://` archive's files are linked into `base/`, not copied.
     pub restore: RestoreSettings,
     /// A snapshot starts once the WAL holds this many records (changes and commit markers)
     /// after the last snapshot's LSN, and a state change was committed since: the WAL tail a
@@ -188,7 +190,10 @@ impl Default for Settings {
             wal: WalSettings::default(),
             segments: SegmentSettings::default(),
             snapshot: SnapshotSettings::default(),
-            restore: RestoreSettings::default(),
+            restore: RestoreSettings {
+                hard_links: true,
+                ..RestoreSettings::default()
+            },
             snapshot_after_changes: DEFAULT_AFTER_CHANGES,
             snapshot_after_wal_bytes: DEFAULT_AFTER_WAL_BYTES,
             snapshot_interval_max: Some(DEFAULT_INTERVAL_MAX),

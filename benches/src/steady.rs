@@ -119,8 +119,10 @@ fn settings(memory_budget: u64, snapshot_interval_s: Option<f64>) -> Settings {
             settings.snapshot_interval_min = settings.snapshot_interval_min.min(interval);
         }
         Some(_) => {}
-        // A restore measures, it does not snapshot or compact.
+        // A restore measures, it does not snapshot or compact. It copies the archive's files
+        // as it would download them from S3 (a hard link from the local archive would be free).
         None => {
+            settings.restore.hard_links = false;
             settings.compaction = None;
             settings.snapshot_after_changes = u64::MAX;
             settings.snapshot_after_wal_bytes = u64::MAX;
