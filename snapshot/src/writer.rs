@@ -37,8 +37,12 @@ pub struct SnapshotSettings {
     /// Smaller files mean finer reuse between snapshots and more parallel fetches on
     /// restore. Default: 64 MiB.
     pub target_file_bytes: u64,
-    /// Block size and compression of data files. Default: 16 KiB blocks (a point read on a
-    /// restored store decompresses one block), LZ4.
+    /// Block size and compression of data files. Default: 4 KiB blocks, LZ4. A running
+    /// instance reads its latest snapshot's runs below redb, so a read that misses memory
+    /// reads, checks and decompresses one block per run holding the key: at 1 GB of state
+    /// under a 1 GiB budget, 16 KiB blocks gave the job 70k read-modify-writes/s and 4 KiB
+    /// blocks 102k/s (8 KiB: 94k), for 8 % more bytes and 4× the index memory (about 70
+    /// bytes a block: 180 MB at 10 GB of state). Flink's RocksDB default is 4 KiB as well.
     pub data_file: DataFileSettings,
     /// Where sort runs go while a snapshot is written. Default: `None`, the system's
     /// temporary directory.
@@ -69,7 +73,7 @@ impl Default for SnapshotSettings {
             sort_buffer_bytes: 64 << 20,
             target_file_bytes: 64 << 20,
             data_file: DataFileSettings {
-                block_bytes: 16 << 10,
+                block_bytes: 4 << 10,
                 compress: true,
             },
             temp_dir: None,
