@@ -210,7 +210,12 @@ impl Builder {
         if parent.files().next().is_none() {
             let _ = std::fs::remove_dir_all(&base_dir);
         } else {
-            remove_unreferenced(&base_dir, &parent);
+            // Local copies of older snapshots' files go; a download cut short is redone.
+            let names = parent
+                .files()
+                .map(|f| f.path.rsplit('/').next().unwrap_or(&f.path).to_owned())
+                .collect();
+            crate::lower_tiers::remove_unnamed(&base_dir, &names, false);
             let opened = SnapshotBase::open(&archive, &parent, &base_dir, &restore)?;
             store = store.base(opened.clone(), parent.states.clone());
             base = Some(opened);
@@ -341,6 +346,7 @@ impl Recovering {
             shared: shared.clone(),
             lower: self.lower,
             gc_pending: false,
+            refresh_failed: None,
             clock: self.clock,
             recovered,
         }
@@ -743,21 +749,4 @@ impl DirLock {
 
 fn abs(dir: &Path) -> Result<PathBuf> {
     std::path::absolute(dir).map_err(io(dir))
-}
-
-/// Deletes local copies of snapshot files that `manifest` does not name (older snapshots').
-fn remove_unreferenced(dir: &Path, manifest: &Manifest) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    let keep: std::collections::HashSet<&str> = manifest
-        .files()
-        .map(|f| f.path.rsplit('/').next().unwrap_or(&f.path))
-        .collect();
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        if !keep.contains(name.to_string_lossy().as_ref()) {
-            let _ = std::fs::remove_file(entry.path());
-        }
-    }
 }

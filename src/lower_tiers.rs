@@ -73,7 +73,7 @@ impl LowerTiers {
                 None => SnapshotBase::open(archive, manifest, &self.dir, &self.restore)?,
             };
             store.install_base(next.clone());
-            remove_unnamed(&self.dir, &next.local_names());
+            remove_unnamed(&self.dir, &next.local_names(), true);
             self.base = Some(next);
             installed = true;
         }
@@ -98,9 +98,10 @@ impl LowerTiers {
     }
 }
 
-/// Deletes the files of `dir` that are neither named in `keep` nor a download in progress of
-/// one of those (`<stem>.part`): copies of runs no manifest the store reads names any more.
-pub(crate) fn remove_unnamed(dir: &Path, keep: &HashSet<String>) {
+/// Deletes the files of `dir` not named in `keep`: copies of runs no manifest the store reads
+/// names any more. With `downloading`, a download in progress of a kept file (`<stem>.part`)
+/// stays too.
+pub(crate) fn remove_unnamed(dir: &Path, keep: &HashSet<String>, downloading: bool) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
@@ -109,14 +110,48 @@ pub(crate) fn remove_unnamed(dir: &Path, keep: &HashSet<String>) {
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
     };
-    let downloading: HashSet<String> = keep.iter().filter_map(|n| stem(n)).collect();
+    let stems: HashSet<String> = keep.iter().filter_map(|n| stem(n)).collect();
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let part_of_kept =
-            name.ends_with(".part") && stem(&name).is_some_and(|s| downloading.contains(&s));
+        let part_of_kept = downloading
+            && name.ends_with(".part")
+            && stem(&name).is_some_and(|s| stems.contains(&s));
         if !keep.contains(&name) && !part_of_kept {
             // Best effort: what stays is deleted after the next commit or at the next open.
             let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Only the named files stay, and a download of one of them in progress when asked.
+    #[test]
+    fn remove_unnamed_keeps_the_named_files_and_their_downloads_when_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let names = ["a-1.mpdf", "a-1.part", "b-2.mpdf", "b-2.part", "c-3.part"];
+        let keep: HashSet<String> = ["a-1.mpdf".to_string()].into();
+        for downloading in [true, false] {
+            for n in names {
+                std::fs::write(dir.path().join(n), b"x").unwrap();
+            }
+            remove_unnamed(dir.path(), &keep, downloading);
+            let mut left: Vec<String> = std::fs::read_dir(dir.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            left.sort();
+            let expected: &[&str] = if downloading {
+                &["a-1.mpdf", "a-1.part"]
+            } else {
+                &["a-1.mpdf"]
+            };
+            assert_eq!(left, expected, "downloading: {downloading}");
+            for n in left {
+                std::fs::remove_file(dir.path().join(n)).unwrap();
+            }
         }
     }
 }

@@ -28,6 +28,10 @@ use crate::wal_location::WalLocation;
 /// starts.
 const CHECK_EVERY: Duration = Duration::from_millis(100);
 
+/// How long after a failed install of the latest manifest below the store it is tried again
+/// (the reads stay correct meanwhile; only the disk holds more).
+const REFRESH_RETRY: Duration = Duration::from_secs(5);
+
 /// The longest wait after failed snapshots before the next automatic one (the wait doubles
 /// from 2 s), so that an unreachable archive is not retried with a whole WAL read each second.
 const RETRY_MAX: Duration = Duration::from_secs(64);
@@ -192,6 +196,8 @@ pub(crate) struct Snapshotter {
     /// A snapshot committed since the last archive GC: collect once every file the store
     /// reads is local (until then some reads go to the archive).
     pub(crate) gc_pending: bool,
+    /// When installing the latest manifest last failed: retried after [`REFRESH_RETRY`].
+    pub(crate) refresh_failed: Option<Instant>,
     /// The instance's clock: the triggers' time.
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) recovered: Recovered,
@@ -437,11 +443,21 @@ impl Snapshotter {
             }
             writer.parent().clone()
         };
-        if let Err(e) = self
+        if self
+            .refresh_failed
+            .is_some_and(|at| at.elapsed() < REFRESH_RETRY)
+        {
+            return;
+        }
+        match self
             .lower
             .refresh(archive, &manifest, &self.store, &self.wal)
         {
-            tracing::warn!(error = %e, "installing the latest snapshot below the store failed");
+            Ok(_) => self.refresh_failed = None,
+            Err(e) => {
+                self.refresh_failed = Some(Instant::now());
+                tracing::warn!(error = %e, "installing the latest snapshot below the store failed");
+            }
         }
     }
 
