@@ -510,6 +510,29 @@ impl Store {
     /// ([`Store::drop_sealed_cold`]): everything in it was evicted, hence changed, before
     /// this returned, so the snapshot holds it. From the first rotation on, deletes leave
     /// tombstones, since a base may hold older versions.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use millpond_state::{BaseTier, BoxError, Store};
+    ///
+    /// /// Stands in for a snapshot's runs (`millpond_snapshot::SnapshotBase`).
+    /// struct Runs;
+    /// impl BaseTier for Runs {
+    ///     fn get(&self, _key: &[u8]) -> Result<Option<Vec<u8>>, BoxError> {
+    ///         Ok(None)
+    ///     }
+    /// }
+    ///
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let store = Store::builder(dir.path()).open().unwrap();
+    /// assert!(store.rotate_cold().unwrap());
+    /// assert!(!store.rotate_cold().unwrap(), "one sealed file at a time");
+    /// // ... a snapshot covering every change made before the rotation commits ...
+    /// store.install_base(Arc::new(Runs));
+    /// store.drop_sealed_cold().unwrap();
+    /// assert_eq!(store.stats().cold_sealed_bytes, 0);
+    /// assert!(store.rotate_cold().unwrap());
+    /// ```
     pub fn rotate_cold(&self) -> Result<bool> {
         self.inner.check_open()?;
         for shard in self.inner.shards.iter() {
