@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 use millpond::state::{BytesCodec, StoreSettings, StringCodec, ValueState, ValueStateDescriptor};
 use millpond::wal::SourceOffset;
 use millpond::{Millpond, Settings};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 
 const KEYS: u64 = 40_000;
 const VALUE_BYTES: usize = 200;
@@ -49,17 +51,6 @@ fn value(k: u64, version: u64) -> Vec<u8> {
     let mut v = vec![(k % 251) as u8; VALUE_BYTES];
     v[..8].copy_from_slice(&version.to_le_bytes());
     v
-}
-
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
 }
 
 fn names(dir: &Path, keep: impl Fn(&str) -> bool) -> BTreeSet<String> {
@@ -111,37 +102,42 @@ fn check(state: &ValueState<String, Vec<u8>>, model: &HashMap<u64, u64>, when: &
     }
 }
 
+/// The model of the state and what drives the changes.
+struct Workload {
+    model: HashMap<u64, u64>,
+    rng: StdRng,
+    offset: i64,
+    /// What the cold tier held after the initial load.
+    everything: u64,
+}
+
 /// Runs `rounds` of changes, each committed and snapshotted, checking the disk and the
-/// state after each; `everything` is what the cold tier held after the initial load.
-#[allow(clippy::too_many_arguments)]
+/// state after each.
 fn rounds(
     dir: &Path,
     job: &Millpond,
     state: &ValueState<String, Vec<u8>>,
-    model: &mut HashMap<u64, u64>,
-    rng: &mut Rng,
-    offset: &mut i64,
+    w: &mut Workload,
     rounds: usize,
-    everything: u64,
 ) {
     let mut generations = BTreeSet::new();
     for round in 0..rounds {
         for _ in 0..CHANGED_PER_ROUND {
-            let k = rng.below(KEYS);
-            if rng.below(20) == 0 {
+            let k = w.rng.random_range(0..KEYS);
+            if w.rng.random_range(0..20) == 0 {
                 state.clear(&key(k)).unwrap();
-                model.remove(&k);
+                w.model.remove(&k);
             } else {
-                let version = model.get(&k).map_or(1, |v| v + 1);
+                let version = w.model.get(&k).map_or(1, |v| v + 1);
                 state.update(&key(k), &value(k, version)).unwrap();
-                model.insert(k, version);
+                w.model.insert(k, version);
             }
         }
-        *offset += CHANGED_PER_ROUND as i64;
+        w.offset += CHANGED_PER_ROUND as i64;
         job.commit(&[SourceOffset {
             topic: "in".into(),
             partition: 0,
-            next_offset: *offset,
+            next_offset: w.offset,
         }])
         .unwrap()
         .wait()
@@ -156,13 +152,14 @@ fn rounds(
         let cold = cold_files(dir);
         assert!(cold.len() <= 2, "round {round}: cold files {cold:?}");
         generations.extend(cold);
-        check(state, model, &format!("round {round}"));
+        check(state, &w.model, &format!("round {round}"));
         if round >= 2 {
             // Two snapshot intervals of evictions, far below what the load left there.
             let bytes = cold_bytes(dir);
             assert!(
-                bytes < everything / 3,
-                "round {round}: the cold tier holds {bytes} bytes; the load left {everything}"
+                bytes < w.everything / 3,
+                "round {round}: the cold tier holds {bytes} bytes; the load left {}",
+                w.everything
             );
         }
     }
@@ -176,42 +173,27 @@ fn rounds(
 fn the_cold_tier_stays_small_and_reads_stay_exact_across_snapshots_and_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let dir = dir.path();
-    let mut model = HashMap::new();
-    let mut rng = Rng(0x00c0_1d7e_e5ee_d001);
-    let mut offset = 0;
     let (job, state) = open(dir);
+    let mut model = HashMap::new();
     for k in 0..KEYS {
         state.update(&key(k), &value(k, 0)).unwrap();
         model.insert(k, 0);
     }
     // Without rotation the cold tier would keep all of this for the life of the process.
     job.store().flush().unwrap();
-    let everything = cold_bytes(dir);
-    rounds(
-        dir,
-        &job,
-        &state,
-        &mut model,
-        &mut rng,
-        &mut offset,
-        6,
-        everything,
-    );
+    let mut w = Workload {
+        model,
+        rng: StdRng::seed_from_u64(0x00c0_1d7e_e5ee_d001),
+        offset: 0,
+        everything: cold_bytes(dir),
+    };
+    rounds(dir, &job, &state, &mut w, 6);
     job.close().unwrap();
 
     // Restored over its snapshot, on the same directory: the runs are local already.
     let (job, state) = open(dir);
     assert_eq!(job.recovery().replayed, 0);
-    check(&state, &model, "restored");
-    rounds(
-        dir,
-        &job,
-        &state,
-        &mut model,
-        &mut rng,
-        &mut offset,
-        4,
-        everything,
-    );
+    check(&state, &w.model, "restored");
+    rounds(dir, &job, &state, &mut w, 4);
     job.close().unwrap();
 }

@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
-use millpond_snapshot::{Archive, RestoreSettings, SnapshotBase, SnapshotSettings, SnapshotWriter};
+use millpond_snapshot::{
+    Archive, Manifest, RestoreSettings, SnapshotBase, SnapshotSettings, SnapshotWriter,
+};
 use millpond_state::{
     key_group, BoxError, Change, ChangeSink, KeyGroupRange, ListState, ListStateDescriptor,
     MapState, MapStateDescriptor, Store, StoreSettings, StringCodec, U64Codec, ValueState,
@@ -286,6 +288,20 @@ fn round_trip(sort_buffer_bytes: usize, min_runs: usize) {
     }
 }
 
+/// A job in `root/a` over a `file://` archive in `root/archive`, with `keys` keys changed,
+/// committed and snapshotted once.
+fn first_snapshot(root: &Path, keys: u64) -> (Archive, Model, Job, SnapshotWriter, Manifest) {
+    let archive = Archive::open(&format!("file://{}", root.join("archive").display())).unwrap();
+    let mut model = Model::default();
+    let job = open_job(root, &archive, "a", None);
+    let mut writer =
+        SnapshotWriter::claim(archive.clone(), 128, SnapshotSettings::default()).unwrap();
+    work(&job, &mut model, 0..keys, 1);
+    commit(&job, 100);
+    let m = snapshot(root, &mut writer, &job).manifest;
+    (archive, model, job, writer, m)
+}
+
 /// A restore into a directory someone else can write to: a `.part` name planted there as a
 /// symlink to a file outside must not make the download write through it.
 #[cfg(unix)]
@@ -293,14 +309,7 @@ fn round_trip(sort_buffer_bytes: usize, min_runs: usize) {
 fn a_part_symlink_in_the_restore_directory_is_replaced_not_followed() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    let archive = Archive::open(&format!("file://{}", root.join("archive").display())).unwrap();
-    let mut model = Model::default();
-    let job = open_job(root, &archive, "a", None);
-    let mut writer =
-        SnapshotWriter::claim(archive.clone(), 128, SnapshotSettings::default()).unwrap();
-    work(&job, &mut model, 0..300, 1);
-    commit(&job, 100);
-    let m = snapshot(root, &mut writer, &job).manifest;
+    let (archive, _model, job, _writer, m) = first_snapshot(root, 300);
     job.wal.close().unwrap();
     job.store.close().unwrap();
     drop(job);
@@ -339,14 +348,7 @@ fn a_part_symlink_in_the_restore_directory_is_replaced_not_followed() {
 fn a_base_follows_the_next_snapshot_sharing_its_files() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    let archive = Archive::open(&format!("file://{}", root.join("archive").display())).unwrap();
-    let mut model = Model::default();
-    let job = open_job(root, &archive, "a", None);
-    let mut writer =
-        SnapshotWriter::claim(archive.clone(), 128, SnapshotSettings::default()).unwrap();
-    work(&job, &mut model, 0..2_000, 1);
-    commit(&job, 100);
-    let first = snapshot(root, &mut writer, &job).manifest;
+    let (archive, mut model, job, mut writer, first) = first_snapshot(root, 2_000);
     let base_dir = root.join("base");
     let linked = RestoreSettings {
         hard_links: true,
