@@ -170,6 +170,11 @@ impl Builder {
             std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
             settings.snapshot.temp_dir = Some(tmp);
         }
+        // Compactions link their inputs from the runs the store reads, checked, instead of
+        // downloading them again.
+        if settings.snapshot.local_files.is_none() {
+            settings.snapshot.local_files = Some(dir.join("base"));
+        }
         let archive = match (self.archive, self.archive_url) {
             (Some(a), _) => a,
             (None, Some(url)) => Archive::open_with(&url, &self.archive_settings)?,

@@ -26,7 +26,7 @@ use millpond_format::key::{key_group_of, range_start};
 use crate::archive::{now_ms, Archive};
 use crate::data_file::DataFile;
 use crate::error::{Error, Result};
-use crate::fetch::download_to;
+use crate::fetch::{download_to, link_checked};
 use crate::manifest::{FileRef, Manifest, ManifestKind, Partition, Run, RunKind};
 use crate::names::new_id;
 use crate::pending::PendingSnapshot;
@@ -246,7 +246,13 @@ pub fn compact<'a>(
     for run in &job.inputs {
         let mut files = Vec::with_capacity(run.files.len());
         for f in &run.files {
-            files.push(local_copy(archive, f, &temp_dir, &mut temps)?);
+            files.push(local_copy(
+                archive,
+                f,
+                &temp_dir,
+                settings.local_files.as_deref(),
+                &mut temps,
+            )?);
             bytes_read += f.bytes;
         }
         runs.push(Box::new(
@@ -293,11 +299,13 @@ pub fn compact<'a>(
     })
 }
 
-/// Downloads `f` into `dir` and opens it, checked against the manifest.
+/// Links `f` from `local_files` (if a checked copy is there) or downloads it into `dir`, and
+/// opens it, checked against the manifest.
 fn local_copy(
     archive: &Archive,
     f: &FileRef,
     dir: &std::path::Path,
+    local_files: Option<&std::path::Path>,
     temps: &mut Vec<tempfile::TempPath>,
 ) -> Result<DataFile> {
     let local = tempfile::Builder::new()
@@ -308,7 +316,11 @@ fn local_copy(
             source,
         })?
         .into_temp_path();
-    download_to(archive, f, &local, true)?;
+    let name = f.path.rsplit('/').next().unwrap_or(&f.path);
+    let linked = local_files.is_some_and(|from| link_checked(f, &from.join(name), &local).is_ok());
+    if !linked {
+        download_to(archive, f, &local, true)?;
+    }
     let file = DataFile::open_source(Arc::new(LocalFile::open(&local).map_err(|source| {
         Error::Io {
             path: local.display().to_string(),

@@ -163,6 +163,19 @@ pub(crate) fn download_to(
     Ok(hasher.digest())
 }
 
+/// Hard-links `from` (a local copy of `file`, perhaps deleted meanwhile) to `to` and checks it
+/// against the manifest as a download would be; on any failure nothing is left at `to`'s
+/// temporary name and the caller downloads instead.
+pub(crate) fn link_checked(file: &FileRef, from: &Path, to: &Path) -> Result<FileDigest> {
+    let part = to.with_extension("part");
+    let _ = std::fs::remove_file(&part);
+    std::fs::hard_link(from, &part).map_err(|source| Error::Io {
+        path: from.display().to_string(),
+        source,
+    })?;
+    check_linked(file, &part, to)
+}
+
 /// Checks a hard link `part` to a local archive's object against the manifest (size, digest,
 /// CRC-32C, reading it once), then renames it to `to`.
 fn check_linked(file: &FileRef, part: &Path, to: &Path) -> Result<FileDigest> {

@@ -47,6 +47,11 @@ pub struct SnapshotSettings {
     /// Where sort runs go while a snapshot is written. Default: `None`, the system's
     /// temporary directory.
     pub temp_dir: Option<PathBuf>,
+    /// A directory of local copies of the archive's data files under their own names (a
+    /// running instance's `{data_dir}/base/`): a compaction hard-links its inputs from there,
+    /// each checked against the manifest like a download, and downloads only the others.
+    /// Default: `None`, every input is downloaded.
+    pub local_files: Option<PathBuf>,
     /// Partitions (ranges of consecutive key groups whose changes go to the same runs) of an
     /// archive whose first snapshot this writer writes; an archive keeps the partitions its
     /// first snapshot chose. Default: 16 (capped at the number of key groups).
@@ -77,6 +82,7 @@ impl Default for SnapshotSettings {
                 compress: true,
             },
             temp_dir: None,
+            local_files: None,
             partitions: DEFAULT_PARTITIONS,
             threads: None,
             filter_bits_per_key: crate::filter::DEFAULT_BITS_PER_KEY,

@@ -407,3 +407,74 @@ fn a_base_follows_the_next_snapshot_sharing_its_files() {
     job.wal.close().unwrap();
     job.store.close().unwrap();
 }
+
+/// A compaction links its inputs from `SnapshotSettings::local_files` (a running instance's
+/// `base/`), checked: with an input gone from the archive it still compacts from the local
+/// copy, and a damaged local copy is passed over for the archive's. Either way the compacted
+/// snapshot reads as the one it replaces.
+#[test]
+fn a_compaction_links_its_inputs_from_local_copies_and_checks_them() {
+    use millpond_snapshot::compaction::{self, CompactionSettings};
+    for damaged_local in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let (archive, mut model, job, mut writer, _) = first_snapshot(root, 2_000);
+        for round in 2..5 {
+            work(&job, &mut model, 0..300, round);
+            commit(&job, 100 * round as i64);
+            snapshot(root, &mut writer, &job);
+        }
+        let before = writer.parent().clone();
+        let base_dir = root.join("base");
+        let base =
+            SnapshotBase::open(&archive, &before, &base_dir, &RestoreSettings::default()).unwrap();
+        base.wait_local().unwrap();
+        let all = KeyGroupRange::all(128);
+        let expected: Vec<_> = base.entries(all).map(|e| e.unwrap()).collect();
+        let policy = CompactionSettings {
+            delta_ratio_percent: u32::MAX,
+            max_runs: 2,
+        };
+        let job_ = compaction::pick(&before, &policy).expect("a partition with 4 runs");
+        let input = before
+            .partitions
+            .iter()
+            .find(|p| p.first_key_group == job_.first_key_group)
+            .unwrap()
+            .runs[0]
+            .files[0]
+            .clone();
+        let name = input.path.rsplit('/').next().unwrap();
+        if damaged_local {
+            // A copy (not a link to the archive): flip a byte in its middle.
+            let local = base_dir.join(name);
+            let mut bytes = std::fs::read(&local).unwrap();
+            let mid = bytes.len() / 2;
+            bytes[mid] ^= 1;
+            std::fs::remove_file(&local).unwrap();
+            std::fs::write(&local, bytes).unwrap();
+        } else {
+            std::fs::remove_file(root.join("archive").join(&input.path)).unwrap();
+        }
+        let settings = SnapshotSettings {
+            local_files: Some(base_dir.clone()),
+            ..SnapshotSettings::default()
+        };
+        let cancel = std::sync::atomic::AtomicBool::new(false);
+        let out = compaction::compact(&archive, &before, job_, &settings, &cancel).unwrap();
+        let after = writer.commit_compaction(out).unwrap().manifest;
+        assert!(after.files().count() < before.files().count());
+        let fresh = SnapshotBase::open(
+            &archive,
+            &after,
+            root.join("fresh"),
+            &RestoreSettings::default(),
+        )
+        .unwrap();
+        fresh.wait_local().unwrap();
+        let got: Vec<_> = fresh.entries(all).map(|e| e.unwrap()).collect();
+        assert_eq!(got, expected, "damaged local copy: {damaged_local}");
+        job.wal.close().unwrap();
+        job.store.close().unwrap();
+    }
+}
