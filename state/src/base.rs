@@ -1,6 +1,8 @@
 //! The base tier: the read-only state a store was restored from (a snapshot's data files),
 //! read where the hot and cold tiers miss, so that a restore moves files instead of
-//! re-inserting every entry.
+//! re-inserting every entry. A running instance replaces it with each newer snapshot of its
+//! own changes ([`Store::install_base`](crate::Store::install_base)), so that the cold tier
+//! holds only what changed since (docs/state.md, "Cold tier rotation").
 //!
 //! The store never writes to its base. A change to a key of the base goes to the hot tier and
 //! from there to the cold tier like any other; a delete becomes a tombstone in the cold tier,
