@@ -49,8 +49,11 @@ pub struct SnapshotSettings {
     pub temp_dir: Option<PathBuf>,
     /// A directory of local copies of the archive's data files under their own names (a
     /// running instance's `{data_dir}/base/`): a compaction hard-links its inputs from there,
-    /// each checked against the manifest like a download, and downloads only the others.
-    /// Default: `None`, every input is downloaded.
+    /// each checked against the manifest like a download, and downloads only the others; and
+    /// unless the archive is local (`file://`, whose files the instance links), every file
+    /// written to the archive is also written there (synced, renamed into place once its
+    /// upload finished), so that the instance need not download its own runs. Default:
+    /// `None`, every input is downloaded and no copy is kept.
     pub local_files: Option<PathBuf>,
     /// Partitions (ranges of consecutive key groups whose changes go to the same runs) of an
     /// archive whose first snapshot this writer writes; an archive keeps the partitions its
@@ -649,8 +652,80 @@ pub(crate) struct FileSplitter<'a> {
     pub(crate) v3: Option<Version3>,
 }
 
+/// An upload that also writes a local copy of the file (best effort: a copy that fails to
+/// write is dropped, and the instance downloads the file instead).
+pub(crate) struct TeeUpload<'a> {
+    upload: crate::archive::Upload<'a>,
+    local: Option<LocalCopy>,
+}
+
+/// A local copy being written under a temporary name (`<stem>.upload`), renamed into place
+/// only once the upload finished and the copy is synced, so that a file under its own name
+/// in the directory is always whole. Removed if the upload is dropped unfinished.
+struct LocalCopy {
+    file: Option<std::io::BufWriter<std::fs::File>>,
+    part: PathBuf,
+    to: PathBuf,
+}
+
+impl LocalCopy {
+    fn write(&mut self, data: &[u8]) -> bool {
+        use std::io::Write;
+        self.file
+            .as_mut()
+            .is_some_and(|f| f.write_all(data).is_ok())
+    }
+
+    /// Syncs the copy and renames it into place.
+    fn finish(mut self) -> std::io::Result<()> {
+        let file = self.file.take().expect("finished once");
+        let file = file.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        std::fs::rename(&self.part, &self.to)
+    }
+}
+
+impl Drop for LocalCopy {
+    fn drop(&mut self) {
+        if self.file.is_some() {
+            let _ = std::fs::remove_file(&self.part);
+        }
+    }
+}
+
+impl TeeUpload<'_> {
+    /// Finishes the upload, then puts the local copy in place (a failure there loses only the
+    /// copy).
+    fn finish(self) -> Result<()> {
+        let TeeUpload { upload, local } = self;
+        upload.finish()?;
+        if let Some(local) = local {
+            let part = local.part.clone();
+            if local.finish().is_err() {
+                let _ = std::fs::remove_file(&part);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::io::Write for TeeUpload<'_> {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.upload.write_all(data)?;
+        if self.local.as_mut().is_some_and(|l| !l.write(data)) {
+            // Dropping it removes the partial copy.
+            self.local = None;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.upload.flush()
+    }
+}
+
 pub(crate) struct OpenFile<'a> {
-    writer: DataFileWriter<crate::archive::Upload<'a>>,
+    writer: DataFileWriter<TeeUpload<'a>>,
     path: String,
     last_kg: u16,
     segment: usize,
@@ -703,7 +778,10 @@ impl<'a> FileSplitter<'a> {
         }
         if self.current.is_none() {
             let path = data_path(self.id, self.name_base + self.written.len());
-            let upload = self.archive.upload(&path);
+            let upload = TeeUpload {
+                upload: self.archive.upload(&path),
+                local: self.local_copy(&path),
+            };
             let mut writer = DataFileWriter::new(upload, self.settings.data_file);
             if let Some(v3) = self.v3 {
                 writer = writer.version_3(v3)?;
@@ -721,6 +799,31 @@ impl<'a> FileSplitter<'a> {
         f.last_kg = kg;
         f.bytes += (key.len() + value.len() + 4) as u64;
         Ok(())
+    }
+
+    /// A local copy of the file at archive path `path` to write beside its upload, if
+    /// [`SnapshotSettings::local_files`] asks for one and the archive is not itself local (a
+    /// running instance then links the archive's file).
+    fn local_copy(&self, path: &str) -> Option<LocalCopy> {
+        let dir = self.settings.local_files.as_ref()?;
+        if self.archive.local_root().is_some() {
+            return None;
+        }
+        let name = path.rsplit('/').next().unwrap_or(path);
+        std::fs::create_dir_all(dir).ok()?;
+        let to = dir.join(name);
+        let part = to.with_extension("upload");
+        let _ = std::fs::remove_file(&part);
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&part)
+            .ok()?;
+        Some(LocalCopy {
+            file: Some(std::io::BufWriter::with_capacity(1 << 20, file)),
+            part,
+            to,
+        })
     }
 
     pub(crate) fn close(&mut self) -> Result<()> {

@@ -18,7 +18,8 @@ use std::time::Duration;
 
 use futures::TryStreamExt;
 use millpond_snapshot::{
-    Archive, Error, Manifest, ManifestKind, SnapshotReport, SnapshotSettings, SnapshotWriter,
+    Archive, Error, Manifest, ManifestKind, RestoreSettings, SnapshotBase, SnapshotReport,
+    SnapshotSettings, SnapshotWriter,
 };
 use millpond_state::{key_group, StateSchema, Store};
 use millpond_wal::{
@@ -649,4 +650,64 @@ fn s3_gc_keeps_the_retained_snapshots_whole() {
             &format!("{} after gc", m.id),
         );
     }
+}
+
+/// A writer with `SnapshotSettings::local_files` (a running instance's `base/`) keeps a local
+/// copy of every file it uploads to S3, byte for byte the object, so that the instance need
+/// not download its own runs; a restore from that directory finds them all local.
+#[test]
+fn s3_a_writer_keeps_local_copies_of_its_uploads() {
+    let s3 = S3Prefix::new("local-copies");
+    let archive = s3.open();
+    let mut live = Live::open();
+    let local = tempfile::tempdir().unwrap();
+    let settings = SnapshotSettings {
+        local_files: Some(local.path().join("base")),
+        ..small_files()
+    };
+    let mut writer = SnapshotWriter::claim(archive.clone(), KEY_GROUPS, settings).unwrap();
+    live.work(0..3_000, 1);
+    live.commit();
+    live.snapshot(&mut writer).unwrap();
+    live.work(0..500, 2);
+    let model = live.commit();
+    let m = live.snapshot(&mut writer).unwrap().manifest;
+    let mut names = BTreeSet::new();
+    for f in m.files() {
+        let name = f.path.rsplit('/').next().unwrap().to_owned();
+        let copy = std::fs::read(local.path().join("base").join(&name)).unwrap();
+        let object = S3Prefix::block_on(async {
+            s3.store()
+                .get(&Path::from(format!("{}/{}", s3.prefix, f.path)))
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap()
+        });
+        assert_eq!(copy, object.to_vec(), "{name}");
+        names.insert(name);
+    }
+    let on_disk: BTreeSet<String> = std::fs::read_dir(local.path().join("base"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(names.is_subset(&on_disk));
+    assert!(
+        on_disk.iter().all(|n| !n.ends_with(".upload")),
+        "temporary copies left: {on_disk:?}"
+    );
+    let base = SnapshotBase::open(
+        &archive,
+        &m,
+        local.path().join("base"),
+        &RestoreSettings::default(),
+    )
+    .unwrap();
+    assert!(
+        base.is_local(),
+        "every file found local, nothing to download"
+    );
+    drop(base);
+    restore_and_check(&archive, &m, &live.wal_dir, &model, BUDGET, "from S3");
 }
