@@ -216,10 +216,7 @@ impl Builder {
             let _ = std::fs::remove_dir_all(&base_dir);
         } else {
             // Local copies of older snapshots' files go; a download cut short is redone.
-            let names = parent
-                .files()
-                .map(|f| f.path.rsplit('/').next().unwrap_or(&f.path).to_owned())
-                .collect();
+            let names = parent.files().map(|f| f.local_name().to_owned()).collect();
             crate::lower_tiers::remove_unnamed(&base_dir, &names, false);
             let opened = SnapshotBase::open(&archive, &parent, &base_dir, &restore)?;
             store = store.base(opened.clone(), parent.states.clone());

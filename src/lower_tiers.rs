@@ -51,15 +51,14 @@ impl LowerTiers {
     }
 
     /// Brings the store's lower tiers up to `manifest`, the writer's latest (the steps of the
-    /// module's doc). Returns whether a new base was installed.
+    /// module's doc).
     pub(crate) fn refresh(
         &mut self,
         archive: &Archive,
         manifest: &Manifest,
         store: &Store,
         wal: &Wal,
-    ) -> Result<bool> {
-        let mut installed = false;
+    ) -> Result<()> {
         let current = self.base.as_ref().map(|b| b.manifest().id.clone());
         let has_files = manifest.files().next().is_some();
         if has_files
@@ -75,7 +74,6 @@ impl LowerTiers {
             store.install_base(next.clone());
             remove_unnamed(&self.dir, &next.local_names(), true);
             self.base = Some(next);
-            installed = true;
         }
         let base_lsn = self.base.as_ref().map(|b| b.manifest().lsn);
         if let (Some(below), Some(lsn)) = (self.sealed_below, base_lsn) {
@@ -89,7 +87,7 @@ impl LowerTiers {
             self.sealed_below = Some(below);
             self.installable_from.get_or_insert(below);
         }
-        Ok(installed)
+        Ok(())
     }
 
     /// Whether every file the store reads below redb is local (archive GC may run).

@@ -435,6 +435,12 @@ impl Snapshotter {
     /// ([`LowerTiers::refresh`]). A failure leaves the tiers as they were (reads stay
     /// correct, the disk holds more) and is retried at the next check.
     fn refresh_lower_tiers(&mut self, archive: &Archive) {
+        if self
+            .refresh_failed
+            .is_some_and(|at| at.elapsed() < REFRESH_RETRY)
+        {
+            return;
+        }
         let manifest = {
             let writer = self.writer.lock();
             let installed = self.lower.base.as_ref().map(|b| b.manifest().id.as_str());
@@ -443,17 +449,11 @@ impl Snapshotter {
             }
             writer.parent().clone()
         };
-        if self
-            .refresh_failed
-            .is_some_and(|at| at.elapsed() < REFRESH_RETRY)
-        {
-            return;
-        }
         match self
             .lower
             .refresh(archive, &manifest, &self.store, &self.wal)
         {
-            Ok(_) => self.refresh_failed = None,
+            Ok(()) => self.refresh_failed = None,
             Err(e) => {
                 self.refresh_failed = Some(Instant::now());
                 tracing::warn!(error = %e, "installing the latest snapshot below the store failed");

@@ -316,8 +316,8 @@ fn local_copy(
             source,
         })?
         .into_temp_path();
-    let name = f.path.rsplit('/').next().unwrap_or(&f.path);
-    let linked = local_files.is_some_and(|from| link_checked(f, &from.join(name), &local).is_ok());
+    let linked =
+        local_files.is_some_and(|from| link_checked(f, &from.join(f.local_name()), &local).is_ok());
     if !linked {
         download_to(archive, f, &local, true)?;
     }

@@ -79,7 +79,18 @@ pub struct FileRef {
     pub file_id: Option<FileId>,
 }
 
+/// The last part of archive path `path`: the name of a data file's local copies.
+pub(crate) fn local_name(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
+}
+
 impl FileRef {
+    /// The name of the file's local copies (a restore's, a running instance's `base/`): the
+    /// last part of its archive path.
+    pub fn local_name(&self) -> &str {
+        local_name(&self.path)
+    }
+
     /// Whether the file holds keys of any key group in `start..end`.
     pub fn overlaps(&self, start: u16, end: u16) -> bool {
         self.first_key_group < end && self.last_key_group >= start

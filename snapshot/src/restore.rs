@@ -478,7 +478,7 @@ fn classify_open_failure(archive: &Archive, meta: &FileRef, e: Error) -> Error {
 }
 
 fn local_path(dir: &Path, f: &FileRef) -> PathBuf {
-    dir.join(f.path.rsplit('/').next().unwrap_or(&f.path))
+    dir.join(f.local_name())
 }
 
 impl BaseTier for SnapshotBase {

@@ -809,9 +809,8 @@ impl<'a> FileSplitter<'a> {
         if self.archive.local_root().is_some() {
             return None;
         }
-        let name = path.rsplit('/').next().unwrap_or(path);
         std::fs::create_dir_all(dir).ok()?;
-        let to = dir.join(name);
+        let to = dir.join(crate::manifest::local_name(path));
         let part = to.with_extension("upload");
         let _ = std::fs::remove_file(&part);
         let file = std::fs::OpenOptions::new()

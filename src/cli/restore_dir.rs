@@ -54,7 +54,7 @@ fn io_error(what: &Path) -> impl FnOnce(std::io::Error) -> CliError + '_ {
 /// The name a data file gets in a restore: the last part of its archive path (as
 /// `SnapshotBase` names its local copies).
 fn local_name(f: &FileRef) -> &str {
-    f.path.rsplit('/').next().unwrap_or(&f.path)
+    f.local_name()
 }
 
 /// The name a download writes before it renames the file into place (`SnapshotBase`'s
