@@ -600,9 +600,9 @@ fn replay_in_parallel<W: WalSink, S: WalSource>(
     const CHUNK: usize = 512;
     if threads <= 1 {
         while let Some(unit) = recovery.next()? {
-            for (_lsn, change) in unit.changes() {
+            for (lsn, change) in unit.changes() {
                 store
-                    .apply(&change.as_change())
+                    .apply_logged(&change.as_change(), *lsn)
                     .map_err(|source| crate::wal::Error::Apply {
                         lsn: unit.point().lsn,
                         source: Box::new(source),
@@ -622,8 +622,8 @@ fn replay_in_parallel<W: WalSink, S: WalSource>(
                     .name(format!("millpond-replay-{i}"))
                     .spawn_scoped(scope, move || -> Result<()> {
                         for chunk in rx {
-                            for (_lsn, change) in &chunk {
-                                store.apply(&change.as_change())?;
+                            for (lsn, change) in &chunk {
+                                store.apply_logged(&change.as_change(), *lsn)?;
                             }
                         }
                         Ok(())
@@ -678,9 +678,9 @@ fn replay_in_parallel<W: WalSink, S: WalSource>(
 struct LogOnceOpen(OnceLock<Arc<Wal>>);
 
 impl ChangeSink for LogOnceOpen {
-    fn append(&self, change: &Change<'_>) -> std::result::Result<(), BoxError> {
+    fn append(&self, change: &Change<'_>) -> std::result::Result<u64, BoxError> {
         match self.0.get() {
-            Some(wal) => Ok(wal.append_change(change).map(|_| ())?),
+            Some(wal) => Ok(wal.append_change(change)?),
             None => Err("the instance is not recovered yet: call Recovering::recover first".into()),
         }
     }

@@ -23,6 +23,13 @@ const TAG_LIST: u8 = 2;
 const TAG_MAP: u8 = 3;
 const TAG_TOMBSTONE: u8 = 4;
 
+/// Entries larger than this are *heavy*: a data file lists their keys in its filter block, and
+/// a store takes the read path, not the blind one, for a list append or map put on such a
+/// key (docs/state.md, "Blind appends and puts"). 64 KiB: far above a typical list or map,
+/// and small enough that a key's layers, each at most this unless listed, stay far below
+/// the default 16 MiB value limit.
+pub const HEAVY_ENTRY_BYTES: usize = 64 << 10;
+
 /// Values up to this many bytes are kept inline in a [`ValueBytes`]. Sized so that an entry
 /// with an inline value costs no more than one with a small heap value would (allocator
 /// header and rounding).

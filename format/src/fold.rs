@@ -358,6 +358,33 @@ impl KeyChanges {
         entry.filter(|e| !e.is_empty())
     }
 
+    /// The LSN of the newest operand held (0: none, a full result, or not numbered).
+    pub fn last_lsn(&self) -> u64 {
+        match &self.changes {
+            Changes::OnBase(ops) => ops.last().map_or(0, |(_, _, lsn)| *lsn),
+            Changes::Known(_) => 0,
+        }
+    }
+
+    /// [`fold_over`](Self::fold_over) a layer that already holds every change up to LSN
+    /// `below_upto`: operands with an LSN at or below it are skipped, not applied twice. This
+    /// is how a store folds an operand chain it keeps (docs/state.md, "Blind appends and
+    /// puts") over a cold-tier entry or a snapshot that may already hold part of it.
+    pub fn fold_over_from(&self, below: Option<Entry>, below_upto: u64) -> Option<Entry> {
+        match &self.changes {
+            Changes::OnBase(ops) if below_upto > 0 => {
+                let mut entry = below.filter(|e| !matches!(e, Entry::Tombstone));
+                for (op, at, lsn) in ops {
+                    if *lsn > below_upto {
+                        apply_at(&mut entry, &op.as_change(), *at);
+                    }
+                }
+                entry.filter(|e| !e.is_empty())
+            }
+            _ => self.fold_over(below),
+        }
+    }
+
     /// Whether the changes are a full result (an entry or, `None`, no data), not operands
     /// waiting for the layer below.
     pub fn is_known(&self) -> bool {

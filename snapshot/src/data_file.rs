@@ -32,6 +32,7 @@ use std::io::Write;
 use std::ops::Range;
 use std::sync::Arc;
 
+use millpond_format::entry::HEAVY_ENTRY_BYTES;
 use millpond_format::key::{key_group_of, KEY_GROUP_BYTES};
 
 use crate::block_cache::{Block, BlockCache};
@@ -406,6 +407,11 @@ impl<W: Write> DataFileWriter<W> {
             }
             if let Some(filter) = &mut v3.filter {
                 filter.add(key);
+                // A store keeps no blind operand over a key this large (docs/state.md,
+                // "Blind appends and puts").
+                if value.len() > HEAVY_ENTRY_BYTES {
+                    filter.add_heavy(key);
+                }
             }
         }
         if !self.block.is_empty() && self.block.len() + entry_len > self.block_bytes {

@@ -509,4 +509,23 @@ impl BaseTier for SnapshotBase {
         }
         Ok(fold_layers(&layers, &self.manifest.id)?)
     }
+
+    fn covered_lsn(&self) -> u64 {
+        self.manifest.lsn
+    }
+
+    /// No run of the key's partition lists it as heavy, and each has a filter to say so (a
+    /// file of version 1 or 2 has none: its keys are never blind).
+    fn blind_ok(&self, key: &[u8]) -> bool {
+        let Ok(kg) = key_group_of(key) else {
+            return false;
+        };
+        let Some(p) = self.partition_of(kg) else {
+            return true;
+        };
+        p.runs.iter().all(|run| {
+            self.file_of(run, kg)
+                .is_none_or(|f| f.file.read().filter().is_some_and(|fl| !fl.is_heavy(key)))
+        })
+    }
 }

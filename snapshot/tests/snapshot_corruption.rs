@@ -30,9 +30,8 @@ const KEYS: u64 = 600;
 struct LogTo(Arc<Wal>);
 
 impl ChangeSink for LogTo {
-    fn append(&self, change: &Change<'_>) -> Result<(), BoxError> {
-        self.0.append_change(change)?;
-        Ok(())
+    fn append(&self, change: &Change<'_>) -> Result<u64, BoxError> {
+        Ok(self.0.append_change(change)?)
     }
 }
 

@@ -67,9 +67,8 @@ fn op(keys: u16) -> impl Strategy<Value = Op> {
 struct LogTo(Arc<Wal>);
 
 impl ChangeSink for LogTo {
-    fn append(&self, change: &Change<'_>) -> Result<(), BoxError> {
-        self.0.append_change(change)?;
-        Ok(())
+    fn append(&self, change: &Change<'_>) -> Result<u64, BoxError> {
+        Ok(self.0.append_change(change)?)
     }
 }
 

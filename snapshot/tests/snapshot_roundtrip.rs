@@ -22,13 +22,8 @@ use millpond_wal::{
 struct LogOnceOpen(OnceLock<Arc<Wal>>);
 
 impl ChangeSink for LogOnceOpen {
-    fn append(&self, change: &Change<'_>) -> Result<(), BoxError> {
-        Ok(self
-            .0
-            .get()
-            .ok_or("log not open")?
-            .append_change(change)
-            .map(|_| ())?)
+    fn append(&self, change: &Change<'_>) -> Result<u64, BoxError> {
+        Ok(self.0.get().ok_or("log not open")?.append_change(change)?)
     }
 }
 

@@ -32,8 +32,13 @@ pub struct Change<'a> {
 /// back into the store: copy the change into a buffer and return. An error refuses the change,
 /// and the state stays as it was.
 pub trait ChangeSink: Send + Sync + 'static {
-    /// Takes one change.
-    fn append(&self, change: &Change<'_>) -> Result<(), BoxError>;
+    /// Takes one change and returns its log position (LSN): greater than the LSN of every
+    /// change this sink took before. A sink that does not number changes returns 0; the
+    /// store then numbers them itself. The store tags the operands it keeps for a key that is
+    /// not in memory (docs/state.md, "Blind appends and puts") with it, so that a snapshot of
+    /// the log installed below the store ([`Store::install_base`](crate::Store::install_base))
+    /// is not applied twice.
+    fn append(&self, change: &Change<'_>) -> Result<u64, BoxError>;
 }
 
 /// A sink that drops every change: for jobs without a WAL and for benchmarks.
@@ -41,14 +46,14 @@ pub trait ChangeSink: Send + Sync + 'static {
 /// ```
 /// use millpond_state::{Change, ChangeOp, ChangeSink, NullSink, StateKind};
 /// let change = Change { state: "s", kind: StateKind::Value, key_group: 0, key: b"k", op: ChangeOp::Clear };
-/// NullSink.append(&change).unwrap();
+/// assert_eq!(NullSink.append(&change).unwrap(), 0);
 /// ```
 #[derive(Debug, Default, Clone, Copy)]
 pub struct NullSink;
 
 impl ChangeSink for NullSink {
     #[inline]
-    fn append(&self, _change: &Change<'_>) -> Result<(), BoxError> {
-        Ok(())
+    fn append(&self, _change: &Change<'_>) -> Result<u64, BoxError> {
+        Ok(0)
     }
 }

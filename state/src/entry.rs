@@ -12,6 +12,9 @@ pub(crate) struct HotEntry {
     pub dirty: bool,
     /// Bytes charged to the shard's budget for this entry (key included).
     pub charged: u32,
+    /// The entry is an operand stub: `data` is a placeholder and the key's operands are in
+    /// [`Shard::stubs`](crate::shard::Shard::stubs), to be folded over what is below.
+    pub stub: bool,
 }
 
 /// Fixed cost of one hot entry beyond its key and payload: the LRU node (key, entry, two

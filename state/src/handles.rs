@@ -13,7 +13,7 @@ use crate::descriptor::{
     ReducingStateDescriptor, StateInfo, StateKind, ValueStateDescriptor,
 };
 use crate::error::{BoxError, Error, Result};
-use crate::store::{Access, Emitter, Inner, Store};
+use crate::store::{Access, Emitter, Inner, OperandOp, Store};
 
 thread_local! {
     /// Reusable encoding buffers, so that the hot path does not allocate for keys and values.
@@ -125,6 +125,23 @@ impl<K: 'static> Handle<K> {
         with_key_buffer(|ck| {
             self.composite_key(key, ck)?;
             self.store.run(&self.st, ck, access, f)
+        })
+    }
+
+    /// A list append, map put or map remove: kept as an operand when the key is not in memory
+    /// (see [`Inner::operand`]), else `f` on the key's data, as a write.
+    fn operand(
+        &self,
+        key: &K,
+        op: OperandOp<'_>,
+        f: impl FnOnce(&mut Option<Entry>, &mut Emitter<'_>) -> Result<()>,
+    ) -> Result<()> {
+        with_key_buffer(|ck| {
+            self.composite_key(key, ck)?;
+            if self.store.operand(&self.st, ck, op, None)? {
+                return Ok(());
+            }
+            self.store.run(&self.st, ck, Access::Write, f)
         })
     }
 
@@ -296,16 +313,17 @@ impl<K: 'static, V: 'static> ListState<K, V> {
             return Ok(());
         }
         let encoded = self.encode_all(values)?;
-        self.h.run(key, Access::Write, |slot, em| {
-            let expires_at_ms = em.expiry();
-            em.apply(
-                slot,
-                ChangeOp::ListAppend {
-                    values: &encoded,
-                    expires_at_ms,
-                },
-            )
-        })
+        self.h
+            .operand(key, OperandOp::ListAppend(&encoded), |slot, em| {
+                let expires_at_ms = em.expiry();
+                em.apply(
+                    slot,
+                    ChangeOp::ListAppend {
+                        values: &encoded,
+                        expires_at_ms,
+                    },
+                )
+            })
     }
 
     /// Replaces the list with `values` (empty: clears it).
@@ -400,7 +418,7 @@ impl<K: 'static, UK: 'static, UV: 'static> MapState<K, UK, UV> {
                 self.value_codec
                     .encode(value, vb)
                     .map_err(codec_err(&self.h.st))?;
-                self.h.run(key, Access::Write, |slot, em| {
+                self.h.operand(key, OperandOp::MapPut(uk, vb), |slot, em| {
                     let expires_at_ms = em.expiry();
                     em.apply(
                         slot,
@@ -418,12 +436,15 @@ impl<K: 'static, UK: 'static, UV: 'static> MapState<K, UK, UV> {
     /// Removes `user_key` from `key`'s map.
     pub fn remove(&self, key: &K, user_key: &UK) -> Result<()> {
         self.encode_user_key(user_key, |uk| {
-            self.h.run(key, Access::Write, |slot, em| match slot {
-                Some(Entry::Map(map)) if map.contains_key(uk) => {
-                    em.apply(slot, ChangeOp::MapRemove { user_key: uk })
-                }
-                _ => Ok(()),
-            })
+            // Kept as an operand, a remove is logged whether or not the map holds the key
+            // (removing what is not there changes nothing, in replay too).
+            self.h
+                .operand(key, OperandOp::MapRemove(uk), |slot, em| match slot {
+                    Some(Entry::Map(map)) if map.contains_key(uk) => {
+                        em.apply(slot, ChangeOp::MapRemove { user_key: uk })
+                    }
+                    _ => Ok(()),
+                })
         })
     }
 

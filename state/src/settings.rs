@@ -42,6 +42,13 @@ pub struct StoreSettings {
     /// Entries examined per TTL cleanup step, in the hot tier and in the cold tier. Default:
     /// 1000. Flink: `cleanupIncrementally(cleanupSize, ..)` does 5 per state access.
     pub ttl_cleanup_entries_per_step: usize,
+    /// Whether a list append, a map put or a map remove on a key that is not in memory is
+    /// kept as an operand instead of reading the key's list or map from disk first
+    /// (docs/state.md, "Blind appends and puts"). Flink's RocksDB backend does the same with
+    /// a merge operator. Taken only when `max_value_bytes` is at least 4 MiB and no layer
+    /// holds more than 64 KiB for the key, so that the value limit still holds. Default:
+    /// `true`.
+    pub blind_writes: bool,
 }
 
 impl Default for StoreSettings {
@@ -56,6 +63,7 @@ impl Default for StoreSettings {
             spill_queue_bytes: None,
             ttl_cleanup_interval_ms: 1000,
             ttl_cleanup_entries_per_step: 1000,
+            blind_writes: true,
         }
     }
 }

@@ -3,22 +3,31 @@
 
 use std::sync::Arc;
 
-use hashbrown::HashMap;
+use hashbrown::{HashMap, HashSet};
 use lru::LruCache;
 
-use millpond_format::entry::alloc_size;
-use millpond_format::Entry;
+use millpond_format::entry::{alloc_size, HEAVY_ENTRY_BYTES};
+use millpond_format::fold::TAG_OPERANDS;
+use millpond_format::{Entry, KeyChanges};
 
 use crate::entry::{HotEntry, ENTRY_OVERHEAD};
 use crate::hot_key::HotKey;
 
-/// An evicted dirty entry on its way to the cold tier. `value: None` deletes.
+/// An evicted dirty entry on its way to the cold tier. `value: None` deletes; a value with
+/// tag 5 is an operand chain, which the spill writer folds over what the cold tier holds.
 #[derive(Debug)]
 pub(crate) struct SpillOp {
     pub shard: u16,
     pub key: Box<[u8]>,
     pub value: Option<Arc<[u8]>>,
     pub seq: u64,
+    /// Set by the spill writer for a chain it folded: whether the result is heavy.
+    pub heavy: Option<bool>,
+}
+
+/// Whether encoded pending bytes are an operand chain rather than a full entry.
+pub(crate) fn is_chain(bytes: &[u8]) -> bool {
+    bytes.first() == Some(&TAG_OPERANDS)
 }
 
 /// The newest version of a key that is queued for (or being written to) the cold tier.
@@ -35,6 +44,7 @@ pub(crate) struct ShardStats {
     pub cold_reads: u64,
     pub evictions: u64,
     pub spills: u64,
+    pub blind_writes: u64,
 }
 
 pub(crate) struct Shard {
@@ -54,6 +64,11 @@ pub(crate) struct Shard {
     /// tombstones and misses need no cold read.
     pub spilled_any: bool,
     pub stats: ShardStats,
+    /// The operands of the hot tier's stubs (entries with `stub` set), by key.
+    pub stubs: HashMap<Box<[u8]>, KeyChanges>,
+    /// Keys whose newest cold-tier version is larger than [`HEAVY_ENTRY_BYTES`]: a list append
+    /// or map put on them reads first (docs/state.md, "Blind appends and puts").
+    pub heavy: HashSet<Box<[u8]>>,
     /// Reused for encoding evicted entries.
     scratch: Vec<u8>,
 }
@@ -79,6 +94,8 @@ impl Shard {
             next_seq: 0,
             spilled_any: false,
             stats: ShardStats::default(),
+            stubs: HashMap::new(),
+            heavy: HashSet::new(),
             scratch: Vec::new(),
         }
     }
@@ -100,6 +117,19 @@ impl Shard {
 
     /// Queues `key` for the cold tier: its encoded value, or a delete.
     pub fn spill(&mut self, key: Box<[u8]>, value: Option<Arc<[u8]>>) {
+        // A full version decides at once whether the key is heavy below; a chain's weight is
+        // known once the writer has folded it.
+        match value.as_deref() {
+            Some(v) if is_chain(v) => {}
+            Some(v) if v.len() > HEAVY_ENTRY_BYTES => {
+                self.heavy.insert(key.clone());
+            }
+            _ => {
+                if !self.heavy.is_empty() {
+                    self.heavy.remove(&key);
+                }
+            }
+        }
         self.next_seq += 1;
         let seq = self.next_seq;
         let bytes = pending_size(&key, value.as_deref());
@@ -119,6 +149,7 @@ impl Shard {
             key,
             value,
             seq,
+            heavy: None,
         });
         self.spilled_any = true;
         self.stats.spills += 1;
@@ -132,6 +163,15 @@ impl Shard {
                 if p.seq == op.seq {
                     self.pending_bytes -= pending_size(&op.key, p.value.as_deref());
                     self.pending.remove(&op.key);
+                    match op.heavy {
+                        Some(true) => {
+                            self.heavy.insert(op.key.clone());
+                        }
+                        Some(false) => {
+                            self.heavy.remove(&op.key);
+                        }
+                        None => {}
+                    }
                 }
             }
         }
@@ -166,6 +206,10 @@ impl Shard {
     /// refresh was made when the data was live). Reads filter expired data anyway, and the TTL
     /// cleanup removes it from the cold tier.
     fn write_back(&mut self, key: Box<[u8]>, entry: &HotEntry) {
+        if entry.stub {
+            self.spill_stub(key);
+            return;
+        }
         if !entry.dirty {
             return;
         }
@@ -182,6 +226,31 @@ impl Shard {
         }
     }
 
+    /// Queues the operands of the evicted stub of `key`. A pending chain of the same key is
+    /// older (the stub was made over it): the new pending version is both, oldest first, since
+    /// it supersedes the old one.
+    fn spill_stub(&mut self, key: Box<[u8]>) {
+        let Some(mut chain) = self.stubs.remove(&key) else {
+            return;
+        };
+        if let Some(Pending {
+            value: Some(older), ..
+        }) = self.pending.get(&key)
+        {
+            if is_chain(older) {
+                // This shard encoded it (`KeyChanges`' round trip is tested), so it decodes.
+                if let Ok(mut older) = KeyChanges::decode(older) {
+                    older.then(chain);
+                    chain = older;
+                }
+            }
+        }
+        self.scratch.clear();
+        chain.encode(&mut self.scratch);
+        let bytes = Arc::from(&self.scratch[..]);
+        self.spill(key, Some(bytes));
+    }
+
     /// Removes wholly expired entries among the `max` least recently used. Returns how many.
     pub fn cleanup_expired(&mut self, max: usize, now_ms: u64) -> usize {
         let expired: Vec<HotKey> = self
@@ -189,7 +258,7 @@ impl Shard {
             .iter()
             .rev()
             .take(max)
-            .filter(|(_, e)| e.data.all_expired(now_ms))
+            .filter(|(_, e)| !e.stub && e.data.all_expired(now_ms))
             .map(|(k, _)| k.clone())
             .collect();
         for key in &expired {

@@ -23,13 +23,14 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use parking_lot::{Mutex, RwLock};
 use redb::{Database, Durability, ReadOnlyTable, ReadableDatabase, ReadableTable, TableDefinition};
 
+use millpond_format::entry::HEAVY_ENTRY_BYTES;
 use millpond_format::key::key_group_of;
-use millpond_format::Entry;
+use millpond_format::{Entry, KeyChanges};
 
 use crate::base::BaseTier;
 use crate::clock::Clock;
 use crate::error::{Error, Result};
-use crate::shard::{Shard, SpillOp};
+use crate::shard::{is_chain, Shard, SpillOp};
 
 const TABLE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("state");
 
@@ -121,6 +122,28 @@ fn start_writeback(file: &std::fs::File) {
 #[cfg(not(target_os = "linux"))]
 fn start_writeback(_file: &std::fs::File) {}
 
+/// A cold-tier value is `upto_lsn:u64le entry` (docs/state.md, "Cold tier"): the entry,
+/// and the LSN up to which it holds every operand of the key (0: it was written from the hot
+/// tier, newer than anything an operand chain above it could repeat). redb is never read
+/// across opens, so this wrapper is no persistent format.
+fn put_value(upto: u64, entry: &[u8], out: &mut Vec<u8>) {
+    out.clear();
+    out.extend_from_slice(&upto.to_le_bytes());
+    out.extend_from_slice(entry);
+}
+
+/// Splits a cold-tier value into its `upto_lsn` and its decoded entry.
+fn decode_value(value: &[u8], key: &[u8]) -> Result<(u64, Entry)> {
+    let location = || format!("key {key:02x?} in the cold tier");
+    let Some((upto, entry)) = value.split_first_chunk::<8>() else {
+        return Err(Error::Corrupt {
+            what: "cold-tier value shorter than its LSN",
+            location: location(),
+        });
+    };
+    Ok((u64::from_le_bytes(*upto), Entry::decode(entry, location)?))
+}
+
 /// The cold-tier encoding of a tombstone.
 fn tombstone() -> Vec<u8> {
     let mut buf = Vec::with_capacity(5);
@@ -150,8 +173,11 @@ struct Files {
     generation: u64,
 }
 
+/// What the writer reads too, to fold an operand chain over what lies below it.
+type SharedBase = Arc<RwLock<Option<Arc<dyn BaseTier>>>>;
+
 pub(crate) struct ColdTier {
-    files: RwLock<Files>,
+    files: Arc<RwLock<Files>>,
     dir: PathBuf,
     cache_bytes: usize,
     /// Bumped by the writer after each commit, before it releases the committed pending
@@ -165,7 +191,7 @@ pub(crate) struct ColdTier {
     failed: Arc<OnceLock<Failure>>,
     /// Read where the cold tier has nothing for a key; replaced when a newer snapshot's runs
     /// are installed.
-    base: RwLock<Option<Arc<dyn BaseTier>>>,
+    base: SharedBase,
     tombstones: Arc<std::sync::atomic::AtomicBool>,
 }
 
@@ -280,7 +306,17 @@ impl ColdTier {
         let failed = Arc::new(OnceLock::new());
         let epoch = Arc::new(AtomicU64::new(1));
         let tombstones = config.tombstones.clone();
+        let files = Arc::new(RwLock::new(Files {
+            active: db.clone(),
+            active_path: path.clone(),
+            sealed: None,
+            generation,
+        }));
+        let base: SharedBase = Arc::new(RwLock::new(base));
         let writer = Writer {
+            files: files.clone(),
+            base: base.clone(),
+            scratch: Vec::new(),
             db: db.clone(),
             epoch: epoch.clone(),
             rx,
@@ -301,13 +337,9 @@ impl ColdTier {
                 path: path.display().to_string(),
                 source,
             })?;
+        drop(db);
         Ok(ColdTier {
-            files: RwLock::new(Files {
-                active: db,
-                active_path: path,
-                sealed: None,
-                generation,
-            }),
+            files,
             dir: dir.to_owned(),
             cache_bytes,
             epoch,
@@ -318,7 +350,7 @@ impl ColdTier {
             tx: Mutex::new(Some(tx)),
             writer: Mutex::new(Some(handle)),
             failed,
-            base: RwLock::new(base),
+            base,
             tombstones,
         })
     }
@@ -409,32 +441,31 @@ impl ColdTier {
     }
 
     /// Reads `key` from the cold tier (the active file, then the sealed one), then from the
-    /// base tier if the cold tier has nothing for it. A tombstone reads as `None`.
-    pub fn get(&self, key: &[u8]) -> Result<Option<Entry>> {
-        let found = self.get_cold(key)?;
-        let data = match found {
-            Some(data) => data,
+    /// base tier if the cold tier has nothing for it. A tombstone reads as `None`. Returns
+    /// too the LSN up to which the result holds every operand of the key (see `put_value`;
+    /// the base's [`BaseTier::covered_lsn`]), which operands kept above must be newer than
+    /// to apply.
+    pub fn get(&self, key: &[u8]) -> Result<(Option<Entry>, u64)> {
+        let (data, upto) = match self.get_cold(key)? {
+            Some((entry, upto)) => (Some(entry), upto),
             None => {
                 let base = self.base.read().clone();
-                let Some(base) = base else {
-                    return Ok(None);
-                };
-                match base.get(key) {
-                    Ok(Some(bytes)) => {
-                        Entry::decode(&bytes, || format!("key {key:02x?} in the base snapshot"))?
-                    }
-                    Ok(None) => return Ok(None),
-                    Err(source) => return Err(Error::Base { source }),
+                match base {
+                    Some(base) => read_base(&*base, key)?,
+                    None => return Ok((None, 0)),
                 }
             }
         };
-        Ok(match data {
-            Entry::Tombstone => None,
-            d => Some(d),
-        })
+        Ok((data.filter(|d| !matches!(d, Entry::Tombstone)), upto))
     }
 
-    fn get_cold(&self, key: &[u8]) -> Result<Option<Entry>> {
+    /// Whether the base tier lets a list append or map put on `key` be kept as an operand
+    /// (true without a base: the cold tier's own heavy keys are the shards').
+    pub fn blind_ok(&self, key: &[u8]) -> bool {
+        self.base.read().as_ref().is_none_or(|b| b.blind_ok(key))
+    }
+
+    fn get_cold(&self, key: &[u8]) -> Result<Option<(Entry, u64)>> {
         let tables = {
             let epoch = self.epoch.load(Ordering::Acquire);
             let mut view = self.view.lock();
@@ -456,10 +487,8 @@ impl ColdTier {
         for (_db, table) in tables.iter().flatten() {
             match table.get(key) {
                 Ok(Some(v)) => {
-                    let location = || format!("key {:02x?} in the cold tier", key);
-                    return Entry::decode(v.value(), location)
-                        .map(Some)
-                        .map_err(Error::from);
+                    let (upto, entry) = decode_value(v.value(), key)?;
+                    return Ok(Some((entry, upto)));
                 }
                 Ok(None) => {}
                 Err(e) => {
@@ -516,6 +545,33 @@ impl ColdTier {
     }
 }
 
+/// The key's entry in the base and the base's covered LSN.
+fn read_base(base: &dyn BaseTier, key: &[u8]) -> Result<(Option<Entry>, u64)> {
+    let entry = match base.get(key) {
+        Ok(Some(bytes)) => Some(Entry::decode(&bytes, || {
+            format!("key {key:02x?} in the base snapshot")
+        })?),
+        Ok(None) => None,
+        Err(source) => return Err(Error::Base { source }),
+    };
+    Ok((entry, base.covered_lsn()))
+}
+
+/// [`read_base`] on the spill writer, which stops the store if it fails: a base read from
+/// object storage may fail once and succeed on a retry.
+fn read_base_retrying(base: &dyn BaseTier, key: &[u8]) -> Result<(Option<Entry>, u64)> {
+    let mut tries = 0;
+    loop {
+        match read_base(base, key) {
+            Err(Error::Base { .. }) if tries < 3 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(100 << tries));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// The table of `db` in a new read transaction (`None` before the first write created it).
 fn open_table(db: &Database) -> Result<Option<Table>> {
     let txn = db
@@ -535,6 +591,12 @@ impl Drop for ColdTier {
 }
 
 struct Writer {
+    /// The files and base as readers see them: an operand chain is folded over what lies
+    /// below it in the sealed file or the base.
+    files: Arc<RwLock<Files>>,
+    base: SharedBase,
+    /// Reused for building cold-tier values.
+    scratch: Vec<u8>,
     db: Arc<Database>,
     epoch: Arc<AtomicU64>,
     rx: Receiver<Msg>,
@@ -646,6 +708,7 @@ impl Writer {
                 batch.retain(|op| shard.pending.get(&op.key).is_some_and(|p| p.seq == op.seq));
             }
         }
+        let mut heavy: Vec<(u16, u64, bool)> = Vec::new();
         let mut txn = self
             .db
             .begin_write()
@@ -674,10 +737,24 @@ impl Writer {
             });
             let tombstone = tombstone();
             let tombstones = self.config.tombstones.load(Ordering::SeqCst);
+            let mut sealed = None;
             for op in ops {
                 let r = match &op.value {
-                    Some(v) => table.insert(&*op.key, &**v).map(|_| ()),
-                    None if tombstones => table.insert(&*op.key, &tombstone[..]).map(|_| ()),
+                    Some(v) if is_chain(v) => {
+                        let (upto, folded) = self.fold_chain(&table, &mut sealed, &op.key, v)?;
+                        let entry = folded.as_deref().unwrap_or(&tombstone[..]);
+                        heavy.push((op.shard, op.seq, entry.len() > HEAVY_ENTRY_BYTES));
+                        put_value(upto, entry, &mut self.scratch);
+                        table.insert(&*op.key, &self.scratch[..]).map(|_| ())
+                    }
+                    Some(v) => {
+                        put_value(0, v, &mut self.scratch);
+                        table.insert(&*op.key, &self.scratch[..]).map(|_| ())
+                    }
+                    None if tombstones => {
+                        put_value(0, &tombstone, &mut self.scratch);
+                        table.insert(&*op.key, &self.scratch[..]).map(|_| ())
+                    }
                     None => table.remove(&*op.key).map(|_| ()),
                 };
                 r.map_err(Failure::redb("spill write"))?;
@@ -690,12 +767,91 @@ impl Writer {
         } else if let Some(file) = &self.writeback {
             start_writeback(file);
         }
+        if !heavy.is_empty() {
+            for batch in batches.iter_mut() {
+                for op in batch.iter_mut() {
+                    if let Some(&(_, _, h)) = heavy
+                        .iter()
+                        .find(|(s, q, _)| *s == op.shard && *q == op.seq)
+                    {
+                        op.heavy = Some(h);
+                    }
+                }
+            }
+        }
         for batch in batches {
             if let Some(first) = batch.first() {
                 self.shards[first.shard as usize].lock().release(batch);
             }
         }
         Ok(())
+    }
+
+    /// Folds the operand chain `chain` of `key` over the key's version below it: in the active
+    /// file (this transaction's `table`), else in the sealed file, else in the base. Returns
+    /// the LSN up to which the result holds the key's operands and the encoded result (`None`:
+    /// no data). Operands the version below already holds (LSN at or below its own) are not
+    /// applied again.
+    fn fold_chain(
+        &self,
+        table: &redb::Table<&[u8], &[u8]>,
+        sealed: &mut Option<Option<(Arc<Database>, Table)>>,
+        key: &[u8],
+        chain: &[u8],
+    ) -> Result<(u64, Option<Vec<u8>>), Failure> {
+        let bad = |e: Error| Failure {
+            step: "folding operands",
+            os_code: None,
+            kind: std::io::ErrorKind::InvalidData,
+            message: e.to_string(),
+        };
+        let chain = KeyChanges::decode(chain).map_err(|e| bad(e.into()))?;
+        let below = match table.get(key).map_err(Failure::redb("spill read"))? {
+            Some(v) => Some(decode_value(v.value(), key).map_err(bad)?),
+            None => None,
+        };
+        let below = match below {
+            Some((upto, entry)) => (Some(entry), upto),
+            None => {
+                if sealed.is_none() {
+                    let db = self.files.read().sealed.as_ref().map(|(db, _)| db.clone());
+                    // The database goes with its table: `drop_sealed` may drop the files' handle
+                    // meanwhile, and redb fails reads of a dropped database.
+                    *sealed = Some(match db {
+                        Some(db) => open_table(&db).map_err(bad)?.map(|t| (db, t)),
+                        None => None,
+                    });
+                }
+                let in_sealed = match sealed.as_ref().and_then(Option::as_ref) {
+                    Some((_db, t)) => match t.get(key).map_err(Failure::redb("spill read"))? {
+                        Some(v) => Some(decode_value(v.value(), key).map_err(bad)?),
+                        None => None,
+                    },
+                    None => None,
+                };
+                match in_sealed {
+                    Some((upto, entry)) => (Some(entry), upto),
+                    None => {
+                        let base = self.base.read().clone();
+                        match base {
+                            Some(base) => read_base_retrying(&*base, key).map_err(bad)?,
+                            None => (None, 0),
+                        }
+                    }
+                }
+            }
+        };
+        let (entry, upto) = below;
+        let folded = chain.fold_over_from(entry, upto);
+        let upto = upto.max(chain.last_lsn());
+        Ok((
+            upto,
+            folded.map(|e| {
+                let mut out = Vec::with_capacity(e.encoded_size_hint() + 8);
+                e.encode(&mut out);
+                out
+            }),
+        ))
     }
 
     /// One bounded step of TTL cleanup: the least recently used entries of one hot shard, and
@@ -728,13 +884,15 @@ impl Writer {
                 let (k, v) = item.map_err(Failure::redb("cleanup scan"))?;
                 let key = k.value().to_vec();
                 // Damage found here is reported by the read that needs the entry.
-                if let Ok(mut data) = Entry::decode(v.value(), String::new) {
+                if let Ok((upto, mut data)) = decode_value(v.value(), &key) {
                     if data.all_expired(now) {
                         rewrites.push((key.clone(), None));
                     } else if data.purge_expired(now) {
                         let mut buf = Vec::new();
                         data.encode(&mut buf);
-                        rewrites.push((key.clone(), Some(buf)));
+                        let mut value = Vec::new();
+                        put_value(upto, &buf, &mut value);
+                        rewrites.push((key.clone(), Some(value)));
                     }
                 }
                 last = Some(key);
@@ -759,7 +917,10 @@ impl Writer {
                 }
                 let r = match value {
                     Some(v) => table.insert(&key[..], &v[..]).map(|_| ()),
-                    None if tombstones => table.insert(&key[..], &tombstone[..]).map(|_| ()),
+                    None if tombstones => {
+                        put_value(0, &tombstone, &mut self.scratch);
+                        table.insert(&key[..], &self.scratch[..]).map(|_| ())
+                    }
                     None => table.remove(&key[..]).map(|_| ()),
                 };
                 r.map_err(Failure::redb("cleanup write"))?;

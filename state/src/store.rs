@@ -4,14 +4,15 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use crossbeam_utils::CachePadded;
+use millpond_format::entry::HEAVY_ENTRY_BYTES;
 use millpond_format::key::{CompositeKeyBuf, MAX_KEY_BYTES};
 use millpond_format::ttl::{drop_expired, replay_time};
-use millpond_format::{fold, Entry};
+use millpond_format::{fold, Entry, KeyChanges};
 use parking_lot::Mutex;
 
 use crate::base::BaseTier;
@@ -23,9 +24,13 @@ use crate::error::{Error, Result};
 use crate::hot_key::HotKey;
 use crate::key_group::{key_group, KeyGroupRange};
 use crate::settings::{Budget, StoreSettings};
-use crate::shard::{charge, Shard};
+use crate::shard::{charge, is_chain, Shard};
 use crate::spill::{ColdTier, Shards, WriterConfig};
 use crate::ttl::{TtlUpdateType, TtlVisibility};
+
+/// The smallest `max_value_bytes` with which list appends and map puts are kept as operands:
+/// 64 layers of a key at [`HEAVY_ENTRY_BYTES`] each (docs/state.md, "Blind appends and puts").
+const BLIND_MIN_VALUE_BYTES: usize = 64 * HEAVY_ENTRY_BYTES;
 
 thread_local! {
     static THREAD_COLD_READS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
@@ -148,6 +153,9 @@ pub struct StoreStats {
     pub cold_active_bytes: u64,
     /// Bytes of its sealed file (0 when there is none; see [`Store::rotate_cold`]).
     pub cold_sealed_bytes: u64,
+    /// List appends, map puts and map removes kept as operands without reading the key
+    /// (docs/state.md, "Blind appends and puts").
+    pub blind_writes: u64,
 }
 
 /// Keyed state: the five kinds of Flink's keyed state, sharded by key group, in an LRU hot
@@ -185,6 +193,11 @@ pub(crate) struct Inner {
     replaying: Arc<AtomicBool>,
     closed: AtomicBool,
     cold: ColdTier,
+    /// Whether list appends and map puts may be kept as operands (the setting, and a value
+    /// limit large enough for the bound of docs/state.md, "Blind appends and puts").
+    blind: bool,
+    /// The newest LSN the store has seen: it numbers changes itself when the sink does not.
+    lsn: AtomicU64,
     /// Held while the store is open; released by `close`.
     lock: Mutex<Option<File>>,
 }
@@ -376,6 +389,8 @@ impl Store {
             }
             reserved.insert(schema.name.clone(), schema);
         }
+        let base_lsn = base.as_ref().map_or(0, |b| b.covered_lsn());
+        let blind = s.blind_writes && s.max_value_bytes >= BLIND_MIN_VALUE_BYTES;
         let cold = ColdTier::create(
             &b.dir,
             budget.cold_cache_bytes,
@@ -401,6 +416,8 @@ impl Store {
                 has_ttl,
                 replaying,
                 closed: AtomicBool::new(false),
+                blind,
+                lsn: AtomicU64::new(base_lsn),
                 cold,
                 lock: Mutex::new(Some(lock)),
             }),
@@ -444,6 +461,19 @@ impl Store {
     /// TTL cleanup waits: a TTL refresh later in the log may extend data that today's clock
     /// already calls expired (reads still never return expired data).
     pub fn apply(&self, change: &Change<'_>) -> Result<()> {
+        self.apply_at(change, None)
+    }
+
+    /// [`Store::apply`] of the change the log holds at `lsn`. Knowing its LSN, the store can
+    /// keep a list append, map put or map remove on a key that is not in memory as an operand
+    /// instead of reading the key first (docs/state.md, "Blind appends and puts"), as it does
+    /// for live writes. LSNs of one key must increase, and be above the base's
+    /// [`BaseTier::covered_lsn`].
+    pub fn apply_logged(&self, change: &Change<'_>, lsn: u64) -> Result<()> {
+        self.apply_at(change, Some(lsn))
+    }
+
+    fn apply_at(&self, change: &Change<'_>, lsn: Option<u64>) -> Result<()> {
         if !self.inner.replaying.load(Ordering::Relaxed) {
             self.inner.replaying.store(true, Ordering::SeqCst);
         }
@@ -478,6 +508,24 @@ impl Store {
         }
         let mut ck = CompositeKeyBuf::with_key_capacity(change.key.len());
         ck.start(st.id).extend_from_slice(change.key);
+        if let Some(lsn) = lsn.filter(|&l| l > 0) {
+            let op = match change.op {
+                ChangeOp::ListAppend { values, .. } => Some(OperandOp::ListAppend(values)),
+                ChangeOp::MapPut {
+                    user_key, value, ..
+                } => Some(OperandOp::MapPut(user_key, value)),
+                ChangeOp::MapRemove { user_key } => Some(OperandOp::MapRemove(user_key)),
+                _ => None,
+            };
+            if let Some(op) = op {
+                if self
+                    .inner
+                    .operand(&st, &mut ck, op, Some((lsn, change.op)))?
+                {
+                    return Ok(());
+                }
+            }
+        }
         let at_ms = replay_time(&change.op, st.ttl.map(|t| t.ttl_ms()));
         let blind = matches!(
             change.op,
@@ -521,6 +569,9 @@ impl Store {
     ///     fn get(&self, _key: &[u8]) -> Result<Option<Vec<u8>>, BoxError> {
     ///         Ok(None)
     ///     }
+    ///     fn covered_lsn(&self) -> u64 {
+    ///         0
+    ///     }
     /// }
     ///
     /// let dir = tempfile::tempdir().unwrap();
@@ -545,7 +596,9 @@ impl Store {
     /// opened over (if any). `base` must hold the state as of a log position at or after
     /// every change made before the first [`Store::rotate_cold`] (or be a newer snapshot of
     /// the one the store was opened over), and every state it holds must be registered or
-    /// reserved: it is a newer snapshot of this store's own changes.
+    /// reserved: it is a newer snapshot of this store's own changes. Its
+    /// [`BaseTier::covered_lsn`] is in the numbering of the store's change sink (the WAL's
+    /// LSNs): operands the store keeps with LSNs at or below it are not applied over it again.
     pub fn install_base(&self, base: Arc<dyn BaseTier>) {
         self.inner.cold.set_base(base);
     }
@@ -598,6 +651,7 @@ impl Store {
             st.cold_reads += s.stats.cold_reads;
             st.evictions += s.stats.evictions;
             st.spills += s.stats.spills;
+            st.blind_writes += s.stats.blind_writes;
         }
         (st.cold_active_bytes, st.cold_sealed_bytes) = self.inner.cold.file_bytes();
         st
@@ -757,6 +811,22 @@ impl Inner {
         let shard = &mut *guard;
         let spilled_any = shard.spilled_any;
         let result;
+        if shard.lru.peek(ck).is_some_and(|e| e.stub) {
+            // An operand stub becomes the key's full entry: its operands folded over what is
+            // below (unless this access replaces it all). Dirty: the operands are nowhere else.
+            let data = if access.is_blind() {
+                None
+            } else {
+                let stub = shard.stubs.get(ck).cloned();
+                self.below(shard, ck, stub)?
+            };
+            shard.stubs.remove(ck);
+            if let Some(entry) = shard.lru.peek_mut(ck) {
+                entry.stub = false;
+                entry.dirty = true;
+                entry.data = data.unwrap_or(Entry::Tombstone);
+            }
+        }
         if let Some(entry) = shard.lookup(ck) {
             let mut data = match std::mem::replace(&mut entry.data, Entry::Tombstone) {
                 Entry::Tombstone => None,
@@ -779,17 +849,16 @@ impl Inner {
             }
         } else {
             shard.stats.misses += 1;
-            let mut data = match shard.pending.get(ck) {
-                Some(p) => match &p.value {
-                    Some(bytes) => Some(Entry::decode(bytes, || format!("pending key {ck:02x?}"))?),
-                    None => None,
-                },
-                None if spilled_any && !access.is_blind() => {
-                    shard.stats.cold_reads += 1;
-                    THREAD_COLD_READS.set(THREAD_COLD_READS.get() + 1);
-                    self.cold.get(ck)?
+            let mut data = if access.is_blind() {
+                // What is below is replaced; only a full pending version is at hand for free.
+                match shard.pending.get(ck).and_then(|p| p.value.as_deref()) {
+                    Some(bytes) if !is_chain(bytes) => {
+                        Some(Entry::decode(bytes, || format!("pending key {ck:02x?}"))?)
+                    }
+                    _ => None,
                 }
-                None => None,
+            } else {
+                self.below(shard, ck, None)?
             };
             let (r, expired_removed) = ttl.process(&mut data, &mut em, f);
             result = r;
@@ -804,6 +873,7 @@ impl Inner {
                         data,
                         dirty: em.changed || expired_removed,
                         charged: charged as u32,
+                        stub: false,
                     },
                 );
                 shard.used += charged;
@@ -818,6 +888,191 @@ impl Inner {
             self.cold.send(batch)?;
         }
         result
+    }
+}
+
+impl Inner {
+    /// The key's data below the hot tier: its pending version, else the cold tier (the redb
+    /// files, then the base), with the operand chains kept above it folded over it, oldest
+    /// first: a pending chain, then `stub`, the hot tier's. Operands that the version below
+    /// already holds (an LSN at or below the LSN it holds every operand up to) are skipped.
+    fn below(
+        &self,
+        shard: &mut Shard,
+        ck: &[u8],
+        stub: Option<KeyChanges>,
+    ) -> Result<Option<Entry>> {
+        let mut chain = KeyChanges::default();
+        let found = match shard.pending.get(ck).map(|p| p.value.as_deref()) {
+            Some(None) => Some((None, 0)),
+            Some(Some(bytes)) if !is_chain(bytes) => Some((
+                Some(Entry::decode(bytes, || format!("pending key {ck:02x?}"))?),
+                0,
+            )),
+            Some(Some(bytes)) => {
+                chain = KeyChanges::decode(bytes)?;
+                None
+            }
+            None => None,
+        };
+        let (entry, upto) = match found {
+            Some(found) => found,
+            None if shard.spilled_any => {
+                shard.stats.cold_reads += 1;
+                THREAD_COLD_READS.set(THREAD_COLD_READS.get() + 1);
+                self.cold.get(ck)?
+            }
+            None => (None, 0),
+        };
+        if let Some(stub) = stub {
+            chain.then(stub);
+        }
+        Ok(chain.fold_over_from(entry, upto))
+    }
+
+    /// A list append, map put or map remove kept as an operand of `ck` without reading what
+    /// is below (docs/state.md, "Blind appends and puts"), if the key allows it: not a full
+    /// entry in the hot tier or the pending queue, nothing heavy below, and its operands
+    /// within [`HEAVY_ENTRY_BYTES`]. Returns `false`, having changed nothing, where it does
+    /// not; the caller then takes [`Inner::run`]. `replay`: the LSN of a replayed change
+    /// (not passed to the sink).
+    pub(crate) fn operand(
+        &self,
+        st: &StateInfo,
+        ck: &mut CompositeKeyBuf,
+        op: OperandOp<'_>,
+        replay: Option<(u64, ChangeOp<'_>)>,
+    ) -> Result<bool> {
+        if !self.blind {
+            return Ok(false);
+        }
+        let kg = self.locate(ck)?;
+        let key = ck.key();
+        let ck: &[u8] = ck.as_bytes();
+        let mut guard = self.shards[self.shard_of_kg[kg as usize] as usize].lock();
+        let shard = &mut *guard;
+        if !shard.spilled_any {
+            // Nothing below: the read path reads nothing either.
+            return Ok(false);
+        }
+        let stub_bytes = match shard.lru.peek(ck) {
+            Some(e) if !e.stub => return Ok(false),
+            Some(_) => shard.stubs.get(ck).map_or(0, KeyChanges::mem_size),
+            None => 0,
+        };
+        let pending_bytes = match shard.pending.get(ck).map(|p| p.value.as_deref()) {
+            Some(Some(bytes)) if is_chain(bytes) => bytes.len(),
+            Some(_) => return Ok(false),
+            None => 0,
+        };
+        if shard.heavy.contains(ck) || !self.cold.blind_ok(ck) {
+            return Ok(false);
+        }
+        let ttl_ms = st.ttl.map(|t| t.ttl_ms());
+        let change_op = match replay {
+            Some((_, op)) => op,
+            None => {
+                let expires_at_ms = ttl_ms.map_or(0, |ttl| self.clock.now_ms().saturating_add(ttl));
+                op.with_expiry(expires_at_ms)
+            }
+        };
+        if stub_bytes + pending_bytes + op.bytes() > HEAVY_ENTRY_BYTES {
+            return Ok(false);
+        }
+        let lsn = match replay {
+            Some((lsn, _)) => {
+                self.lsn.fetch_max(lsn, Ordering::Relaxed);
+                lsn
+            }
+            None => {
+                let logged = match &self.sink {
+                    Some(sink) => sink
+                        .append(&Change {
+                            state: &st.name,
+                            kind: st.kind,
+                            key_group: kg,
+                            key,
+                            op: change_op,
+                        })
+                        .map_err(|source| Error::ChangeSink { source })?,
+                    None => 0,
+                };
+                if logged == 0 {
+                    self.lsn.fetch_add(1, Ordering::Relaxed) + 1
+                } else {
+                    self.lsn.fetch_max(logged, Ordering::Relaxed);
+                    logged
+                }
+            }
+        };
+        shard.stats.blind_writes += 1;
+        let chain = shard.stubs.entry(Box::from(ck)).or_default();
+        // The handles and `apply_logged` pass only changes that fit the state's kind.
+        chain.push_logged(st.kind, ttl_ms, &change_op, lsn)?;
+        let charged = charge(ck.len(), &Entry::Tombstone) + chain.mem_size();
+        match shard.lru.get_mut(ck) {
+            Some(entry) => {
+                shard.used = shard.used + charged - entry.charged as usize;
+                entry.charged = charged as u32;
+            }
+            None => {
+                shard.stats.misses += 1;
+                shard.lru.push(
+                    HotKey::from(ck),
+                    HotEntry {
+                        data: Entry::Tombstone,
+                        dirty: true,
+                        charged: charged as u32,
+                        stub: true,
+                    },
+                );
+                shard.used += charged;
+            }
+        }
+        if shard.used > shard.budget {
+            shard.evict();
+        }
+        let outgoing = shard.take_outgoing(false);
+        drop(guard);
+        if let Some(batch) = outgoing {
+            self.cold.send(batch)?;
+        }
+        Ok(true)
+    }
+}
+
+/// A change that may be kept as an operand, before the store gives it its expiry.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum OperandOp<'a> {
+    ListAppend(&'a [Vec<u8>]),
+    MapPut(&'a [u8], &'a [u8]),
+    MapRemove(&'a [u8]),
+}
+
+impl<'a> OperandOp<'a> {
+    /// An upper bound of what the operand adds to a chain, encoded or in memory (what
+    /// `KeyChanges::mem_size` counts for it).
+    fn bytes(self) -> usize {
+        48 + match self {
+            OperandOp::ListAppend(values) => values.iter().map(|v| v.len() + 24).sum(),
+            OperandOp::MapPut(k, v) => k.len() + v.len(),
+            OperandOp::MapRemove(k) => k.len(),
+        }
+    }
+
+    fn with_expiry(self, expires_at_ms: u64) -> ChangeOp<'a> {
+        match self {
+            OperandOp::ListAppend(values) => ChangeOp::ListAppend {
+                values,
+                expires_at_ms,
+            },
+            OperandOp::MapPut(user_key, value) => ChangeOp::MapPut {
+                user_key,
+                value,
+                expires_at_ms,
+            },
+            OperandOp::MapRemove(user_key) => ChangeOp::MapRemove { user_key },
+        }
     }
 }
 

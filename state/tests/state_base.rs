@@ -20,6 +20,10 @@ impl BaseTier for FakeBase {
         self.reads.fetch_add(1, Ordering::Relaxed);
         Ok(self.entries.get(key).cloned())
     }
+
+    fn covered_lsn(&self) -> u64 {
+        0
+    }
 }
 
 const KEYS: u64 = 20_000;

@@ -191,12 +191,12 @@ impl RecordingSinkFake {
 }
 
 impl ChangeSink for RecordingSinkFake {
-    fn append(&self, change: &Change<'_>) -> Result<(), BoxError> {
+    fn append(&self, change: &Change<'_>) -> Result<u64, BoxError> {
         self.changes
             .lock()
             .unwrap()
             .push(OwnedChange::copy_of(change));
-        Ok(())
+        Ok(0)
     }
 }
 
@@ -209,7 +209,7 @@ struct RefusingSinkFake {
 }
 
 impl ChangeSink for RefusingSinkFake {
-    fn append(&self, change: &Change<'_>) -> Result<(), BoxError> {
+    fn append(&self, change: &Change<'_>) -> Result<u64, BoxError> {
         if self.refuse.load(Ordering::SeqCst) {
             return Err("the WAL is fenced".into());
         }
@@ -217,7 +217,7 @@ impl ChangeSink for RefusingSinkFake {
             .lock()
             .unwrap()
             .push(OwnedChange::copy_of(change));
-        Ok(())
+        Ok(0)
     }
 }
 

@@ -19,9 +19,9 @@ use millpond_state::{
 struct CountingSink(Arc<AtomicU64>);
 
 impl ChangeSink for CountingSink {
-    fn append(&self, _change: &Change<'_>) -> Result<(), BoxError> {
+    fn append(&self, _change: &Change<'_>) -> Result<u64, BoxError> {
         self.0.fetch_add(1, Ordering::SeqCst);
-        Ok(())
+        Ok(0)
     }
 }
 

@@ -455,8 +455,8 @@ impl Drop for Wal {
 }
 
 impl ChangeSink for Wal {
-    fn append(&self, change: &Change<'_>) -> Result<(), BoxError> {
-        self.append_change(change).map(|_| ()).map_err(Into::into)
+    fn append(&self, change: &Change<'_>) -> Result<u64, BoxError> {
+        self.append_change(change).map_err(Into::into)
     }
 }
 

@@ -19,9 +19,8 @@ pub const KEY_GROUPS: u16 = 128;
 pub struct LogTo(pub Arc<Wal>);
 
 impl ChangeSink for LogTo {
-    fn append(&self, change: &Change<'_>) -> Result<(), BoxError> {
-        self.0.append_change(change)?;
-        Ok(())
+    fn append(&self, change: &Change<'_>) -> Result<u64, BoxError> {
+        Ok(self.0.append_change(change)?)
     }
 }
 
