@@ -45,7 +45,7 @@ pub struct StoreSettings {
     /// Whether a list append, a map put or a map remove on a key that is not in memory is
     /// kept as an operand instead of reading the key's list or map from disk first
     /// (docs/state.md, "Blind appends and puts"). Flink's RocksDB backend does the same with
-    /// a merge operator. Taken only when `max_value_bytes` is at least 4 MiB and no layer
+    /// a merge operator. Taken only when `max_value_bytes` is at least 16 MiB and no layer
     /// holds more than 64 KiB for the key, so that the value limit still holds. Default:
     /// `true`.
     pub blind_writes: bool,

@@ -261,12 +261,14 @@ fn concurrent_list_appends_and_map_puts_keep_every_element() {
             PaddedCounterCodec,
         ))
         .unwrap();
-    let start = Barrier::new(THREADS as usize);
+    let start = Barrier::new(THREADS as usize + 1);
+    let done = AtomicBool::new(false);
     with_maintenance(&store, || {
         std::thread::scope(|s| {
+            let mut writers = Vec::new();
             for t in 0..THREADS {
                 let (lists, maps, start) = (lists.clone(), maps.clone(), &start);
-                s.spawn(move || {
+                writers.push(s.spawn(move || {
                     start.wait();
                     for round in 0..ROUNDS {
                         for k in shuffled(KEYS, 313 + t * 1000 + round) {
@@ -274,12 +276,48 @@ fn concurrent_list_appends_and_map_puts_keep_every_element() {
                             maps.put(&k, &t, &round).unwrap();
                         }
                     }
-                });
+                }));
+            }
+            // A reader folds operands kept for keys not in memory while the spill writer
+            // folds the same operands into the cold tier: each element must appear once, in
+            // order, whenever it is read.
+            let (lists, start, done) = (lists.clone(), &start, &done);
+            s.spawn(move || {
+                start.wait();
+                let mut reads = 0u64;
+                while !done.load(Ordering::SeqCst) {
+                    for k in shuffled(KEYS, reads) {
+                        let list = lists.get(&k).unwrap();
+                        for t in 0..THREADS {
+                            let mine: Vec<u64> = list
+                                .iter()
+                                .filter(|v| *v >> 32 == t)
+                                .map(|v| v & 0xffff_ffff)
+                                .collect();
+                            let prefix: Vec<u64> = (0..mine.len() as u64).collect();
+                            assert_eq!(mine, prefix, "list {k} thread {t} while writing");
+                        }
+                        if k % 7 == 0 || done.load(Ordering::SeqCst) {
+                            break;
+                        }
+                    }
+                    reads += 1;
+                }
+            });
+            // The reader stops even if a writer failed.
+            let joined: Vec<_> = writers.into_iter().map(|w| w.join()).collect();
+            done.store(true, Ordering::SeqCst);
+            for j in joined {
+                j.unwrap();
             }
         });
     });
     let stats = store.stats();
     assert!(stats.evictions > 0, "nothing was evicted: {stats:?}");
+    assert!(
+        stats.blind_writes > 0,
+        "nothing was kept as an operand: {stats:?}"
+    );
     for k in 0..KEYS {
         let list = lists.get(&k).unwrap();
         assert_eq!(
