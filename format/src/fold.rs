@@ -366,6 +366,14 @@ impl KeyChanges {
         }
     }
 
+    /// Drops the operands with an LSN at or below `lsn` (a layer below holds them). A full
+    /// result is left as it is.
+    pub fn drop_through(&mut self, lsn: u64) {
+        if let Changes::OnBase(ops) = &mut self.changes {
+            ops.retain(|(_, _, l)| *l > lsn);
+        }
+    }
+
     /// [`fold_over`](Self::fold_over) a layer that already holds every change up to LSN
     /// `below_upto`: operands with an LSN at or below it are skipped, not applied twice. This
     /// is how a store folds an operand chain it keeps (docs/state.md, "Blind appends and

@@ -132,8 +132,8 @@ fn put_value(upto: u64, entry: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(entry);
 }
 
-/// Splits a cold-tier value into its `upto_lsn` and its decoded entry.
-fn decode_value(value: &[u8], key: &[u8]) -> Result<(u64, Entry)> {
+/// Splits a cold-tier value into its `upto_lsn` and its entry or operand chain, decoded.
+fn decode_value(value: &[u8], key: &[u8]) -> Result<(u64, Layer)> {
     let location = || format!("key {key:02x?} in the cold tier");
     let Some((upto, entry)) = value.split_first_chunk::<8>() else {
         return Err(Error::Corrupt {
@@ -141,7 +141,26 @@ fn decode_value(value: &[u8], key: &[u8]) -> Result<(u64, Entry)> {
             location: location(),
         });
     };
-    Ok((u64::from_le_bytes(*upto), Entry::decode(entry, location)?))
+    let layer = if is_chain(entry) {
+        Layer::Chain(KeyChanges::decode(entry)?)
+    } else {
+        Layer::Full(Entry::decode(entry, location)?)
+    };
+    Ok((u64::from_le_bytes(*upto), layer))
+}
+
+/// The encoding of an operand chain.
+fn chain_bytes(chain: &KeyChanges) -> Vec<u8> {
+    let mut out = Vec::new();
+    chain.encode(&mut out);
+    out
+}
+
+/// What one cold-tier file holds for a key: a full entry (or tombstone), or operands to fold
+/// over what is below it.
+enum Layer {
+    Full(Entry),
+    Chain(KeyChanges),
 }
 
 /// The cold-tier encoding of a tombstone.
@@ -314,8 +333,6 @@ impl ColdTier {
         }));
         let base: SharedBase = Arc::new(RwLock::new(base));
         let writer = Writer {
-            files: files.clone(),
-            base: base.clone(),
             scratch: Vec::new(),
             db: db.clone(),
             epoch: epoch.clone(),
@@ -446,16 +463,22 @@ impl ColdTier {
     /// the base's [`BaseTier::covered_lsn`]), which operands kept above must be newer than
     /// to apply.
     pub fn get(&self, key: &[u8]) -> Result<(Option<Entry>, u64)> {
-        let (data, upto) = match self.get_cold(key)? {
+        let mut chains = Vec::new();
+        let (mut data, mut upto) = match self.get_cold(key, &mut chains)? {
             Some((entry, upto)) => (Some(entry), upto),
             None => {
                 let base = self.base.read().clone();
                 match base {
                     Some(base) => read_base(&*base, key)?,
-                    None => return Ok((None, 0)),
+                    None => (None, 0),
                 }
             }
         };
+        // Oldest first, each over what is below it.
+        for (chain_upto, chain) in chains.into_iter().rev() {
+            data = chain.fold_over_from(data, upto);
+            upto = upto.max(chain_upto);
+        }
         Ok((data.filter(|d| !matches!(d, Entry::Tombstone)), upto))
     }
 
@@ -465,7 +488,13 @@ impl ColdTier {
         self.base.read().as_ref().is_none_or(|b| b.blind_ok(key))
     }
 
-    fn get_cold(&self, key: &[u8]) -> Result<Option<(Entry, u64)>> {
+    /// The key's newest full entry in the redb files (active, then sealed) with its
+    /// `upto_lsn`, and in `chains` the operand chains found above it, newest first.
+    fn get_cold(
+        &self,
+        key: &[u8],
+        chains: &mut Vec<(u64, KeyChanges)>,
+    ) -> Result<Option<(Entry, u64)>> {
         let tables = {
             let epoch = self.epoch.load(Ordering::Acquire);
             let mut view = self.view.lock();
@@ -486,10 +515,10 @@ impl ColdTier {
         };
         for (_db, table) in tables.iter().flatten() {
             match table.get(key) {
-                Ok(Some(v)) => {
-                    let (upto, entry) = decode_value(v.value(), key)?;
-                    return Ok(Some((entry, upto)));
-                }
+                Ok(Some(v)) => match decode_value(v.value(), key)? {
+                    (upto, Layer::Full(entry)) => return Ok(Some((entry, upto))),
+                    (upto, Layer::Chain(chain)) => chains.push((upto, chain)),
+                },
                 Ok(None) => {}
                 Err(e) => {
                     return Err(Error::storage(format!(
@@ -557,21 +586,6 @@ fn read_base(base: &dyn BaseTier, key: &[u8]) -> Result<(Option<Entry>, u64)> {
     Ok((entry, base.covered_lsn()))
 }
 
-/// [`read_base`] on the spill writer, which stops the store if it fails: a base read from
-/// object storage may fail once and succeed on a retry.
-fn read_base_retrying(base: &dyn BaseTier, key: &[u8]) -> Result<(Option<Entry>, u64)> {
-    let mut tries = 0;
-    loop {
-        match read_base(base, key) {
-            Err(Error::Base { .. }) if tries < 3 => {
-                tries += 1;
-                std::thread::sleep(Duration::from_millis(100 << tries));
-            }
-            other => return other,
-        }
-    }
-}
-
 /// The table of `db` in a new read transaction (`None` before the first write created it).
 fn open_table(db: &Database) -> Result<Option<Table>> {
     let txn = db
@@ -591,10 +605,6 @@ impl Drop for ColdTier {
 }
 
 struct Writer {
-    /// The files and base as readers see them: an operand chain is folded over what lies
-    /// below it in the sealed file or the base.
-    files: Arc<RwLock<Files>>,
-    base: SharedBase,
     /// Reused for building cold-tier values.
     scratch: Vec<u8>,
     db: Arc<Database>,
@@ -737,11 +747,10 @@ impl Writer {
             });
             let tombstone = tombstone();
             let tombstones = self.config.tombstones.load(Ordering::SeqCst);
-            let mut sealed = None;
             for op in ops {
                 let r = match &op.value {
                     Some(v) if is_chain(v) => {
-                        let (upto, folded) = self.fold_chain(&table, &mut sealed, &op.key, v)?;
+                        let (upto, folded) = self.merge_chain(&table, &op.key, v)?;
                         let entry = folded.as_deref().unwrap_or(&tombstone[..]);
                         heavy.push((op.shard, op.seq, entry.len() > HEAVY_ENTRY_BYTES));
                         put_value(upto, entry, &mut self.scratch);
@@ -787,71 +796,47 @@ impl Writer {
         Ok(())
     }
 
-    /// Folds the operand chain `chain` of `key` over the key's version below it: in the active
-    /// file (this transaction's `table`), else in the sealed file, else in the base. Returns
-    /// the LSN up to which the result holds the key's operands and the encoded result (`None`:
-    /// no data). Operands the version below already holds (LSN at or below its own) are not
-    /// applied again.
-    fn fold_chain(
+    /// Merges the operand chain `chain` of `key` into the key's value in the active file
+    /// (this transaction's `table`): folded over a full entry there, appended to a chain
+    /// there, or written alone where the active file has nothing (then it is folded over the
+    /// sealed file or the base when read, so the writer reads neither). Operands the value
+    /// there already holds (an LSN at or below its own) are left out. Returns the new value's
+    /// `upto_lsn` and its encoding (`None`: no data).
+    fn merge_chain(
         &self,
         table: &redb::Table<&[u8], &[u8]>,
-        sealed: &mut Option<Option<(Arc<Database>, Table)>>,
         key: &[u8],
         chain: &[u8],
     ) -> Result<(u64, Option<Vec<u8>>), Failure> {
         let bad = |e: Error| Failure {
-            step: "folding operands",
+            step: "merging operands",
             os_code: None,
             kind: std::io::ErrorKind::InvalidData,
             message: e.to_string(),
         };
-        let chain = KeyChanges::decode(chain).map_err(|e| bad(e.into()))?;
         let below = match table.get(key).map_err(Failure::redb("spill read"))? {
             Some(v) => Some(decode_value(v.value(), key).map_err(bad)?),
             None => None,
         };
-        let below = match below {
-            Some((upto, entry)) => (Some(entry), upto),
-            None => {
-                if sealed.is_none() {
-                    let db = self.files.read().sealed.as_ref().map(|(db, _)| db.clone());
-                    // The database goes with its table: `drop_sealed` may drop the files' handle
-                    // meanwhile, and redb fails reads of a dropped database.
-                    *sealed = Some(match db {
-                        Some(db) => open_table(&db).map_err(bad)?.map(|t| (db, t)),
-                        None => None,
-                    });
-                }
-                let in_sealed = match sealed.as_ref().and_then(Option::as_ref) {
-                    Some((_db, t)) => match t.get(key).map_err(Failure::redb("spill read"))? {
-                        Some(v) => Some(decode_value(v.value(), key).map_err(bad)?),
-                        None => None,
-                    },
-                    None => None,
-                };
-                match in_sealed {
-                    Some((upto, entry)) => (Some(entry), upto),
-                    None => {
-                        let base = self.base.read().clone();
-                        match base {
-                            Some(base) => read_base_retrying(&*base, key).map_err(bad)?,
-                            None => (None, 0),
-                        }
-                    }
-                }
-            }
+        let mut chain = KeyChanges::decode(chain).map_err(|e| bad(e.into()))?;
+        let encode = |e: Entry| {
+            let mut out = Vec::with_capacity(e.encoded_size_hint() + 8);
+            e.encode(&mut out);
+            out
         };
-        let (entry, upto) = below;
-        let folded = chain.fold_over_from(entry, upto);
-        let upto = upto.max(chain.last_lsn());
-        Ok((
-            upto,
-            folded.map(|e| {
-                let mut out = Vec::with_capacity(e.encoded_size_hint() + 8);
-                e.encode(&mut out);
-                out
-            }),
-        ))
+        Ok(match below {
+            None => (chain.last_lsn(), Some(chain_bytes(&chain))),
+            Some((upto, Layer::Full(entry))) => (
+                upto.max(chain.last_lsn()),
+                chain.fold_over_from(Some(entry), upto).map(encode),
+            ),
+            Some((upto, Layer::Chain(mut older))) => {
+                chain.drop_through(upto);
+                let last = chain.last_lsn();
+                older.then(chain);
+                (upto.max(last), Some(chain_bytes(&older)))
+            }
+        })
     }
 
     /// One bounded step of TTL cleanup: the least recently used entries of one hot shard, and
@@ -884,7 +869,8 @@ impl Writer {
                 let (k, v) = item.map_err(Failure::redb("cleanup scan"))?;
                 let key = k.value().to_vec();
                 // Damage found here is reported by the read that needs the entry.
-                if let Ok((upto, mut data)) = decode_value(v.value(), &key) {
+                // Operand chains are left alone: whether they expired depends on what is below.
+                if let Ok((upto, Layer::Full(mut data))) = decode_value(v.value(), &key) {
                     if data.all_expired(now) {
                         rewrites.push((key.clone(), None));
                     } else if data.purge_expired(now) {
