@@ -718,7 +718,6 @@ impl Writer {
                 batch.retain(|op| shard.pending.get(&op.key).is_some_and(|p| p.seq == op.seq));
             }
         }
-        let mut heavy: Vec<(u16, u64, bool)> = Vec::new();
         let mut txn = self
             .db
             .begin_write()
@@ -735,7 +734,7 @@ impl Writer {
                 .open_table(TABLE)
                 .map_err(Failure::redb("spill table"))?;
             // B-tree inserts in key order touch each page once; keep the newest of duplicates.
-            let mut ops: Vec<&SpillOp> = batches.iter().flatten().collect();
+            let mut ops: Vec<&mut SpillOp> = batches.iter_mut().flatten().collect();
             ops.sort_by(|a, b| a.key.cmp(&b.key).then(a.seq.cmp(&b.seq)));
             ops.dedup_by(|later, earlier| {
                 if later.key == earlier.key {
@@ -752,7 +751,7 @@ impl Writer {
                     Some(v) if is_chain(v) => {
                         let (upto, folded) = self.merge_chain(&table, &op.key, v)?;
                         let entry = folded.as_deref().unwrap_or(&tombstone[..]);
-                        heavy.push((op.shard, op.seq, entry.len() > HEAVY_ENTRY_BYTES));
+                        op.heavy = Some(entry.len() > HEAVY_ENTRY_BYTES);
                         put_value(upto, entry, &mut self.scratch);
                         table.insert(&*op.key, &self.scratch[..]).map(|_| ())
                     }
@@ -775,18 +774,6 @@ impl Writer {
             self.last_durable = Instant::now();
         } else if let Some(file) = &self.writeback {
             start_writeback(file);
-        }
-        if !heavy.is_empty() {
-            for batch in batches.iter_mut() {
-                for op in batch.iter_mut() {
-                    if let Some(&(_, _, h)) = heavy
-                        .iter()
-                        .find(|(s, q, _)| *s == op.shard && *q == op.seq)
-                    {
-                        op.heavy = Some(h);
-                    }
-                }
-            }
         }
         for batch in batches {
             if let Some(first) = batch.first() {
