@@ -12,6 +12,10 @@ pub(crate) struct HotEntry {
     pub dirty: bool,
     /// Bytes charged to the shard's budget for this entry (key included).
     pub charged: u32,
+    /// The LSN of the newest change the entry includes (for an entry read from below, the
+    /// LSN that layer holds the key up to). A dirty entry at or below the LSN of the installed
+    /// base is dropped when evicted: the base holds it.
+    pub upto: u64,
     /// The entry is an operand stub: `data` is a placeholder and the key's operands are in
     /// [`Shard::stubs`](crate::shard::Shard::stubs), to be folded over what is below.
     pub stub: bool,

@@ -21,6 +21,8 @@ pub(crate) struct SpillOp {
     pub key: Box<[u8]>,
     pub value: Option<Arc<[u8]>>,
     pub seq: u64,
+    /// The LSN up to which `value` holds the key's changes.
+    pub upto: u64,
     /// Set by the spill writer for a chain it folded: whether the result is heavy.
     pub heavy: Option<bool>,
 }
@@ -35,6 +37,8 @@ pub(crate) fn is_chain(bytes: &[u8]) -> bool {
 pub(crate) struct Pending {
     pub seq: u64,
     pub value: Option<Arc<[u8]>>,
+    /// The LSN up to which `value` holds the key's changes.
+    pub upto: u64,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -45,6 +49,7 @@ pub(crate) struct ShardStats {
     pub evictions: u64,
     pub spills: u64,
     pub blind_writes: u64,
+    pub covered_drops: u64,
 }
 
 pub(crate) struct Shard {
@@ -69,6 +74,9 @@ pub(crate) struct Shard {
     /// Keys whose newest cold-tier version is larger than [`HEAVY_ENTRY_BYTES`]: a list append
     /// or map put on them reads first (docs/state.md, "Blind appends and puts").
     pub heavy: HashSet<Box<[u8]>>,
+    /// The covered LSN of the store's installed base (0: none): evicting a dirty entry at or
+    /// below it drops the entry, which the base holds.
+    pub covered: Arc<std::sync::atomic::AtomicU64>,
     /// Reused for encoding evicted entries.
     scratch: Vec<u8>,
 }
@@ -80,7 +88,12 @@ pub(crate) fn charge(key_len: usize, data: &Entry) -> usize {
 }
 
 impl Shard {
-    pub fn new(index: u16, budget: usize, send_threshold: usize) -> Self {
+    pub fn new(
+        index: u16,
+        budget: usize,
+        send_threshold: usize,
+        covered: Arc<std::sync::atomic::AtomicU64>,
+    ) -> Self {
         Shard {
             index,
             lru: LruCache::unbounded(),
@@ -96,6 +109,7 @@ impl Shard {
             stats: ShardStats::default(),
             stubs: HashMap::new(),
             heavy: HashSet::new(),
+            covered,
             scratch: Vec::new(),
         }
     }
@@ -116,7 +130,7 @@ impl Shard {
     }
 
     /// Queues `key` for the cold tier: its encoded value, or a delete.
-    pub fn spill(&mut self, key: Box<[u8]>, value: Option<Arc<[u8]>>) {
+    pub fn spill(&mut self, key: Box<[u8]>, value: Option<Arc<[u8]>>, upto: u64) {
         // A full version decides at once whether the key is heavy below; a chain's weight is
         // known once the writer has folded it.
         match value.as_deref() {
@@ -138,6 +152,7 @@ impl Shard {
             Pending {
                 seq,
                 value: value.clone(),
+                upto,
             },
         ) {
             self.pending_bytes -= pending_size(&key, old.value.as_deref());
@@ -149,6 +164,7 @@ impl Shard {
             key,
             value,
             seq,
+            upto,
             heavy: None,
         });
         self.spilled_any = true;
@@ -213,16 +229,23 @@ impl Shard {
         if !entry.dirty {
             return;
         }
+        let covered = self.covered.load(std::sync::atomic::Ordering::Acquire);
+        if covered > 0 && entry.upto <= covered {
+            // The installed base holds this version; reads skip older ones below (their LSN
+            // is at or below the base's too).
+            self.stats.covered_drops += 1;
+            return;
+        }
         // Tombstones and emptied lists or maps are deletes.
         if entry.data.is_empty() {
             if self.spilled_any {
-                self.spill(key, None);
+                self.spill(key, None, entry.upto);
             }
         } else {
             self.scratch.clear();
             entry.data.encode(&mut self.scratch);
             let bytes = Arc::from(&self.scratch[..]);
-            self.spill(key, Some(bytes));
+            self.spill(key, Some(bytes), entry.upto);
         }
     }
 
@@ -233,6 +256,12 @@ impl Shard {
         let Some(mut chain) = self.stubs.remove(&key) else {
             return;
         };
+        let covered = self.covered.load(std::sync::atomic::Ordering::Acquire);
+        if covered > 0 && chain.last_lsn() <= covered {
+            // Every operand is in the installed base. An older pending chain is too.
+            self.stats.covered_drops += 1;
+            return;
+        }
         if let Some(Pending {
             value: Some(older), ..
         }) = self.pending.get(&key)
@@ -248,7 +277,8 @@ impl Shard {
         self.scratch.clear();
         chain.encode(&mut self.scratch);
         let bytes = Arc::from(&self.scratch[..]);
-        self.spill(key, Some(bytes));
+        let upto = chain.last_lsn();
+        self.spill(key, Some(bytes), upto);
     }
 
     /// Removes wholly expired entries among the `max` least recently used. Returns how many.
@@ -266,7 +296,7 @@ impl Shard {
                 self.used -= entry.charged as usize;
                 // Expired is dead, dirty or not: delete any older cold copy too.
                 if self.spilled_any {
-                    self.spill(key.into_boxed(), None);
+                    self.spill(key.into_boxed(), None, entry.upto);
                 }
             }
         }

@@ -104,6 +104,9 @@ pub(crate) struct WriterConfig {
     /// Write deletes as tombstones (the store has, or will have, a base tier whose entries
     /// they must hide) instead of removing the key. Set for good by the first rotation.
     pub tombstones: Arc<std::sync::atomic::AtomicBool>,
+    /// The installed base's covered LSN (0: none): a full entry in the active file at or below
+    /// it is stale (the base holds newer), so an operand chain is not folded over it.
+    pub covered: Arc<AtomicU64>,
 }
 
 /// Starts writing the file's dirty pages to disk, without waiting for it. Non-durable commits
@@ -212,6 +215,7 @@ pub(crate) struct ColdTier {
     /// are installed.
     base: SharedBase,
     tombstones: Arc<std::sync::atomic::AtomicBool>,
+    covered: Arc<AtomicU64>,
 }
 
 /// Infix of an old cold-tier file renamed aside, deleted in the background.
@@ -325,6 +329,7 @@ impl ColdTier {
         let failed = Arc::new(OnceLock::new());
         let epoch = Arc::new(AtomicU64::new(1));
         let tombstones = config.tombstones.clone();
+        let covered = config.covered.clone();
         let files = Arc::new(RwLock::new(Files {
             active: db.clone(),
             active_path: path.clone(),
@@ -369,6 +374,7 @@ impl ColdTier {
             failed,
             base,
             tombstones,
+            covered,
         })
     }
 
@@ -428,9 +434,17 @@ impl ColdTier {
         })
     }
 
-    /// Replaces the base tier (a newer snapshot's runs).
+    /// Replaces the base tier (a newer snapshot's runs). Shards drop dirty entries it holds
+    /// once it is in place (never before: a read must find them in it).
     pub fn set_base(&self, base: Arc<dyn BaseTier>) {
+        let covered = base.covered_lsn();
         *self.base.write() = Some(base);
+        self.covered.fetch_max(covered, Ordering::AcqRel);
+    }
+
+    /// The base tier as it is now, for one read.
+    pub fn base(&self) -> Option<Arc<dyn BaseTier>> {
+        self.base.read().clone()
     }
 
     /// Bytes of the cold tier's files on disk: the active one and the sealed one.
@@ -462,17 +476,17 @@ impl ColdTier {
     /// too the LSN up to which the result holds every operand of the key (see `put_value`;
     /// the base's [`BaseTier::covered_lsn`]), which operands kept above must be newer than
     /// to apply.
-    pub fn get(&self, key: &[u8]) -> Result<(Option<Entry>, u64)> {
+    /// `base` is the base tier the caller took for this read ([`ColdTier::base`]): a full
+    /// entry in redb at or below its covered LSN is stale and skipped.
+    pub fn get(&self, key: &[u8], base: Option<&dyn BaseTier>) -> Result<(Option<Entry>, u64)> {
         let mut chains = Vec::new();
-        let (mut data, mut upto) = match self.get_cold(key, &mut chains)? {
+        let covered = base.map_or(0, |b| b.covered_lsn());
+        let (mut data, mut upto) = match self.get_cold(key, covered, &mut chains)? {
             Some((entry, upto)) => (Some(entry), upto),
-            None => {
-                let base = self.base.read().clone();
-                match base {
-                    Some(base) => read_base(&*base, key)?,
-                    None => (None, 0),
-                }
-            }
+            None => match base {
+                Some(base) => read_base(base, key)?,
+                None => (None, 0),
+            },
         };
         // Oldest first, each over what is below it.
         for (chain_upto, chain) in chains.into_iter().rev() {
@@ -493,6 +507,7 @@ impl ColdTier {
     fn get_cold(
         &self,
         key: &[u8],
+        covered: u64,
         chains: &mut Vec<(u64, KeyChanges)>,
     ) -> Result<Option<(Entry, u64)>> {
         let tables = {
@@ -516,6 +531,8 @@ impl ColdTier {
         for (_db, table) in tables.iter().flatten() {
             match table.get(key) {
                 Ok(Some(v)) => match decode_value(v.value(), key)? {
+                    // The base holds a newer version (or this one).
+                    (upto, Layer::Full(_)) if covered > 0 && upto <= covered => {}
                     (upto, Layer::Full(entry)) => return Ok(Some((entry, upto))),
                     (upto, Layer::Chain(chain)) => chains.push((upto, chain)),
                 },
@@ -756,11 +773,11 @@ impl Writer {
                         table.insert(&*op.key, &self.scratch[..]).map(|_| ())
                     }
                     Some(v) => {
-                        put_value(0, v, &mut self.scratch);
+                        put_value(op.upto, v, &mut self.scratch);
                         table.insert(&*op.key, &self.scratch[..]).map(|_| ())
                     }
                     None if tombstones => {
-                        put_value(0, &tombstone, &mut self.scratch);
+                        put_value(op.upto, &tombstone, &mut self.scratch);
                         table.insert(&*op.key, &self.scratch[..]).map(|_| ())
                     }
                     None => table.remove(&*op.key).map(|_| ()),
@@ -801,8 +818,14 @@ impl Writer {
             kind: std::io::ErrorKind::InvalidData,
             message: e.to_string(),
         };
+        let covered = self.config.covered.load(Ordering::Acquire);
         let below = match table.get(key).map_err(Failure::redb("spill read"))? {
-            Some(v) => Some(decode_value(v.value(), key).map_err(bad)?),
+            Some(v) => match decode_value(v.value(), key).map_err(bad)? {
+                // Stale: the base holds newer; the chain goes above it alone and reads fold it
+                // over the base.
+                (upto, Layer::Full(_)) if covered > 0 && upto <= covered => None,
+                layer => Some(layer),
+            },
             None => None,
         };
         let mut chain = KeyChanges::decode(chain).map_err(|e| bad(e.into()))?;

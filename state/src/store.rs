@@ -157,6 +157,9 @@ pub struct StoreStats {
     /// List appends, map puts and map removes kept as operands without reading the key
     /// (docs/state.md, "Blind appends and puts").
     pub blind_writes: u64,
+    /// Dirty entries evicted without a cold-tier write because the installed base (the
+    /// latest snapshot) holds them.
+    pub covered_drops: u64,
 }
 
 /// Keyed state: the five kinds of Flink's keyed state, sharded by key group, in an LRU hot
@@ -229,7 +232,11 @@ pub(crate) enum Access {
     /// was made (`at_ms`, derived from the change's expiry; `None`: no TTL filtering).
     /// `blind`: the change does not depend on the old data (put, clear, list replace), so a
     /// key missing from the hot tier is not looked up below, as for `BlindWrite`.
-    Replay { at_ms: Option<u64>, blind: bool },
+    Replay {
+        at_ms: Option<u64>,
+        blind: bool,
+        lsn: Option<u64>,
+    },
 }
 
 impl Access {
@@ -251,6 +258,11 @@ pub(crate) struct Emitter<'a> {
     max_value_bytes: usize,
     now_ms: u64,
     changed: bool,
+    /// The LSN of the newest change applied (see [`Inner::number`]).
+    lsn: u64,
+    /// The LSN of the replayed change, if this access replays one with its LSN.
+    replay_lsn: Option<u64>,
+    counter: &'a AtomicU64,
     /// A TTL refresh asked for by a read (`Some(None)`: the whole entry; `Some(Some(k))`: one
     /// map entry), applied once the read is done and expired data is gone.
     touch: Option<Option<Vec<u8>>>,
@@ -283,16 +295,20 @@ impl Emitter<'_> {
                 max: self.max_value_bytes,
             });
         }
-        if let Some(sink) = self.sink {
-            sink.append(&Change {
-                state: &self.state.name,
-                kind: self.state.kind,
-                key_group: self.key_group,
-                key: self.key,
-                op,
-            })
-            .map_err(|source| Error::ChangeSink { source })?;
-        }
+        let logged = match (self.replay_lsn, self.sink) {
+            (Some(lsn), _) => lsn,
+            (None, Some(sink)) => sink
+                .append(&Change {
+                    state: &self.state.name,
+                    kind: self.state.kind,
+                    key_group: self.key_group,
+                    key: self.key,
+                    op,
+                })
+                .map_err(|source| Error::ChangeSink { source })?,
+            (None, None) => 0,
+        };
+        self.lsn = number(self.counter, logged);
         fold::apply(slot, &op);
         self.changed = true;
         Ok(())
@@ -353,9 +369,13 @@ impl Store {
         let send_threshold = (budget.spill_queue_bytes / (2 * n)).max(4096);
         let queue_batches = n.max(1);
         let has_base = b.base.is_some();
+        // The installed base's LSN: shards drop dirty entries it holds when they evict them.
+        let covered = Arc::new(AtomicU64::new(
+            b.base.as_ref().map_or(0, |(base, _)| base.covered_lsn()),
+        ));
         let shards: Shards = (0..n)
             .map(|i| {
-                let mut shard = Shard::new(i as u16, per_shard, send_threshold);
+                let mut shard = Shard::new(i as u16, per_shard, send_threshold, covered.clone());
                 // Any key may have an older version in the base: deletes need tombstones and
                 // misses a look below.
                 shard.spilled_any = has_base;
@@ -375,6 +395,7 @@ impl Store {
             ttl_cleanup_entries: s.ttl_cleanup_entries_per_step.max(1),
             shard_of_kg: shard_of_kg.clone(),
             tombstones: Arc::new(AtomicBool::new(has_base)),
+            covered: covered.clone(),
         };
         let (base, schemas) = match b.base {
             Some((base, schemas)) => (Some(base), schemas),
@@ -532,10 +553,12 @@ impl Store {
             change.op,
             ChangeOp::Put { .. } | ChangeOp::Clear | ChangeOp::ListReplace { .. }
         );
-        self.inner
-            .run(&st, &mut ck, Access::Replay { at_ms, blind }, |slot, em| {
-                em.apply(slot, change.op)
-            })
+        self.inner.run(
+            &st,
+            &mut ck,
+            Access::Replay { at_ms, blind, lsn },
+            |slot, em| em.apply(slot, change.op),
+        )
     }
 
     /// Ends a replay (see [`Store::apply`]): TTL cleanup resumes.
@@ -653,6 +676,7 @@ impl Store {
             st.evictions += s.stats.evictions;
             st.spills += s.stats.spills;
             st.blind_writes += s.stats.blind_writes;
+            st.covered_drops += s.stats.covered_drops;
         }
         (st.cold_active_bytes, st.cold_sealed_bytes) = self.inner.cold.file_bytes();
         st
@@ -805,6 +829,12 @@ impl Inner {
             max_value_bytes: self.settings.max_value_bytes,
             now_ms,
             changed: false,
+            lsn: 0,
+            replay_lsn: match access {
+                Access::Replay { lsn, .. } => lsn,
+                _ => None,
+            },
+            counter: &self.lsn,
             touch: None,
         };
 
@@ -815,8 +845,8 @@ impl Inner {
         if shard.lru.peek(ck).is_some_and(|e| e.stub) {
             // An operand stub becomes the key's full entry: its operands folded over what is
             // below (unless this access replaces it all). Dirty: the operands are nowhere else.
-            let data = if access.is_blind() {
-                None
+            let (data, upto) = if access.is_blind() {
+                (None, 0)
             } else {
                 let stub = shard.stubs.get(ck).cloned();
                 self.below(shard, ck, stub)?
@@ -825,6 +855,7 @@ impl Inner {
             if let Some(entry) = shard.lru.peek_mut(ck) {
                 entry.stub = false;
                 entry.dirty = true;
+                entry.upto = upto;
                 entry.data = data.unwrap_or(Entry::Tombstone);
             }
         }
@@ -838,6 +869,9 @@ impl Inner {
             entry.data = data.unwrap_or(Entry::Tombstone);
             // Removing expired data a read returned must reach the cold tier too.
             entry.dirty |= em.changed || expired_removed;
+            if em.changed {
+                entry.upto = em.lsn;
+            }
             let old = entry.charged as usize;
             let new = charge(ck.len(), &entry.data);
             entry.charged = new as u32;
@@ -850,14 +884,9 @@ impl Inner {
             }
         } else {
             shard.stats.misses += 1;
-            let mut data = if access.is_blind() {
-                // What is below is replaced; only a full pending version is at hand for free.
-                match shard.pending.get(ck).and_then(|p| p.value.as_deref()) {
-                    Some(bytes) if !is_chain(bytes) => {
-                        Some(Entry::decode(bytes, || format!("pending key {ck:02x?}"))?)
-                    }
-                    _ => None,
-                }
+            let (mut data, upto) = if access.is_blind() {
+                // What is below is replaced: nothing to read.
+                (None, 0)
             } else {
                 self.below(shard, ck, None)?
             };
@@ -874,6 +903,7 @@ impl Inner {
                         data,
                         dirty: em.changed || expired_removed,
                         charged: charged as u32,
+                        upto: if em.changed { em.lsn } else { upto },
                         stub: false,
                     },
                 );
@@ -902,18 +932,26 @@ impl Inner {
         shard: &mut Shard,
         ck: &[u8],
         stub: Option<KeyChanges>,
-    ) -> Result<Option<Entry>> {
+    ) -> Result<(Option<Entry>, u64)> {
+        // One base for the whole read: versions at or below its LSN are skipped in its favour
+        // (a dirty entry the base holds may have been dropped above them).
+        let base = self.cold.base();
+        let covered = base.as_ref().map_or(0, |b| b.covered_lsn());
+        let stale = |upto: u64| covered > 0 && upto <= covered;
         let mut chain = KeyChanges::default();
-        let found = match shard.pending.get(ck).map(|p| p.value.as_deref()) {
-            Some(None) => Some((None, 0)),
-            Some(Some(bytes)) if !is_chain(bytes) => Some((
-                Some(Entry::decode(bytes, || format!("pending key {ck:02x?}"))?),
-                0,
-            )),
-            Some(Some(bytes)) => {
-                chain = KeyChanges::decode(bytes)?;
-                None
-            }
+        let found = match shard.pending.get(ck) {
+            Some(p) => match p.value.as_deref() {
+                Some(bytes) if is_chain(bytes) => {
+                    chain = KeyChanges::decode(bytes)?;
+                    None
+                }
+                _ if stale(p.upto) => None,
+                None => Some((None, p.upto)),
+                Some(bytes) => Some((
+                    Some(Entry::decode(bytes, || format!("pending key {ck:02x?}"))?),
+                    p.upto,
+                )),
+            },
             None => None,
         };
         let (entry, upto) = match found {
@@ -921,14 +959,15 @@ impl Inner {
             None if shard.spilled_any => {
                 shard.stats.cold_reads += 1;
                 THREAD_COLD_READS.set(THREAD_COLD_READS.get() + 1);
-                self.cold.get(ck)?
+                self.cold.get(ck, base.as_deref())?
             }
             None => (None, 0),
         };
         if let Some(stub) = stub {
             chain.then(stub);
         }
-        Ok(chain.fold_over_from(entry, upto))
+        let last = chain.last_lsn();
+        Ok((chain.fold_over_from(entry, upto), upto.max(last)))
     }
 
     /// A list append, map put or map remove kept as an operand of `ck` without reading what
@@ -982,10 +1021,7 @@ impl Inner {
             return Ok(false);
         }
         let lsn = match replay {
-            Some((lsn, _)) => {
-                self.lsn.fetch_max(lsn, Ordering::Relaxed);
-                lsn
-            }
+            Some((lsn, _)) => lsn,
             None => {
                 let logged = match &self.sink {
                     Some(sink) => sink
@@ -999,12 +1035,7 @@ impl Inner {
                         .map_err(|source| Error::ChangeSink { source })?,
                     None => 0,
                 };
-                if logged == 0 {
-                    self.lsn.fetch_add(1, Ordering::Relaxed) + 1
-                } else {
-                    self.lsn.fetch_max(logged, Ordering::Relaxed);
-                    logged
-                }
+                number(&self.lsn, logged)
             }
         };
         shard.stats.blind_writes += 1;
@@ -1014,6 +1045,7 @@ impl Inner {
         let charged = charge(ck.len(), &Entry::Tombstone) + chain.mem_size();
         match shard.lru.get_mut(ck) {
             Some(entry) => {
+                entry.upto = lsn;
                 shard.used = shard.used + charged - entry.charged as usize;
                 entry.charged = charged as u32;
             }
@@ -1025,6 +1057,7 @@ impl Inner {
                         data: Entry::Tombstone,
                         dirty: true,
                         charged: charged as u32,
+                        upto: lsn,
                         stub: true,
                     },
                 );
@@ -1075,6 +1108,16 @@ impl<'a> OperandOp<'a> {
             },
             OperandOp::MapRemove(user_key) => ChangeOp::MapRemove { user_key },
         }
+    }
+}
+
+/// The LSN a change is known by: `logged`, the LSN its sink or log gave it, or, where that is
+/// 0 (a sink that does not number changes, or none), the store's own next number.
+fn number(counter: &AtomicU64, logged: u64) -> u64 {
+    if logged == 0 {
+        counter.fetch_add(1, Ordering::Relaxed) + 1
+    } else {
+        logged
     }
 }
 

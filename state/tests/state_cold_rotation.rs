@@ -190,6 +190,7 @@ fn rotated_cold_tier_over_replaced_bases_reads_as_the_model() {
     };
 
     step(&mut model, 40_000);
+    let mut last_installed: Option<usize> = None;
     for cycle in 0..4 {
         assert!(store.rotate_cold().unwrap(), "cycle {cycle}: rotated");
         // Everything in the sealed file changed before this position.
@@ -200,12 +201,36 @@ fn rotated_cold_tier_over_replaced_bases_reads_as_the_model() {
         );
         step(&mut model, 20_000);
         check(&model, &format!("cycle {cycle}, sealed"));
+        // Bases only move forward: each is a newer snapshot than the one it replaces.
+        if let Some(last) = last_installed.filter(|&l| l < covered) {
+            // A base that does not cover the rotation, as a snapshot that started before it
+            // would be: the sealed file stays, and versions in it at or below the base's LSN
+            // are stale (dirty entries the base holds are dropped when evicted).
+            store.install_base(Arc::new(fold(&log, (last + covered) / 2)));
+            check(&model, &format!("cycle {cycle}, older base, sealed"));
+            step(&mut model, 20_000);
+            check(&model, &format!("cycle {cycle}, older base, more changes"));
+        }
         store.flush().unwrap();
         assert!(store.stats().cold_sealed_bytes > 0, "cycle {cycle}");
         assert_eq!(cold_files(dir.path()).len(), 2, "cycle {cycle}");
 
-        store.install_base(Arc::new(fold(&log, covered)));
+        // A base past the rotation, as a snapshot that started after it: versions written to
+        // the active file since are stale too, and so are the dirty entries the hot tier
+        // holds now (changed by this step, no read since), which are dropped when evicted.
+        step(&mut model, 20_000);
+        let now = log.changes.lock().len();
+        store.install_base(Arc::new(fold(&log, now)));
+        last_installed = Some(now);
         check(&model, &format!("cycle {cycle}, new base, sealed"));
+        // Dirty entries the base holds are dropped when evicted, above older versions of
+        // theirs that the sealed file may still hold: those must be skipped.
+        step(&mut model, 20_000);
+        check(
+            &model,
+            &format!("cycle {cycle}, new base, sealed, more changes"),
+        );
+        store.flush().unwrap();
         store.drop_sealed_cold().unwrap();
         assert_eq!(store.stats().cold_sealed_bytes, 0, "cycle {cycle}");
         assert_eq!(
@@ -219,6 +244,8 @@ fn rotated_cold_tier_over_replaced_bases_reads_as_the_model() {
     }
     // Most appends and puts on keys not in memory were kept as operands.
     assert!(store.stats().blind_writes > 10_000, "{:?}", store.stats());
+    // And dirty entries the bases held were dropped when evicted.
+    assert!(store.stats().covered_drops > 1_000, "{:?}", store.stats());
     store.close().unwrap();
 
     // A new store starts with no cold file but its own.
