@@ -340,7 +340,8 @@ impl<W: Write> DataFileWriter<W> {
         })
     }
 
-    /// Records `key` as heavy in the filter block (an operand chain cut at the size limit,
+    /// Records `key` as heavy in the filter block (besides every entry larger than
+    /// `HEAVY_ENTRY_BYTES`, which [`add`](Self::add) records itself;
     /// design §10.2). [`Error::Invalid`] without a version-3 filter.
     pub fn mark_heavy(&mut self, key: &[u8]) -> Result<()> {
         match self.v3.as_mut().and_then(|v| v.filter.as_mut()) {

@@ -1,7 +1,9 @@
 //! The filter block of a version-3 data file (docs/design/incremental-snapshots.md §5.2): a
 //! blocked Bloom filter over the file's composite keys, so that a read skips a run without
-//! its key after one cache line, then the file's heavy keys (keys whose operand chains were
-//! cut at the size limit and must be read in full).
+//! its key after one cache line, then the file's heavy keys (keys whose entry in the file is
+//! larger than `HEAVY_ENTRY_BYTES`, 64 KiB: a store reads such a key before a list append or
+//! map put instead of keeping the write as an operand; docs/state.md, "Blind appends and
+//! puts").
 //!
 //! ```text
 //! kind:u8 (1) probes:u8 (1..=16) reserved:u16 blocks:u32le (>= 1) keys:u64le

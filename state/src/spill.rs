@@ -763,8 +763,13 @@ impl Writer {
             });
             let tombstone = tombstone();
             let tombstones = self.config.tombstones.load(Ordering::SeqCst);
+            let covered = self.config.covered.load(Ordering::Acquire);
             for op in ops {
                 let r = match &op.value {
+                    // The installed base holds this version (it was evicted before the base
+                    // came); reads would skip it, and every older one below it.
+                    Some(v) if covered > 0 && op.upto <= covered && !is_chain(v) => Ok(()),
+                    None if covered > 0 && op.upto <= covered => Ok(()),
                     Some(v) if is_chain(v) => {
                         let (upto, folded) = self.merge_chain(&table, &op.key, v)?;
                         let entry = folded.as_deref().unwrap_or(&tombstone[..]);
