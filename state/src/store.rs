@@ -910,14 +910,7 @@ impl Inner {
                 shard.used += charged;
             }
         }
-        if shard.used > shard.budget {
-            shard.evict();
-        }
-        let outgoing = shard.take_outgoing(false);
-        drop(guard);
-        if let Some(batch) = outgoing {
-            self.cold.send(batch)?;
-        }
+        self.release_shard(guard)?;
         result
     }
 }
@@ -1064,6 +1057,16 @@ impl Inner {
                 shard.used += charged;
             }
         }
+        self.release_shard(guard)?;
+        Ok(true)
+    }
+}
+
+impl Inner {
+    /// Ends an access to a shard: evicts down to its budget, releases its lock, and hands
+    /// what it queued for the cold tier to the spill writer (which may wait: backpressure).
+    fn release_shard(&self, mut guard: parking_lot::MutexGuard<'_, Shard>) -> Result<()> {
+        let shard = &mut *guard;
         if shard.used > shard.budget {
             shard.evict();
         }
@@ -1072,7 +1075,7 @@ impl Inner {
         if let Some(batch) = outgoing {
             self.cold.send(batch)?;
         }
-        Ok(true)
+        Ok(())
     }
 }
 

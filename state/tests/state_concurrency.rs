@@ -244,6 +244,14 @@ fn readers_see_monotonic_values_while_writers_increment() {
     store.close().unwrap();
 }
 
+/// The rounds thread `t` appended to `list` (elements `t << 32 | round`), in list order.
+fn rounds_of(list: &[u64], t: u64) -> Vec<u64> {
+    list.iter()
+        .filter(|v| *v >> 32 == t)
+        .map(|v| v & 0xffff_ffff)
+        .collect()
+}
+
 #[test]
 fn concurrent_list_appends_and_map_puts_keep_every_element() {
     const THREADS: u64 = 8;
@@ -289,11 +297,7 @@ fn concurrent_list_appends_and_map_puts_keep_every_element() {
                     for k in shuffled(KEYS, reads) {
                         let list = lists.get(&k).unwrap();
                         for t in 0..THREADS {
-                            let mine: Vec<u64> = list
-                                .iter()
-                                .filter(|v| *v >> 32 == t)
-                                .map(|v| v & 0xffff_ffff)
-                                .collect();
+                            let mine = rounds_of(&list, t);
                             let prefix: Vec<u64> = (0..mine.len() as u64).collect();
                             assert_eq!(mine, prefix, "list {k} thread {t} while writing");
                         }
@@ -326,11 +330,7 @@ fn concurrent_list_appends_and_map_puts_keep_every_element() {
             "list {k}: {list:?}; {stats:?}"
         );
         for t in 0..THREADS {
-            let mine: Vec<u64> = list
-                .iter()
-                .filter(|v| *v >> 32 == t)
-                .map(|v| v & 0xffff_ffff)
-                .collect();
+            let mine = rounds_of(&list, t);
             assert_eq!(mine, (0..ROUNDS).collect::<Vec<_>>(), "list {k} thread {t}");
         }
         let expected: Vec<(u64, u64)> = (0..THREADS).map(|t| (t, ROUNDS - 1)).collect();
