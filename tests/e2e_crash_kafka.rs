@@ -25,7 +25,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
 const PARTITIONS: i32 = 4;
-const RECORDS: usize = 300_000;
+const RECORDS: usize = 500_000;
 const KEYS: usize = 3_000;
 
 /// The records produced, and the model the checks compare the state with.
@@ -36,7 +36,8 @@ fn model() -> GeneratedInput {
         KEYS,
     )
 }
-/// Records per second the child processes at most: the input lasts long enough for 20 kills.
+/// Records per second the child processes at most: the input (62 s of it at this rate) lasts
+/// long enough for 20 kills 1.5–4 s apart, with restarts that take well under a second.
 const RATE: u64 = 8_000;
 
 fn builder(dir: &std::path::Path, run: &str) -> millpond::Builder {
