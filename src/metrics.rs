@@ -19,6 +19,12 @@ pub const STATE_MISSES: &str = "millpond_state_misses_total";
 pub const STATE_SPILLS: &str = "millpond_state_spills_total";
 /// Counter: entries evicted from memory.
 pub const STATE_EVICTIONS: &str = "millpond_state_evictions_total";
+/// Counter: list appends, map puts and map removes kept as operands on keys not in memory,
+/// without reading them (docs/state.md, "Blind appends and puts").
+pub const STATE_BLIND_WRITES: &str = "millpond_state_blind_writes_total";
+/// Counter: changed entries evicted without a write to redb, because the latest installed
+/// snapshot holds them.
+pub const STATE_COVERED_DROPS: &str = "millpond_state_covered_drops_total";
 /// Gauge, records: WAL records appended but not yet durable.
 pub const WAL_LAG_RECORDS: &str = "millpond_wal_lag_records";
 /// Counter, bytes: framed bytes the WAL sink accepted.
@@ -87,6 +93,10 @@ impl Reporter {
         metrics::counter!(STATE_SPILLS).increment(store.spills.saturating_sub(before.spills));
         metrics::counter!(STATE_EVICTIONS)
             .increment(store.evictions.saturating_sub(before.evictions));
+        metrics::counter!(STATE_BLIND_WRITES)
+            .increment(store.blind_writes.saturating_sub(before.blind_writes));
+        metrics::counter!(STATE_COVERED_DROPS)
+            .increment(store.covered_drops.saturating_sub(before.covered_drops));
         metrics::gauge!(WAL_LAG_RECORDS).set(wal.next_lsn.saturating_sub(wal.durable_below) as f64);
         metrics::counter!(WAL_BYTES)
             .increment(wal.bytes_written.saturating_sub(self.last_wal_bytes));
