@@ -378,6 +378,24 @@ impl KeyChanges {
     /// `below_upto`: operands with an LSN at or below it are skipped, not applied twice. This
     /// is how a store folds an operand chain it keeps (docs/state.md, "Blind appends and
     /// puts") over a cold-tier entry or a snapshot that may already hold part of it.
+    ///
+    /// ```
+    /// use millpond_format::{ChangeOp, Entry, KeyChanges, StateKind};
+    /// let mut chain = KeyChanges::default();
+    /// for (lsn, v) in [(5, b"a"), (9, b"b")] {
+    ///     let values = [v.to_vec()];
+    ///     let op = ChangeOp::ListAppend { values: &values, expires_at_ms: 0 };
+    ///     chain.push_logged(StateKind::List, None, &op, lsn).unwrap();
+    /// }
+    /// // The layer below already holds the append at LSN 5: only the one at 9 applies.
+    /// let mut below = None;
+    /// millpond_format::fold::apply(&mut below, &ChangeOp::ListAppend {
+    ///     values: &[b"a".to_vec()],
+    ///     expires_at_ms: 0,
+    /// });
+    /// let Some(Entry::List(list)) = chain.fold_over_from(below, 5) else { panic!() };
+    /// assert_eq!(list.len(), 2);
+    /// ```
     pub fn fold_over_from(&self, below: Option<Entry>, below_upto: u64) -> Option<Entry> {
         match &self.changes {
             Changes::OnBase(ops) if below_upto > 0 => {

@@ -491,6 +491,29 @@ impl Store {
     /// instead of reading the key first (docs/state.md, "Blind appends and puts"), as it does
     /// for live writes. LSNs of one key must increase, and be above the base's
     /// [`BaseTier::covered_lsn`].
+    ///
+    /// ```
+    /// use millpond_state::{Change, ChangeOp, ListStateDescriptor, StateKind, Store, U64Codec};
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let store = Store::builder(dir.path()).open().unwrap();
+    /// let lists = store
+    ///     .list_state(ListStateDescriptor::new("l", U64Codec, U64Codec))
+    ///     .unwrap();
+    /// let (key, one, two) = (7u64.to_be_bytes(), 1u64.to_be_bytes(), 2u64.to_be_bytes());
+    /// for (lsn, v) in [(11, &one), (12, &two)] {
+    ///     let values = [v.to_vec()];
+    ///     let change = Change {
+    ///         state: "l",
+    ///         kind: StateKind::List,
+    ///         key_group: millpond_state::key_group(&key, 128),
+    ///         key: &key,
+    ///         op: ChangeOp::ListAppend { values: &values, expires_at_ms: 0 },
+    ///     };
+    ///     store.apply_logged(&change, lsn).unwrap();
+    /// }
+    /// store.replay_done();
+    /// assert_eq!(lists.get(&7).unwrap(), vec![1, 2]);
+    /// ```
     pub fn apply_logged(&self, change: &Change<'_>, lsn: u64) -> Result<()> {
         self.apply_at(change, Some(lsn))
     }
