@@ -944,6 +944,46 @@ impl Writer {
 mod tests {
     use super::*;
 
+    /// A damaged cold-tier value is `Corrupt`, never read as something else: too short for its
+    /// LSN, a flipped bit in the entry, or in an operand chain.
+    #[test]
+    fn damaged_values_are_corrupt() {
+        let key = [0u8, 1, 2];
+        assert!(matches!(
+            decode_value(&[1, 2, 3], &key),
+            Err(Error::Corrupt { .. })
+        ));
+        let mut entry = Vec::new();
+        Entry::Value {
+            value: b"v".as_slice().into(),
+            expires_at_ms: 0,
+        }
+        .encode(&mut entry);
+        let mut chain = KeyChanges::default();
+        let values = [b"x".to_vec()];
+        let op = millpond_format::ChangeOp::ListAppend {
+            values: &values,
+            expires_at_ms: 0,
+        };
+        chain
+            .push_logged(millpond_format::StateKind::List, None, &op, 3)
+            .unwrap();
+        for body in [entry, chain_bytes(&chain)] {
+            let mut value = Vec::new();
+            put_value(7, &body, &mut value);
+            let (upto, _) = decode_value(&value, &key).unwrap();
+            assert_eq!(upto, 7);
+            for bit in 64..value.len() * 8 {
+                let mut bad = value.clone();
+                bad[bit / 8] ^= 1 << (bit % 8);
+                assert!(
+                    decode_value(&bad, &key).is_err(),
+                    "bit {bit} flipped was not caught"
+                );
+            }
+        }
+    }
+
     /// Every cold-tier file is gone from its name at once and deleted soon, with any older
     /// one moved aside; other files, including ones whose names merely resemble, are never
     /// touched.
