@@ -195,11 +195,8 @@ struct Files {
     generation: u64,
 }
 
-/// What the writer reads too, to fold an operand chain over what lies below it.
-type SharedBase = Arc<RwLock<Option<Arc<dyn BaseTier>>>>;
-
 pub(crate) struct ColdTier {
-    files: Arc<RwLock<Files>>,
+    files: RwLock<Files>,
     dir: PathBuf,
     cache_bytes: usize,
     /// Bumped by the writer after each commit, before it releases the committed pending
@@ -213,7 +210,7 @@ pub(crate) struct ColdTier {
     failed: Arc<OnceLock<Failure>>,
     /// Read where the cold tier has nothing for a key; replaced when a newer snapshot's runs
     /// are installed.
-    base: SharedBase,
+    base: RwLock<Option<Arc<dyn BaseTier>>>,
     tombstones: Arc<std::sync::atomic::AtomicBool>,
     covered: Arc<AtomicU64>,
 }
@@ -330,13 +327,6 @@ impl ColdTier {
         let epoch = Arc::new(AtomicU64::new(1));
         let tombstones = config.tombstones.clone();
         let covered = config.covered.clone();
-        let files = Arc::new(RwLock::new(Files {
-            active: db.clone(),
-            active_path: path.clone(),
-            sealed: None,
-            generation,
-        }));
-        let base: SharedBase = Arc::new(RwLock::new(base));
         let writer = Writer {
             scratch: Vec::new(),
             db: db.clone(),
@@ -359,9 +349,13 @@ impl ColdTier {
                 path: path.display().to_string(),
                 source,
             })?;
-        drop(db);
         Ok(ColdTier {
-            files,
+            files: RwLock::new(Files {
+                active: db,
+                active_path: path,
+                sealed: None,
+                generation,
+            }),
             dir: dir.to_owned(),
             cache_bytes,
             epoch,
@@ -372,7 +366,7 @@ impl ColdTier {
             tx: Mutex::new(Some(tx)),
             writer: Mutex::new(Some(handle)),
             failed,
-            base,
+            base: RwLock::new(base),
             tombstones,
             covered,
         })
