@@ -52,6 +52,9 @@ pub const SNAPSHOT_BYTES: &str = "millpond_snapshot_bytes_total";
 pub const SNAPSHOT_DELTA_BYTES: &str = "millpond_snapshot_delta_bytes";
 /// Counter, bytes: the data files compactions wrote (docs/snapshot.md, "Compaction").
 pub const COMPACTION_BYTES: &str = "millpond_compaction_bytes_total";
+/// Counter, keys: entries from which compactions dropped expired data (docs/snapshot.md,
+/// "Expired data").
+pub const COMPACTION_EXPIRED_KEYS: &str = "millpond_compaction_expired_keys_total";
 /// Histogram, seconds: one compaction job, start to commit.
 pub const COMPACTION_SECONDS: &str = "millpond_compaction_seconds";
 /// Gauge, bytes: the input bytes of the compaction jobs due in the last manifest (about what

@@ -167,6 +167,17 @@ impl Settings {
                     .into(),
             );
         }
+        if let Some(c) = &self.compaction {
+            let cap = self.snapshot.max_delta_runs;
+            if cap != 0 && cap <= c.max_runs.max(2) {
+                return invalid(format!(
+                    "snapshot.max_delta_runs ({cap}) must exceed compaction.max_runs ({}): \
+                     compaction leaves a partition's newest delta run alone only past \
+                     max_runs, and a snapshot at the cap replaces that run",
+                    c.max_runs
+                ));
+            }
+        }
         match self.snapshot_interval_max {
             Some(max) if max.is_zero() => invalid(
                 "snapshot_interval_max is 0 (a snapshot at every check): use None for no \
@@ -322,6 +333,13 @@ mod tests {
             Settings {
                 snapshot_interval_max: Some(Duration::from_secs(1)),
                 snapshot_interval_min: Duration::from_secs(2),
+                ..Settings::default()
+            },
+            Settings {
+                snapshot: SnapshotSettings {
+                    max_delta_runs: 16,
+                    ..SnapshotSettings::default()
+                },
                 ..Settings::default()
             },
         ] {

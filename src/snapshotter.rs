@@ -160,6 +160,8 @@ pub struct CompactionStats {
     pub bytes_written: u64,
     /// Seconds spent in them, start to commit.
     pub seconds: f64,
+    /// Keys from which they dropped expired data (docs/snapshot.md, "Expired data").
+    pub expired_keys: u64,
     /// The last job committed.
     pub last: Option<crate::snapshot::CompactionReport>,
 }
@@ -367,7 +369,7 @@ impl Snapshotter {
         let started = Instant::now();
         let started_ms = self.clock.now_ms();
         schedule.last_started_ms = Some(started_ms);
-        let result = self.write_snapshot();
+        let result = self.write_snapshot(started_ms);
         match &result {
             Ok(Some(report)) => {
                 schedule.covered_since_ms = started_ms;
@@ -406,13 +408,19 @@ impl Snapshotter {
         result
     }
 
-    fn write_snapshot(&mut self) -> Result<Option<SnapshotReport>> {
+    /// `captured_at_ms`: the clock read before the WAL's end is fixed below, which the
+    /// manifest keeps as its TTL horizon's time.
+    fn write_snapshot(&mut self, captured_at_ms: u64) -> Result<Option<SnapshotReport>> {
         // What is durable now, and no further: the writer may append faster than a snapshot
         // reads (Pulsar's source would otherwise follow the log's end for ever).
         let last_lsn = self.wal.durable_below().saturating_sub(1);
         let mut writer = self.writer.lock();
         let mut source = UpTo::new(self.location.source(writer.parent())?, last_lsn);
-        let report = writer.snapshot_from_wal(&mut source, &self.store.schemas())?;
+        let report = writer.snapshot_from_wal_captured(
+            &mut source,
+            &self.store.schemas(),
+            captured_at_ms,
+        )?;
         drop(source);
         let archive = writer.archive().clone();
         drop(writer);
@@ -550,8 +558,16 @@ impl Compactor {
                 };
                 let kind = job.kind;
                 let started = Instant::now();
-                let result = compact(&self.archive, &parent, job, &self.snapshot, &self.stop)
-                    .and_then(|output| self.writer.lock().commit_compaction(output));
+                let horizon = self.settings.ttl_horizon_ms(&parent);
+                let result = compact(
+                    &self.archive,
+                    &parent,
+                    job,
+                    horizon,
+                    &self.snapshot,
+                    &self.stop,
+                )
+                .and_then(|output| self.writer.lock().commit_compaction(output));
                 match result {
                     Ok(report) => {
                         {
@@ -560,10 +576,13 @@ impl Compactor {
                             c.bytes_read += report.bytes_read;
                             c.bytes_written += report.bytes_written;
                             c.seconds += report.seconds;
+                            c.expired_keys += report.expired_keys;
                             c.last = Some(report.clone());
                         }
                         ::metrics::counter!(metrics::COMPACTION_BYTES)
                             .increment(report.bytes_written);
+                        ::metrics::counter!(metrics::COMPACTION_EXPIRED_KEYS)
+                            .increment(report.expired_keys);
                         ::metrics::histogram!(metrics::COMPACTION_SECONDS)
                             .record(started.elapsed().as_secs_f64());
                         tracing::info!(
@@ -572,6 +591,7 @@ impl Compactor {
                             runs_in = report.runs_in,
                             bytes_read = report.bytes_read,
                             bytes_written = report.bytes_written,
+                            expired_keys = report.expired_keys,
                             seconds = report.seconds,
                             "compaction committed"
                         );

@@ -248,6 +248,12 @@ fn a_snapshot_starts_after_n_wal_records() {
     write(&job, &state, 20, 40, 10);
     let report = next_snapshot(&job, sequence);
     assert_eq!(report.changes, 60);
+    // The TTL horizon's time comes from the instance's clock, not the system's.
+    let captured = report.manifest.captured_at_ms;
+    assert!(
+        (T0_MS..=clock.now_ms()).contains(&captured),
+        "captured at {captured}"
+    );
     counted("changes", before + 1);
     assert_eq!(delta_bytes(), vec![report.bytes_written as f64]);
     assert!(report.bytes_written > 0);

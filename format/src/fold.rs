@@ -411,6 +411,27 @@ impl KeyChanges {
         }
     }
 
+    /// Drops from a full result what has expired at `horizon_ms`: an expired value, or
+    /// expired list elements and map values; a result left with nothing becomes "no data",
+    /// which still hides the layers below (a tombstone). Operands waiting for the layer below
+    /// are left as they are. Returns whether anything was dropped. Compaction calls it with a
+    /// horizon no later change can see past (docs/snapshot.md, "Expired data").
+    ///
+    /// ```
+    /// use millpond_format::{ChangeOp, KeyChanges, StateKind};
+    /// let mut c = KeyChanges::default();
+    /// c.push(StateKind::Value, None, &ChangeOp::Put { value: b"v", expires_at_ms: 100 }).unwrap();
+    /// assert!(!c.drop_expired_at(99));
+    /// assert!(c.drop_expired_at(100));
+    /// assert!(c.is_known() && c.fold_over(None).is_none());
+    /// ```
+    pub fn drop_expired_at(&mut self, horizon_ms: u64) -> bool {
+        match &mut self.changes {
+            Changes::Known(entry) => crate::ttl::drop_expired(entry, horizon_ms),
+            Changes::OnBase(_) => false,
+        }
+    }
+
     /// Whether the changes are a full result (an entry or, `None`, no data), not operands
     /// waiting for the layer below.
     pub fn is_known(&self) -> bool {

@@ -14,8 +14,9 @@
 //!   manifest of kind [`ManifestKind::Compaction`] with the state, LSN and offsets of its
 //!   parent, through the same conditional create as a snapshot.
 //!
-//! Expired data is not dropped yet (the TTL horizon of docs/design/incremental-snapshots.md
-//! §4.4 needs commit markers on the store's clock): reads filter it as before.
+//! A job drops what has expired at its parent's [`Manifest::captured_at_ms`] less
+//! [`CompactionSettings::ttl_margin_ms`] (docs/snapshot.md, "Expired data"): no change after
+//! the parent's LSN was made earlier, so neither a read nor a replay can see it again.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -45,6 +46,12 @@ pub struct CompactionSettings {
     /// runs; a read consults at most this many plus the bottom run while compaction keeps
     /// up. Default: 16.
     pub max_runs: usize,
+    /// Expired data is dropped once it expired this long before its manifest's
+    /// [`captured_at_ms`](Manifest::captured_at_ms): the longest a change may wait between
+    /// reading the clock and being logged (a change waiting longer could otherwise refresh
+    /// the TTL of data a compaction had dropped). `None`: compaction never drops expired
+    /// data (reads still hide it). Default: 5 minutes.
+    pub ttl_margin_ms: Option<u64>,
 }
 
 impl Default for CompactionSettings {
@@ -52,6 +59,21 @@ impl Default for CompactionSettings {
         CompactionSettings {
             delta_ratio_percent: 50,
             max_runs: 16,
+            ttl_margin_ms: Some(300_000),
+        }
+    }
+}
+
+impl CompactionSettings {
+    /// The time at which a job on `parent` may drop expired data (0: it may not): its
+    /// [`captured_at_ms`](Manifest::captured_at_ms) less the margin, if it has a state with
+    /// a TTL.
+    pub fn ttl_horizon_ms(&self, parent: &Manifest) -> u64 {
+        match self.ttl_margin_ms {
+            Some(margin) if parent.states.iter().any(|s| s.ttl.is_some()) => {
+                parent.captured_at_ms.saturating_sub(margin)
+            }
+            _ => 0,
         }
     }
 }
@@ -155,17 +177,21 @@ fn ranked_due(
         .sum();
     let major = u128::from(d) * 100 >= u128::from(b) * u128::from(settings.delta_ratio_percent);
     let minor = deltas.len() >= settings.max_runs.max(2);
+    // Past `max_runs`, compaction has fallen behind, and snapshots may soon merge into the
+    // newest delta run (`SnapshotSettings::max_delta_runs`, above `max_runs`): leave that run
+    // out, so that such a merge never takes a job's input away and the job still commits.
+    let skip = usize::from(deltas.len() > settings.max_runs.max(2));
     let job = if major {
         CompactionJob {
             kind: CompactionKind::Major,
             first_key_group: p.first_key_group,
-            inputs: p.runs.clone(),
+            inputs: p.runs[skip..].to_vec(),
         }
     } else if minor {
         CompactionJob {
             kind: CompactionKind::Minor,
             first_key_group: p.first_key_group,
-            inputs: deltas.into_iter().cloned().collect(),
+            inputs: deltas[skip..].iter().map(|r| (*r).clone()).collect(),
         }
     } else {
         return None;
@@ -180,6 +206,7 @@ pub struct CompactionOutput<'a> {
     run: Option<Run>,
     id: String,
     bytes_read: u64,
+    expired: u64,
     started: Instant,
     pending: PendingSnapshot<'a>,
 }
@@ -207,6 +234,9 @@ pub struct CompactionReport {
     pub bytes_read: u64,
     /// Bytes of the run written (0: every key merged away).
     pub bytes_written: u64,
+    /// Keys whose entry lost expired data (a value, list elements or map values), or lost
+    /// it all.
+    pub expired_keys: u64,
     /// Seconds from start to commit.
     pub seconds: f64,
 }
@@ -218,12 +248,14 @@ pub struct CompactionReport {
 const COMPACTION_ID_OFFSET: u64 = 1 << 40;
 
 /// Writes the output of `job`, picked from `parent`, to `archive` (the files of the
-/// parent's runs are downloaded to `settings.temp_dir` and read once). Setting `cancel`
-/// stops it soon with [`Error::Cancelled`], its uploads left for GC.
+/// parent's runs are downloaded to `settings.temp_dir` and read once), dropping what expired
+/// at `ttl_horizon_ms` ([`CompactionSettings::ttl_horizon_ms`] of `parent`; 0: nothing).
+/// Setting `cancel` stops it soon with [`Error::Cancelled`], its uploads left for GC.
 pub fn compact<'a>(
     archive: &'a Archive,
     parent: &Manifest,
     job: CompactionJob,
+    ttl_horizon_ms: u64,
     settings: &SnapshotSettings,
     cancel: &AtomicBool,
 ) -> Result<CompactionOutput<'a>> {
@@ -267,16 +299,21 @@ pub fn compact<'a>(
     }
     let bottom = job.kind == CompactionKind::Major;
     let output = if bottom { Output::Full } else { Output::Layers };
-    let merged = FoldedMerge::new(runs, output, format!("partition {first}..={last}"))?;
+    // The horizon must not pass the parent's own: a caller's mistake would drop data that
+    // later changes still see.
+    let horizon = ttl_horizon_ms.min(parent.captured_at_ms);
+    let mut merged = FoldedMerge::new(runs, output, format!("partition {first}..={last}"))?
+        .drop_expired_at(horizon);
     // Sequence 0: set when committed, the sequence is known only then.
     let mut out = FileSplitter::new(archive, &id, 0, settings, 0, bottom);
-    for (n, entry) in merged.enumerate() {
+    for (n, entry) in merged.by_ref().enumerate() {
         if n % 1024 == 0 && cancel.load(Ordering::Relaxed) {
             return Err(Error::Cancelled);
         }
         let (key, value) = entry?;
         out.add(&key, &value)?;
     }
+    let expired = merged.expired();
     let files = out.finish()?;
     drop(temps);
     let run = (!files.is_empty()).then(|| Run {
@@ -294,6 +331,7 @@ pub fn compact<'a>(
         run,
         id,
         bytes_read,
+        expired,
         started,
         pending,
     })
@@ -301,7 +339,7 @@ pub fn compact<'a>(
 
 /// Links `f` from `local_files` (if a checked copy is there) or downloads it into `dir`, and
 /// opens it, checked against the manifest.
-fn local_copy(
+pub(crate) fn local_copy(
     archive: &Archive,
     f: &FileRef,
     dir: &std::path::Path,
@@ -343,6 +381,7 @@ impl SnapshotWriter {
             run,
             id: _,
             bytes_read,
+            expired,
             started,
             pending,
         } = output;
@@ -393,6 +432,7 @@ impl SnapshotWriter {
             runs_in,
             bytes_read,
             bytes_written,
+            expired_keys: expired,
             seconds: started.elapsed().as_secs_f64(),
         })
     }
@@ -443,6 +483,7 @@ mod tests {
         let settings = CompactionSettings {
             delta_ratio_percent: 50,
             max_runs: 3,
+            ..CompactionSettings::default()
         };
         let bottom = || run(RunKind::Bottom, &[1000]);
         let delta = |b| run(RunKind::Delta, &[b]);
@@ -478,6 +519,22 @@ mod tests {
         let job = pick(&m, &settings).unwrap();
         assert_eq!((job.kind, job.first_key_group), (CompactionKind::Major, 1));
         assert_eq!(job.inputs.len(), 2);
+        // Behind (more deltas than `max_runs`): the newest delta run is left out, since a
+        // snapshot at the cap may replace it.
+        let m = manifest(vec![partition(
+            0,
+            vec![delta(1), delta(2), delta(3), delta(4), bottom()],
+        )]);
+        let job = pick(&m, &settings).unwrap();
+        assert_eq!(job.kind, CompactionKind::Minor);
+        assert_eq!(job.inputs, m.partitions[0].runs[1..4].to_vec());
+        let m = manifest(vec![partition(
+            0,
+            vec![delta(600), delta(2), delta(3), delta(4), bottom()],
+        )]);
+        let job = pick(&m, &settings).unwrap();
+        assert_eq!(job.kind, CompactionKind::Major);
+        assert_eq!(job.inputs, m.partitions[0].runs[1..].to_vec());
         // Nothing due, no debt.
         let m = manifest(vec![partition(0, vec![delta(1), bottom()])]);
         assert_eq!(pick(&m, &settings), None);

@@ -259,6 +259,12 @@ pub struct Manifest {
     /// The partitions, ascending, with their runs; empty until the first snapshot chooses
     /// them. Every data file of the snapshot is in one run of one partition.
     pub partitions: Vec<Partition>,
+    /// The instance's clock (the one TTL reads), read before the snapshot fixed `lsn`: no
+    /// change after `lsn` was made earlier than this, less the time it waited to be logged.
+    /// Compaction drops what has expired by this time less
+    /// [`CompactionSettings::ttl_margin_ms`](crate::compaction::CompactionSettings). 0:
+    /// unknown, so compaction drops nothing expired.
+    pub captured_at_ms: u64,
 }
 
 impl Manifest {
@@ -277,6 +283,7 @@ impl Manifest {
             offsets: Vec::new(),
             states: Vec::new(),
             partitions: Vec::new(),
+            captured_at_ms: 0,
         }
     }
 
@@ -372,6 +379,7 @@ impl Manifest {
             parent_id: self.parent_id.clone().unwrap_or_default(),
             writer_epoch: self.writer_epoch,
             created_at_ms: self.created_at_ms,
+            captured_at_ms: self.captured_at_ms,
             kind: match self.kind {
                 ManifestKind::Snapshot => proto::ManifestKind::Snapshot,
                 ManifestKind::Claim => proto::ManifestKind::Claim,
@@ -585,6 +593,7 @@ impl Manifest {
             offsets: p.offsets.into_iter().map(SourceOffset::from).collect(),
             states,
             partitions,
+            captured_at_ms: p.captured_at_ms,
         };
         (m.total_entries() == p.total_entries && m.total_bytes() == p.total_bytes).then_some(m)
     }

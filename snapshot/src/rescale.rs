@@ -324,6 +324,8 @@ pub fn rescale(
         offsets,
         states,
         partitions: cut_partitions(max_key_groups, DEFAULT_PARTITIONS, &files, 0),
+        // A new archive with its own WAL from LSN 0: no horizon carried over.
+        captured_at_ms: 0,
     };
     let committed = commit_retrying(dest, &manifest);
     pending.settle(&committed);

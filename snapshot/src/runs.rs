@@ -37,16 +37,23 @@ fn decode(layer: &[u8], location: &str) -> Result<KeyChanges> {
 /// the full entry, or `None` if the key has no data. A newest layer that is a full entry is
 /// returned as it is, without decoding.
 pub(crate) fn fold_layers(layers: &[Vec<u8>], location: &str) -> Result<Option<Vec<u8>>> {
-    fold(layers, Output::Full, location)
+    Ok(fold(layers, Output::Full, location, 0)?.0)
 }
 
-fn fold(layers: &[Vec<u8>], output: Output, location: &str) -> Result<Option<Vec<u8>>> {
+/// The fold of `layers` written as `output`, with what has expired at `horizon_ms` dropped
+/// from full results (0: nothing dropped); and whether anything was.
+fn fold(
+    layers: &[Vec<u8>],
+    output: Output,
+    location: &str,
+    horizon_ms: u64,
+) -> Result<(Option<Vec<u8>>, bool)> {
     let Some(newest) = layers.first() else {
-        return Ok(None);
+        return Ok((None, false));
     };
     // Tags 1–3 are full entries: nothing below can change them.
-    if matches!(newest.first(), Some(1..=3)) {
-        return Ok(Some(newest.clone()));
+    if horizon_ms == 0 && matches!(newest.first(), Some(1..=3)) {
+        return Ok((Some(newest.clone()), false));
     }
     let mut collected = Vec::with_capacity(layers.len());
     for layer in layers {
@@ -61,7 +68,11 @@ fn fold(layers: &[Vec<u8>], output: Output, location: &str) -> Result<Option<Vec
     for layer in collected.into_iter().rev() {
         acc.then(layer);
     }
-    Ok(match output {
+    let dropped = horizon_ms != 0 && acc.drop_expired_at(horizon_ms);
+    if !dropped && matches!(newest.first(), Some(1..=3)) {
+        return Ok((Some(newest.clone()), false));
+    }
+    let out = match output {
         Output::Full => acc.fold_over(None).map(|e| {
             let mut out = Vec::with_capacity(e.encoded_size_hint() + 8);
             e.encode(&mut out);
@@ -72,7 +83,8 @@ fn fold(layers: &[Vec<u8>], output: Output, location: &str) -> Result<Option<Vec
             acc.encode(&mut out);
             Some(out)
         }
-    })
+    };
+    Ok((out, dropped))
 }
 
 /// A k-way merge of runs (newest first) that yields each key once, its layers folded.
@@ -85,6 +97,8 @@ pub(crate) struct FoldedMerge<'a> {
     output: Output,
     location: String,
     layers: Vec<Vec<u8>>,
+    horizon_ms: u64,
+    expired: u64,
 }
 
 impl<'a> FoldedMerge<'a> {
@@ -97,11 +111,25 @@ impl<'a> FoldedMerge<'a> {
             output,
             location,
             layers: Vec::new(),
+            horizon_ms: 0,
+            expired: 0,
         };
         for i in 0..m.runs.len() {
             m.advance(i)?;
         }
         Ok(m)
+    }
+
+    /// Drops from full results what has expired at `horizon_ms` (0: nothing), as compaction
+    /// may (docs/snapshot.md, "Expired data").
+    pub(crate) fn drop_expired_at(mut self, horizon_ms: u64) -> Self {
+        self.horizon_ms = horizon_ms;
+        self
+    }
+
+    /// Keys whose entry lost expired data so far.
+    pub(crate) fn expired(&self) -> u64 {
+        self.expired
     }
 
     fn advance(&mut self, i: usize) -> Result<()> {
@@ -130,7 +158,9 @@ impl<'a> FoldedMerge<'a> {
                     .push(self.heads[j].take().expect("a head for every queued run"));
                 self.advance(j)?;
             }
-            if let Some(v) = fold(&self.layers, self.output, &self.location)? {
+            let (v, dropped) = fold(&self.layers, self.output, &self.location, self.horizon_ms)?;
+            self.expired += u64::from(dropped);
+            if let Some(v) = v {
                 return Ok(Some((key, v)));
             }
         }
@@ -219,5 +249,47 @@ mod tests {
             view,
             millpond_format::EntryView::List(vec![(b"a".to_vec(), 0), (b"b".to_vec(), 0)])
         );
+    }
+
+    /// An entry that expired at the horizon: left out of a bottom run, but a tombstone in a
+    /// delta run, so that an older run's version of the key cannot reappear below it.
+    #[test]
+    fn expired_entries_are_left_out_of_bottoms_and_hidden_in_deltas() {
+        let put = |v: &'static [u8], e| {
+            layer(
+                StateKind::Value,
+                &[ChangeOp::Put {
+                    value: v,
+                    expires_at_ms: e,
+                }],
+            )
+        };
+        let newer = || run(vec![(b"k1", put(b"new", 100)), (b"k2", put(b"live", 500))]);
+        let merged = |output, horizon| {
+            let mut m = FoldedMerge::new(vec![newer()], output, "t".into())
+                .unwrap()
+                .drop_expired_at(horizon);
+            let out: Vec<_> = m.by_ref().collect::<Result<_>>().unwrap();
+            (out, m.expired())
+        };
+        let (full, expired) = merged(Output::Full, 100);
+        assert_eq!(expired, 1);
+        assert_eq!(full.len(), 1);
+        assert_eq!(full[0].0, b"k2");
+        let (layers, _) = merged(Output::Layers, 100);
+        assert_eq!(layers.len(), 2);
+        assert_eq!(layers[0].0, b"k1");
+        assert_eq!(
+            millpond_format::EntryView::decode(&layers[0].1).unwrap(),
+            millpond_format::EntryView::Tombstone
+        );
+        assert_eq!(
+            layers[1].1,
+            put(b"live", 500),
+            "a live entry is copied as it was"
+        );
+        // Horizon 0: nothing dropped, nothing decoded.
+        let (all, expired) = merged(Output::Full, 0);
+        assert_eq!((all.len(), expired), (2, 0));
     }
 }

@@ -65,6 +65,12 @@ pub struct SnapshotSettings {
     /// Bits per key of each data file's filter (a read skips a file whose filter says its
     /// key is not there); 0 writes none. Default: 10, about 1 % false positives.
     pub filter_bits_per_key: u32,
+    /// The most delta runs a partition has: a snapshot that changes a partition already
+    /// holding this many merges its changes into the partition's newest delta run (reading
+    /// that run) instead of adding one, so that a read consults at most this many delta runs
+    /// and the bottom run even while compaction falls behind (docs/snapshot.md,
+    /// "Compaction"). 0: no cap. Default: 32.
+    pub max_delta_runs: usize,
 }
 
 impl SnapshotSettings {
@@ -89,6 +95,7 @@ impl Default for SnapshotSettings {
             partitions: DEFAULT_PARTITIONS,
             threads: None,
             filter_bits_per_key: crate::filter::DEFAULT_BITS_PER_KEY,
+            max_delta_runs: 32,
         }
     }
 }
@@ -169,7 +176,20 @@ impl SnapshotWriter {
         source: &mut dyn WalSource,
         schemas: &[StateSchema],
     ) -> Result<Option<SnapshotReport>> {
+        self.snapshot_from_wal_captured(source, schemas, 0)
+    }
+
+    /// [`snapshot_from_wal`](Self::snapshot_from_wal) whose manifest records
+    /// `captured_at_ms`: the live store's clock, read before `source`'s end was fixed, so
+    /// that compaction may drop what expired before it ([`Manifest::captured_at_ms`]).
+    pub fn snapshot_from_wal_captured(
+        &mut self,
+        source: &mut dyn WalSource,
+        schemas: &[StateSchema],
+        captured_at_ms: u64,
+    ) -> Result<Option<SnapshotReport>> {
         let mut builder = self.begin(schemas)?;
+        builder.set_captured_at_ms(captured_at_ms);
         let mut units = Committed::new(source, self.last.lsn);
         while let Some(unit) = units.next()? {
             for (lsn, change) in unit.changes() {
@@ -208,6 +228,7 @@ pub struct SnapshotBuilder {
     temp_dir: PathBuf,
     sort_buffer_bytes: usize,
     key: Vec<u8>,
+    captured_at_ms: u64,
 }
 
 impl SnapshotBuilder {
@@ -261,7 +282,14 @@ impl SnapshotBuilder {
             temp_dir: s.temp_dir.clone().unwrap_or_else(std::env::temp_dir),
             sort_buffer_bytes: s.sort_buffer_bytes.max(4 << 10),
             key: Vec::new(),
+            captured_at_ms: 0,
         })
+    }
+
+    /// Records in the manifest when the snapshot's end was fixed, by the live store's clock
+    /// ([`Manifest::captured_at_ms`]; 0, the default: unknown).
+    pub fn set_captured_at_ms(&mut self, captured_at_ms: u64) {
+        self.captured_at_ms = captured_at_ms;
     }
 
     /// Adds the next committed change, in WAL order.
@@ -412,18 +440,21 @@ impl SnapshotBuilder {
             });
             let mine = in_memory.split_off(split);
             if changed {
+                let deltas = p.runs.iter().filter(|r| r.kind == RunKind::Delta).count();
+                let capped = settings.max_delta_runs > 0 && deltas >= settings.max_delta_runs;
                 jobs.push(PartitionJob {
                     index,
                     first: p.first_key_group,
                     last: p.last_key_group,
                     bottom: p.runs.is_empty(),
+                    merge_into: capped.then(|| p.runs[0].clone()),
                     in_memory: mine,
                 });
             }
         }
         let threads = settings.threads().min(jobs.len()).max(1);
         let queue = Mutex::new(jobs);
-        let results: Mutex<Vec<(usize, Result<Option<Run>>)>> = Mutex::new(Vec::new());
+        let results: Mutex<Vec<JobResult>> = Mutex::new(Vec::new());
         std::thread::scope(|scope| {
             for _ in 0..threads {
                 scope.spawn(|| loop {
@@ -431,9 +462,10 @@ impl SnapshotBuilder {
                         return;
                     };
                     let index = job.index;
+                    let replaces = job.merge_into.is_some();
                     let r = job.write(archive, &id, sequence, point.lsn, &run_files, settings);
                     let failed = r.is_err();
-                    results.lock().push((index, r));
+                    results.lock().push((index, replaces, r));
                     if failed {
                         // The snapshot fails: the other jobs need not run.
                         queue.lock().clear();
@@ -443,11 +475,17 @@ impl SnapshotBuilder {
         });
         let mut files_written = 0;
         let mut bytes_written = 0;
-        for (index, r) in results.into_inner() {
-            if let Some(run) = r? {
+        for (index, replaces, r) in results.into_inner() {
+            let run = r?;
+            let runs = &mut partitions[index].runs;
+            if replaces {
+                // The newest delta run was merged into this one (or, nothing left, away).
+                runs.remove(0);
+            }
+            if let Some(run) = run {
                 files_written += run.files.len();
                 bytes_written += run.files.iter().map(|f| f.bytes).sum::<u64>();
-                partitions[index].runs.insert(0, run);
+                runs.insert(0, run);
             }
         }
         let mut states: Vec<StateSchema> = self.states.into_values().collect();
@@ -465,6 +503,7 @@ impl SnapshotBuilder {
             offsets: point.offsets,
             states,
             partitions,
+            captured_at_ms: self.captured_at_ms,
         };
         let committed = commit_retrying(archive, &manifest);
         pending.settle(&committed);
@@ -481,6 +520,10 @@ impl SnapshotBuilder {
 }
 
 /// The changes of one partition, written as one run.
+/// A partition job's outcome: its partition, whether its run replaces the partition's newest
+/// delta run, and the run written (`None`: no entries).
+type JobResult = (usize, bool, Result<Option<Run>>);
+
 struct PartitionJob {
     index: usize,
     first: u16,
@@ -488,6 +531,9 @@ struct PartitionJob {
     /// The partition has no runs yet: nothing is below, so the changes fold to full entries
     /// (a bottom run) and deletes leave no tombstone.
     bottom: bool,
+    /// The partition is at the cap of delta runs: its newest delta run, which this job
+    /// reads and replaces with one holding its entries and the new changes.
+    merge_into: Option<Run>,
     in_memory: Vec<(Vec<u8>, KeyChanges)>,
 }
 
@@ -504,6 +550,42 @@ impl PartitionJob {
         let start = range_start(self.first);
         let last = self.last;
         let mut sources: Vec<ChangeSource<'_>> = Vec::new();
+        // The run merged into comes first: equal keys combine oldest source first.
+        let mut temps = Vec::new();
+        let mut merged_files = Vec::new();
+        if let Some(run) = &self.merge_into {
+            let dir = settings.temp_dir.clone().unwrap_or_else(std::env::temp_dir);
+            for f in &run.files {
+                merged_files.push(crate::compaction::local_copy(
+                    archive,
+                    f,
+                    &dir,
+                    settings.local_files.as_deref(),
+                    &mut temps,
+                )?);
+            }
+        }
+        for f in &merged_files {
+            sources.push(Box::new(
+                f.iter_from(&start)
+                    .take_while(move |r| match r {
+                        Ok((k, _)) => key_group_of(k).is_ok_and(|kg| kg <= last),
+                        Err(_) => true,
+                    })
+                    .map(|r| {
+                        r.and_then(|(k, v)| {
+                            Ok((
+                                k,
+                                KeyChanges::decode(&v).map_err(|_| Error::Corrupt {
+                                    what: "data file entry",
+                                    location: "the delta run a capped partition merges into"
+                                        .to_owned(),
+                                })?,
+                            ))
+                        })
+                    }),
+            ));
+        }
         for f in sort_runs {
             sources.push(Box::new(
                 f.iter_from(&start)
@@ -553,6 +635,8 @@ impl PartitionJob {
             out.add(&key, &buf)?;
         }
         let files = out.finish()?;
+        drop(changes);
+        drop(temps);
         Ok((!files.is_empty()).then_some(Run {
             kind,
             upto_lsn: lsn,

@@ -989,7 +989,7 @@ fn compact_once(
     let parent = writer.parent().clone();
     let job = pick(&parent, &major()).expect("a partition with a delta run");
     let archive = writer.archive().clone();
-    let output = compact(&archive, &parent, job, settings, &AtomicBool::new(false))?;
+    let output = compact(&archive, &parent, job, 0, settings, &AtomicBool::new(false))?;
     writer.commit_compaction(output)
 }
 

@@ -483,6 +483,7 @@ fn gc_with_retain_1_and_no_grace_keeps_a_compactions_inputs_and_output() {
                 &compacting,
                 &parent,
                 picked,
+                0,
                 &settings,
                 &AtomicBool::new(false),
             )

@@ -292,6 +292,10 @@ struct Coverage {
     runs: AtomicUsize,
     majors: AtomicUsize,
     minors: AtomicUsize,
+    /// The most delta runs a partition of a snapshot had.
+    max_deltas: AtomicUsize,
+    /// Snapshots that merged into a partition's newest delta run (at the cap).
+    capped: AtomicUsize,
 }
 
 /// Runs `ops` against a store logging to a WAL and a model; snapshots where `ops` say so; then
@@ -378,6 +382,30 @@ fn run_case(
                         coverage.snapshots.fetch_add(1, Ordering::Relaxed);
                         coverage.reused_files.fetch_add(reused, Ordering::Relaxed);
                         coverage.runs.fetch_add(r.runs, Ordering::Relaxed);
+                        let deltas = |m: &Manifest| {
+                            m.partitions
+                                .iter()
+                                .map(|p| {
+                                    p.runs
+                                        .iter()
+                                        .filter(|r| r.kind == millpond_snapshot::RunKind::Delta)
+                                        .count()
+                                })
+                                .collect::<Vec<_>>()
+                        };
+                        let (before, after) = (deltas(&parent), deltas(&r.manifest));
+                        coverage
+                            .max_deltas
+                            .fetch_max(after.iter().copied().max().unwrap_or(0), Ordering::Relaxed);
+                        // A partition whose newest run was replaced, its count unchanged.
+                        let merged = (0..after.len()).any(|i| {
+                            before.get(i).is_some_and(|b| *b > 0 && *b == after[i])
+                                && parent.partitions[i].runs.first()
+                                    != r.manifest.partitions[i].runs.first()
+                        });
+                        if merged {
+                            coverage.capped.fetch_add(1, Ordering::Relaxed);
+                        }
                         if previous_was_snapshot {
                             coverage.chained.fetch_add(1, Ordering::Relaxed);
                         }
@@ -390,6 +418,7 @@ fn run_case(
                 let compaction = CompactionSettings {
                     delta_ratio_percent: if *majors { 100 } else { u32::MAX },
                     max_runs: 2,
+                    ..CompactionSettings::default()
                 };
                 let cancel = std::sync::atomic::AtomicBool::new(false);
                 while let Some(job) = compaction::pick(writer.parent(), &compaction) {
@@ -398,6 +427,7 @@ fn run_case(
                         &archive,
                         &parent,
                         job,
+                        0,
                         &SnapshotSettings::default(),
                         &cancel,
                     )
@@ -598,4 +628,41 @@ fn many_changes_spill_sorted_runs_and_still_equal_the_model() {
     .unwrap();
     let runs = coverage.runs.load(Ordering::Relaxed);
     assert!(runs >= 3, "the sort buffer spilled only {runs} runs");
+}
+
+/// Without compaction, a partition gets no more than `max_delta_runs` delta runs: a snapshot
+/// at the cap merges its changes into the partition's newest delta run, and every restore
+/// still equals the model.
+#[test]
+fn at_the_cap_snapshots_merge_into_the_newest_delta_run() {
+    const KEYS: u16 = 12;
+    let coverage = Coverage::default();
+    let mut runner = TestRunner::new(Config {
+        cases: 24,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let no_compaction = prop::collection::vec(op(KEYS), 40..160).prop_map(|ops| {
+        ops.into_iter()
+            .filter(|o| !matches!(o, Op::Compact(_)))
+            .collect()
+    });
+    runner
+        .run(&no_compaction, |ops: Vec<Op>| {
+            run_case(
+                &ops,
+                KEYS,
+                SnapshotSettings {
+                    max_delta_runs: 2,
+                    ..settings()
+                },
+                &coverage,
+            )
+        })
+        .unwrap();
+    let max = coverage.max_deltas.load(Ordering::Relaxed);
+    let capped = coverage.capped.load(Ordering::Relaxed);
+    eprintln!("at most {max} delta runs in a partition, {capped} snapshots at the cap");
+    assert!(max <= 2, "{max} delta runs in a partition");
+    assert!(capped >= 5, "only {capped} snapshots merged at the cap");
 }

@@ -429,16 +429,10 @@ fn a_compaction_links_its_inputs_from_local_copies_and_checks_them() {
         let policy = CompactionSettings {
             delta_ratio_percent: u32::MAX,
             max_runs: 2,
+            ..CompactionSettings::default()
         };
         let job_ = compaction::pick(&before, &policy).expect("a partition with 4 runs");
-        let input = before
-            .partitions
-            .iter()
-            .find(|p| p.first_key_group == job_.first_key_group)
-            .unwrap()
-            .runs[0]
-            .files[0]
-            .clone();
+        let input = job_.inputs[0].files[0].clone();
         let name = input.path.rsplit('/').next().unwrap();
         if damaged_local {
             // A copy (not a link to the archive): flip a byte in its middle.
@@ -456,7 +450,7 @@ fn a_compaction_links_its_inputs_from_local_copies_and_checks_them() {
             ..SnapshotSettings::default()
         };
         let cancel = std::sync::atomic::AtomicBool::new(false);
-        let out = compaction::compact(&archive, &before, job_, &settings, &cancel).unwrap();
+        let out = compaction::compact(&archive, &before, job_, 0, &settings, &cancel).unwrap();
         let after = writer.commit_compaction(out).unwrap().manifest;
         assert!(after.files().count() < before.files().count());
         let fresh = SnapshotBase::open(

@@ -135,6 +135,7 @@ fn summary_json(m: &Manifest) -> Value {
         "created_at": rfc3339_ms(m.created_at_ms),
         "max_key_groups": m.max_key_groups,
         "lsn": m.lsn,
+        "captured_at_ms": m.captured_at_ms,
         "files": m.files().count(),
         "total_entries": m.total_entries(),
         "total_bytes": m.total_bytes(),
@@ -287,6 +288,14 @@ pub fn inspect(archive: &Archive, id: &str, as_json: bool, out: &mut Out) -> Res
         ),
         ("key groups", format!("0..{}", m.max_key_groups)),
         ("LSN", m.lsn.to_string()),
+        (
+            "captured (TTL)",
+            if m.captured_at_ms == 0 {
+                "- (compaction drops nothing expired)".into()
+            } else {
+                format!("{} ({} ms)", rfc3339_ms(m.captured_at_ms), m.captured_at_ms)
+            },
+        ),
         ("WAL position", position_text(m.wal_position.as_ref())),
         (
             "totals",
