@@ -64,6 +64,11 @@ pub struct CompareArgs {
     /// Where the work directories are made (default: the system's temporary directory).
     #[arg(long)]
     dir: Option<PathBuf>,
+    /// millpond takes only the snapshot the timeline asks for, covering every change since
+    /// the load (`peer --one-snapshot`; the figures before 2026-12-07). Default: its own
+    /// volume and time triggers run, as in a job.
+    #[arg(long)]
+    one_snapshot: bool,
     /// The Flink peer harness (built with `mvn package` in benches/flink when missing).
     #[arg(long)]
     jar: Option<PathBuf>,
@@ -154,6 +159,9 @@ fn run_one(args: &CompareArgs, w: &Workload, backend: &str) -> Result<Value, Str
     let mut cmd = if backend == "millpond" {
         let mut c = Command::new(std::env::current_exe().map_err(err)?);
         c.arg("peer");
+        if args.one_snapshot {
+            c.arg("--one-snapshot");
+        }
         c
     } else {
         let mut c = Command::new(&args.java);

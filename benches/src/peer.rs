@@ -85,6 +85,11 @@ pub struct PeerArgs {
     /// Bytes per local WAL segment (default: the facade's, 64 MiB).
     #[arg(long, value_parser = parse_bytes)]
     pub segment_bytes: Option<u64>,
+    /// Take only the snapshot the timeline phase asks for (no volume or time trigger), so
+    /// that it covers every change since the load: what `compare` measured before
+    /// 2026-12-07. Default: the instance's own triggers run, as in a job.
+    #[arg(long)]
+    pub one_snapshot: bool,
     /// Where the work directory is made (default: the system's temporary directory); removed
     /// at the end unless --keep.
     #[arg(long)]
@@ -115,6 +120,9 @@ impl PeerArgs {
         }
         if let Some(b) = self.segment_bytes {
             v.push(format!("--segment-bytes={b}"));
+        }
+        if self.one_snapshot {
+            v.push("--one-snapshot".into());
         }
         v.push(
             match self.values {
@@ -174,10 +182,25 @@ fn settings(args: &PeerArgs) -> Settings {
             commit_durability: CommitDurability::Async,
             ..WalSettings::default()
         },
-        // Only the snapshot the timeline phase asks for, as the harness takes one checkpoint.
-        snapshot_after_changes: u64::MAX,
-        snapshot_after_wal_bytes: u64::MAX,
-        snapshot_interval_max: None,
+        // Snapshots as an instance takes them by default (every 500k changes, 64 MiB of WAL or
+        // 60 s): the one the timeline phase asks for then covers what changed since the last,
+        // as the deltas of a running job do. `--one-snapshot` keeps only that one (it then
+        // covers every change since the load).
+        snapshot_after_changes: if args.one_snapshot {
+            u64::MAX
+        } else {
+            defaults.snapshot_after_changes
+        },
+        snapshot_after_wal_bytes: if args.one_snapshot {
+            u64::MAX
+        } else {
+            defaults.snapshot_after_wal_bytes
+        },
+        snapshot_interval_max: if args.one_snapshot {
+            None
+        } else {
+            defaults.snapshot_interval_max
+        },
         ..defaults
     }
 }
