@@ -566,45 +566,10 @@ impl PartitionJob {
             }
         }
         for f in &merged_files {
-            sources.push(Box::new(
-                f.iter_from(&start)
-                    .take_while(move |r| match r {
-                        Ok((k, _)) => key_group_of(k).is_ok_and(|kg| kg <= last),
-                        Err(_) => true,
-                    })
-                    .map(|r| {
-                        r.and_then(|(k, v)| {
-                            Ok((
-                                k,
-                                KeyChanges::decode(&v).map_err(|_| Error::Corrupt {
-                                    what: "data file entry",
-                                    location: "the delta run a capped partition merges into"
-                                        .to_owned(),
-                                })?,
-                            ))
-                        })
-                    }),
-            ));
+            sources.push(partition_changes(f, &start, last, "data file entry"));
         }
         for f in sort_runs {
-            sources.push(Box::new(
-                f.iter_from(&start)
-                    .take_while(move |r| match r {
-                        Ok((k, _)) => key_group_of(k).is_ok_and(|kg| kg <= last),
-                        Err(_) => true,
-                    })
-                    .map(|r| {
-                        r.and_then(|(k, v)| {
-                            Ok((
-                                k,
-                                KeyChanges::decode(&v).map_err(|e| Error::Corrupt {
-                                    what: "snapshot sort run",
-                                    location: e.to_string(),
-                                })?,
-                            ))
-                        })
-                    }),
-            ));
+            sources.push(partition_changes(f, &start, last, "snapshot sort run"));
         }
         sources.push(Box::new(self.in_memory.into_iter().map(Ok)));
         let mut changes = MergedChanges::new(sources)?;
@@ -664,6 +629,32 @@ pub(crate) fn commit_retrying(archive: &Archive, manifest: &Manifest) -> Result<
 
 /// A sorted source of gathered changes: a run on disk, or the buffer.
 type ChangeSource<'a> = Box<dyn Iterator<Item = Result<(Vec<u8>, KeyChanges)>> + 'a>;
+
+/// The entries of `file` from key `start` through key group `last`, decoded; damage is
+/// `Corrupt` as `what`.
+fn partition_changes(
+    file: &DataFile,
+    start: &[u8],
+    last: u16,
+    what: &'static str,
+) -> ChangeSource<'static> {
+    Box::new(
+        file.iter_from(start)
+            .take_while(move |r| match r {
+                Ok((k, _)) => key_group_of(k).is_ok_and(|kg| kg <= last),
+                Err(_) => true,
+            })
+            .map(move |r| {
+                r.and_then(|(k, v)| {
+                    let c = KeyChanges::decode(&v).map_err(|e| Error::Corrupt {
+                        what,
+                        location: e.to_string(),
+                    })?;
+                    Ok((k, c))
+                })
+            }),
+    )
+}
 
 /// K-way merge of sorted change sources; equal keys combine oldest source first.
 struct MergedChanges<'a> {

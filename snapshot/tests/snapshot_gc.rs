@@ -27,9 +27,7 @@ use millpond_snapshot::{
     SnapshotReport, SnapshotSettings, SnapshotWriter, MAX_GC_GRACE,
 };
 use millpond_state::{KeyGroupRange, StateSchema, Store};
-use millpond_wal::{
-    open_local, LocalSegmentSource, SegmentSettings, SourceOffset, Wal, WalSettings,
-};
+use millpond_wal::{LocalSegmentSource, SourceOffset, Wal};
 use object_store::memory::InMemory;
 use object_store::path::Path;
 use object_store::{
@@ -276,15 +274,7 @@ impl Job {
     fn new() -> Job {
         let dir = tempfile::tempdir().unwrap();
         let wal_dir = dir.path().join("wal");
-        let (wal, _) = open_local(
-            &wal_dir,
-            0,
-            WalSettings::default(),
-            SegmentSettings::default(),
-            |_| Ok::<(), std::io::Error>(()),
-        )
-        .unwrap();
-        let wal = Arc::new(wal);
+        let wal = common::open_wal(&wal_dir);
         let store = Store::builder(dir.path().join("live"))
             .settings(store_settings(BUDGET))
             .change_sink(LogTo(wal.clone()))

@@ -22,9 +22,7 @@ use millpond_snapshot::{
     SnapshotSettings, SnapshotWriter,
 };
 use millpond_state::{key_group, StateSchema, Store};
-use millpond_wal::{
-    open_local, LocalSegmentSource, SegmentSettings, SourceOffset, Wal, WalSettings,
-};
+use millpond_wal::{LocalSegmentSource, SourceOffset, Wal};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 use rand::{RngCore, SeedableRng};
@@ -144,15 +142,7 @@ impl Live {
     fn open() -> Live {
         let dir = tempfile::tempdir().unwrap();
         let wal_dir = dir.path().join("wal");
-        let (wal, _) = open_local(
-            &wal_dir,
-            0,
-            WalSettings::default(),
-            SegmentSettings::default(),
-            |_| Ok::<(), std::io::Error>(()),
-        )
-        .unwrap();
-        let wal = Arc::new(wal);
+        let wal = common::open_wal(&wal_dir);
         let store = Store::builder(dir.path().join("live"))
             .settings(store_settings(BUDGET))
             .change_sink(LogTo(wal.clone()))

@@ -17,7 +17,7 @@ use millpond_snapshot::{
     SnapshotBase, SnapshotSettings, SnapshotWriter,
 };
 use millpond_state::{KeyGroupRange, Store};
-use millpond_wal::{open_local, LocalSegmentSource, SegmentSettings, SourceOffset, WalSettings};
+use millpond_wal::{LocalSegmentSource, SourceOffset};
 use object_store::local::LocalFileSystem;
 
 use common::{register, store_settings, LogTo, KEY_GROUPS};
@@ -55,15 +55,7 @@ fn fresh(m: &Manifest) -> impl Iterator<Item = &millpond_snapshot::FileRef> + '_
 fn two_versions(keys: u64, target_file_bytes: u64) -> TwoVersions {
     let dir = tempfile::tempdir().unwrap();
     let wal_dir = dir.path().join("wal");
-    let (wal, _) = open_local(
-        &wal_dir,
-        0,
-        WalSettings::default(),
-        SegmentSettings::default(),
-        |_| Ok::<(), std::io::Error>(()),
-    )
-    .unwrap();
-    let wal = Arc::new(wal);
+    let wal = common::open_wal(&wal_dir);
     let store = Store::builder(dir.path().join("live"))
         .settings(store_settings(16 << 20))
         .change_sink(LogTo(wal.clone()))

@@ -10,23 +10,25 @@
 //! fail: a refreshing read logged after the snapshot, at a time the element was live, would
 //! find the element gone on replay.
 
+// Shared helpers, not all used here.
+#[allow(dead_code)]
+mod common;
+
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
 use std::time::Duration;
 
+use common::{open_wal, LogTo};
 use millpond_snapshot::compaction::{self, CompactionKind, CompactionSettings};
 use millpond_snapshot::{
     Archive, Manifest, RestoreSettings, SnapshotBase, SnapshotSettings, SnapshotWriter,
 };
 use millpond_state::{
-    BoxError, Change, ChangeSink, Clock, ListState, ListStateDescriptor, ManualClock, MapState,
-    MapStateDescriptor, Store, StoreSettings, StringCodec, TtlConfig, TtlUpdateType, U64Codec,
-    ValueState, ValueStateDescriptor,
+    Clock, ListState, ListStateDescriptor, ManualClock, MapState, MapStateDescriptor, Store,
+    StoreSettings, StringCodec, TtlConfig, TtlUpdateType, U64Codec, ValueState,
+    ValueStateDescriptor,
 };
-use millpond_wal::{
-    open_local, LocalSegmentSource, SegmentSettings, SourceOffset, Wal, WalSettings,
-};
+use millpond_wal::{LocalSegmentSource, SourceOffset};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 
@@ -63,14 +65,6 @@ fn op(keys: u16) -> impl Strategy<Value = Op> {
         2 => Just(Op::Snapshot),
         2 => any::<bool>().prop_map(Op::Compact),
     ]
-}
-
-struct LogTo(Arc<Wal>);
-
-impl ChangeSink for LogTo {
-    fn append(&self, change: &Change<'_>) -> Result<u64, BoxError> {
-        Ok(self.0.append_change(change)?)
-    }
 }
 
 struct States {
@@ -137,15 +131,7 @@ struct Coverage {
 fn run_case(ops: &[Op], keys: u16, coverage: &mut Coverage) -> Result<(), TestCaseError> {
     let dir = tempfile::tempdir().unwrap();
     let wal_dir = dir.path().join("wal");
-    let (wal, _) = open_local(
-        &wal_dir,
-        0,
-        WalSettings::default(),
-        SegmentSettings::default(),
-        |_| Ok::<(), std::io::Error>(()),
-    )
-    .unwrap();
-    let wal = Arc::new(wal);
+    let wal = open_wal(&wal_dir);
     let clock = ManualClock::new(START_MS);
     let store = Store::builder(dir.path().join("live"))
         .settings(store_settings())

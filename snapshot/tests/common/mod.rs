@@ -12,9 +12,23 @@ use millpond_state::{
     MapStateDescriptor, Store, StoreSettings, StringCodec, U64Codec, ValueState,
     ValueStateDescriptor,
 };
-use millpond_wal::{LocalSegmentSource, Wal};
+use millpond_wal::{open_local, LocalSegmentSource, SegmentSettings, Wal, WalSettings};
 
 pub const KEY_GROUPS: u16 = 128;
+
+/// A local WAL in `dir`, new, with default settings.
+#[allow(dead_code)] // not every test opens its own WAL
+pub fn open_wal(dir: &FsPath) -> Arc<Wal> {
+    let (wal, _) = open_local(
+        dir,
+        0,
+        WalSettings::default(),
+        SegmentSettings::default(),
+        |_| Ok::<(), std::io::Error>(()),
+    )
+    .unwrap();
+    Arc::new(wal)
+}
 
 pub struct LogTo(pub Arc<Wal>);
 
