@@ -224,7 +224,8 @@ impl<K: 'static, V: 'static> ValueState<K, V> {
     }
 
     /// Reads, changes and writes the value of `key` under one lock: `f` gets the current value
-    /// and returns the new one (`None` clears it). Returns what `f` returned.
+    /// and returns the new one (`None` clears it). Returns `()`: read the value again (or
+    /// keep what `f` computed) if the caller needs it.
     pub fn update_with(&self, key: &K, f: impl FnOnce(Option<V>) -> Option<V>) -> Result<()> {
         with_buffer(|buf| {
             self.h.run(key, Access::Write, |slot, em| {
