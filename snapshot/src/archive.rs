@@ -25,6 +25,7 @@ use crate::error::{Error, Result};
 use crate::manifest::{Manifest, ManifestKind, MAX_MANIFEST_BYTES};
 pub(crate) use crate::names::{data_path, new_id};
 use crate::names::{manifest_path, parse_manifest_name, MANIFESTS};
+use millpond_wal::runtime::OwnRuntime;
 
 /// Part size of multipart uploads; files below it go up in one put.
 const PART_BYTES: usize = 16 << 20;
@@ -125,14 +126,15 @@ impl ArchiveSettings {
 
 /// A location in object storage holding snapshots: manifests and data files.
 ///
-/// The API blocks (it runs object_store's futures on the archive's own small runtime): call
-/// it from ordinary threads, not from inside an async runtime (use `spawn_blocking` there).
+/// The API blocks (it runs object_store's futures on the archive's own small runtime). Called
+/// or dropped inside another async runtime it does not panic, but it blocks that thread: from
+/// async code, use the facade's async calls (they run it on a thread of their own).
 #[derive(Clone)]
 pub struct Archive {
     store: Arc<dyn ObjectStore>,
     root: Path,
     url: String,
-    rt: Arc<tokio::runtime::Runtime>,
+    rt: Arc<OwnRuntime>,
     /// The directory of a local archive, read directly when files are fetched whole.
     local: Option<std::path::PathBuf>,
 }
@@ -249,15 +251,10 @@ impl Archive {
     /// An archive under `prefix` of any object store (for tests, decorators and stores
     /// configured by hand). `url` names it in messages.
     pub fn from_store(store: Arc<dyn ObjectStore>, prefix: &str, url: &str) -> Result<Archive> {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("millpond-archive")
-            .enable_all()
-            .build()
-            .map_err(|source| Error::Io {
-                path: "archive runtime".to_owned(),
-                source,
-            })?;
+        let rt = OwnRuntime::multi_thread("millpond-archive", 2).map_err(|source| Error::Io {
+            path: "archive runtime".to_owned(),
+            source,
+        })?;
         Ok(Archive {
             store,
             root: Path::from(prefix.trim_matches('/')),
@@ -272,11 +269,15 @@ impl Archive {
         &self.url
     }
 
-    pub(crate) fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+    pub(crate) fn block_on<F>(&self, f: F) -> F::Output
+    where
+        F: std::future::Future + Send,
+        F::Output: Send,
+    {
         self.rt.block_on(f)
     }
 
-    pub(crate) fn runtime(&self) -> &tokio::runtime::Runtime {
+    pub(crate) fn runtime(&self) -> &OwnRuntime {
         &self.rt
     }
 

@@ -41,6 +41,8 @@ mod reader;
 mod record;
 mod recover;
 mod replay;
+#[cfg(feature = "tokio")]
+pub mod runtime;
 mod segment;
 mod settings;
 mod sink;

@@ -2,8 +2,9 @@
 //! [`PulsarSource`] reads them back for replay.
 //!
 //! Built on pulsar-rs 6.x (`pulsar` crate, tokio runtime). Both types own a small tokio runtime
-//! of their own and block the calling thread, so the flusher (a plain thread) can call them
-//! directly. Do not call or drop them from inside another async runtime.
+//! of their own ([`OwnRuntime`](crate::runtime::OwnRuntime)) and block the calling thread, so
+//! the flusher (a plain thread) can call them directly; calling or dropping them inside another
+//! async runtime does not panic, but blocks that thread.
 //!
 //! # Topics
 //!
@@ -44,6 +45,7 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::runtime::OwnRuntime;
 use futures::StreamExt;
 use pulsar::consumer::InitialPosition;
 use pulsar::error::{ConnectionError, ConsumerError, ProducerError, ServiceDiscoveryError};
@@ -239,15 +241,10 @@ impl PulsarSettings {
 
 /// The runtime both sink and source run pulsar-rs on: one worker thread, so that pulsar-rs's
 /// background tasks (keep-alives, receipts, reconnections) progress between calls.
-fn runtime(name: &str) -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .thread_name(name)
-        .enable_all()
-        .build()
-        .map_err(|e| Error::Unavailable {
-            reason: format!("could not start the Pulsar client runtime: {e}"),
-        })
+fn runtime(name: &str) -> Result<OwnRuntime> {
+    OwnRuntime::multi_thread(name, 1).map_err(|e| Error::Unavailable {
+        reason: format!("could not start the Pulsar client runtime: {e}"),
+    })
 }
 
 async fn build_client(settings: &PulsarSettings) -> Result<Pulsar<TokioExecutor>> {
@@ -421,7 +418,7 @@ fn id_key(id: &MessageIdData) -> (i64, i64) {
 /// - Dropping the sink closes the producer (waiting at most a few seconds), which frees the
 ///   topic for the next writer at once.
 pub struct PulsarSink {
-    runtime: tokio::runtime::Runtime,
+    runtime: OwnRuntime,
     inner: SinkInner,
 }
 
@@ -867,7 +864,7 @@ fn split_batches(at: WalPosition, payload: Vec<u8>) -> Vec<StoredBatch> {
 /// position, never taken for the end. The end is asked for again on every call made at the
 /// end, so a later call returns batches appended meanwhile.
 pub struct PulsarSource {
-    runtime: tokio::runtime::Runtime,
+    runtime: OwnRuntime,
     inner: SourceInner,
 }
 
@@ -920,7 +917,7 @@ impl PulsarSource {
             }
         };
         let runtime = runtime("millpond-wal-pulsar-reader")?;
-        let inner = runtime.block_on(async {
+        let inner = runtime.block_on_with(|| async {
             let client = tokio::time::timeout(settings.guard_timeout(), build_client(&settings))
                 .await
                 .map_err(|_| Error::Unavailable {
@@ -1134,7 +1131,7 @@ impl SourceInner {
 
 impl WalSource for PulsarSource {
     fn next_batch(&mut self) -> Result<Option<StoredBatch>> {
-        self.runtime.block_on(self.inner.next_batch())
+        self.runtime.block_on_with(|| self.inner.next_batch())
     }
 }
 
