@@ -324,7 +324,7 @@ impl Job {
             })
             .collect();
         // Returns once the state changes and these offsets are durable in Pulsar, together.
-        self.instance.commit(&offsets)?;
+        let _durable = self.instance.commit(&offsets)?;
         Ok(())
     }
 

@@ -224,7 +224,7 @@ fn run(job: &mut Job, kill: Option<&Kill>, totals: &mut Totals) -> Result<u64> {
             *next = end;
         }
         // The counts above and the offsets they reflect become durable together.
-        job.instance.commit(&offsets(&job.next))?;
+        let _durable = job.instance.commit(&offsets(&job.next))?;
         uncommitted = 0;
         totals.commits += 1;
         if let Some(report) = job.instance.last_snapshot() {

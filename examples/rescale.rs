@@ -76,7 +76,7 @@ fn main() -> Result<(), Error> {
         counts.update(&u, &c)?;
         *model.entry(u).or_default() += 1;
     }
-    one.commit(&offset(500_000))?;
+    let _durable = one.commit(&offset(500_000))?;
     let snap = one.snapshot_now()?.ok_or("nothing to snapshot")?;
     println!(
         "one instance: {} users, snapshot {} ({} files, {} bytes)",
@@ -122,7 +122,7 @@ fn main() -> Result<(), Error> {
         *model.entry(u).or_default() += 1;
     }
     for (job, _) in &instances {
-        job.commit(&offset(800_000))?;
+        let _durable = job.commit(&offset(800_000))?;
     }
 
     // Every user is in exactly one instance, with the right count.

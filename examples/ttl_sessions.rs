@@ -309,7 +309,7 @@ fn main() -> Result<()> {
             model.click(&user, &page, now);
             offset += 1;
         }
-        job.commit(&[SourceOffset {
+        let _durable = job.commit(&[SourceOffset {
             topic: "clicks".into(),
             partition: 0,
             next_offset: offset,

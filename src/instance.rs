@@ -21,13 +21,15 @@ use crate::snapshot::{
     Archive, ArchiveSettings, Manifest, RestoreSettings, SnapshotBase, SnapshotReport,
     SnapshotWriter,
 };
-use crate::snapshotter::{CompactionStats, Counted, Recovered, Request, Shared, Snapshotter};
+use crate::snapshotter::{
+    CompactionStats, Counted, Recovered, Reply, Request, Shared, Snapshotter,
+};
 use crate::state::{
     BoxError, Change, ChangeSink, Clock, KeyGroupRange, Store, StoreStats, SystemClock,
 };
 use crate::wal::{
-    CommitTicket, OwnedChange, ReplayOutcome, SourceOffset, Wal, WalRecovery, WalSink, WalSource,
-    WalStats,
+    CommitDurability, CommitTicket, OwnedChange, ReplayOutcome, SourceOffset, Wal, WalRecovery,
+    WalSink, WalSource, WalStats,
 };
 use crate::wal_location::WalLocation;
 
@@ -155,6 +157,28 @@ impl Builder {
     /// place while its files download. Register the job's states on
     /// [`Recovering::store`], then call [`Recovering::recover`] to replay the WAL.
     pub fn open(self) -> Result<Recovering> {
+        self.open_blocking()
+    }
+
+    /// [`Builder::open`] for async code: the same work on a thread of its own, so no executor
+    /// thread blocks while the snapshot's files are claimed and opened. Works inside any async
+    /// runtime (and none is needed).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> millpond::Result<()> {
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let opening = millpond::Millpond::builder(dir.path()).open_async().await?;
+    /// let job = opening.recover_async().await?;
+    /// job.close_async().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn open_async(self) -> Result<Recovering> {
+        crate::off_thread::off_thread("millpond-open", move || self.open_blocking()).await
+    }
+
+    fn open_blocking(self) -> Result<Recovering> {
         let started = Instant::now();
         let span = tracing::info_span!("millpond.open", dir = %self.dir.display());
         let _enter = span.enter();
@@ -288,6 +312,15 @@ impl Recovering {
     /// instance's writer, and starts the background snapshots. The returned instance's
     /// [`Millpond::resume_offsets`] are the source offsets to seek the consumer to.
     pub fn recover(self) -> Result<Millpond> {
+        self.recover_blocking()
+    }
+
+    /// [`Recovering::recover`] for async code: the replay runs on a thread of its own.
+    pub async fn recover_async(self) -> Result<Millpond> {
+        crate::off_thread::off_thread("millpond-recover", move || self.recover_blocking()).await
+    }
+
+    fn recover_blocking(self) -> Result<Millpond> {
         let span = tracing::info_span!("millpond.recover");
         let _enter = span.enter();
         let parent = self.writer.parent().clone();
@@ -373,6 +406,7 @@ impl Recovering {
                 epoch,
                 seconds,
             },
+            durability: self.settings.wal.commit_durability,
             shared,
             requests,
             thread: Mutex::new(Some(thread)),
@@ -427,7 +461,7 @@ pub struct Recovery {
 ///
 /// // Process records, then commit the offsets the state now reflects.
 /// state.update(&"ada".to_string(), &3).unwrap();
-/// job.commit(&[SourceOffset { topic: "in".into(), partition: 0, next_offset: 1 }]).unwrap();
+/// let _durable = job.commit(&[SourceOffset { topic: "in".into(), partition: 0, next_offset: 1 }]).unwrap();
 /// job.snapshot_now().unwrap();
 /// job.close().unwrap();
 ///
@@ -445,6 +479,8 @@ pub struct Millpond {
     positions: Mutex<BTreeMap<(String, i32), i64>>,
     resume: Vec<SourceOffset>,
     recovery: Recovery,
+    /// How `commit_async` waits: as `commit` does.
+    durability: CommitDurability,
     shared: Arc<Shared>,
     requests: Sender<Request>,
     thread: Mutex<Option<JoinHandle<()>>>,
@@ -500,11 +536,51 @@ impl Millpond {
     ///
     /// Fails with [`Error::Fenced`] once a newer instance took over.
     pub fn commit(&self, offsets: &[SourceOffset]) -> Result<CommitTicket> {
+        let started = Instant::now();
+        let ticket = self.append_commit(offsets)?;
+        if self.durability == CommitDurability::Wait {
+            ticket.wait().map_err(|e| self.wal_failed(e))?;
+        }
+        ::metrics::histogram!(metrics::COMMIT_SECONDS).record(started.elapsed().as_secs_f64());
+        Ok(ticket)
+    }
+
+    /// [`Millpond::commit`] for async code: appends the commit marker at once and, with the
+    /// default [`CommitDurability::Wait`](crate::wal::CommitDurability), resolves when it is
+    /// durable, without blocking a thread while it waits (the WAL's flusher wakes it). Like
+    /// every state change, appending may wait briefly for room in the WAL's ring when the
+    /// sink falls behind (backpressure).
+    ///
+    /// ```
+    /// use millpond::wal::SourceOffset;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> millpond::Result<()> {
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let job = millpond::Millpond::builder(dir.path()).open_async().await?.recover_async().await?;
+    /// let ticket = job
+    ///     .commit_async(&[SourceOffset { topic: "in".into(), partition: 0, next_offset: 7 }])
+    ///     .await?;
+    /// assert!(ticket.is_durable());
+    /// job.close_async().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn commit_async(&self, offsets: &[SourceOffset]) -> Result<CommitTicket> {
+        let started = Instant::now();
+        let ticket = self.append_commit(offsets)?;
+        if self.durability == CommitDurability::Wait {
+            ticket.durable().await.map_err(|e| self.wal_failed(e))?;
+        }
+        ::metrics::histogram!(metrics::COMMIT_SECONDS).record(started.elapsed().as_secs_f64());
+        Ok(ticket)
+    }
+
+    /// Appends the commit marker covering `offsets` and every partition's last offset.
+    fn append_commit(&self, offsets: &[SourceOffset]) -> Result<CommitTicket> {
         if self.closed.load(Ordering::Relaxed) {
             return Err(Error::Closed);
         }
         self.shared.check()?;
-        let started = Instant::now();
         let all: Vec<SourceOffset> = {
             let mut positions = self.positions.lock();
             for o in offsets {
@@ -519,15 +595,17 @@ impl Millpond {
                 })
                 .collect()
         };
-        let ticket = self.wal.commit(&all).inspect_err(|e| {
-            if matches!(e, crate::wal::Error::Fenced { .. }) {
-                self.shared.fail(&Error::Fenced {
-                    reason: e.to_string(),
-                });
-            }
-        })?;
-        ::metrics::histogram!(metrics::COMMIT_SECONDS).record(started.elapsed().as_secs_f64());
-        Ok(ticket)
+        self.wal.commit_marker(&all).map_err(|e| self.wal_failed(e))
+    }
+
+    /// A WAL error of a commit: once fenced, the instance stops (every later call says so).
+    fn wal_failed(&self, e: crate::wal::Error) -> Error {
+        if matches!(e, crate::wal::Error::Fenced { .. }) {
+            self.shared.fail(&Error::Fenced {
+                reason: e.to_string(),
+            });
+        }
+        e.into()
     }
 
     /// Writes a snapshot now, from what the WAL committed since the last one, and waits for
@@ -538,9 +616,19 @@ impl Millpond {
     pub fn snapshot_now(&self) -> Result<Option<SnapshotReport>> {
         let (reply, answer) = crossbeam_channel::bounded(1);
         self.requests
-            .send(Request::Snapshot(reply))
+            .send(Request::Snapshot(Reply::Blocking(reply)))
             .map_err(|_| Error::Closed)?;
         answer.recv().map_err(|_| Error::Closed)?
+    }
+
+    /// [`Millpond::snapshot_now`] for async code: resolves when the snapshot thread has
+    /// written it.
+    pub async fn snapshot_now_async(&self) -> Result<Option<SnapshotReport>> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.requests
+            .send(Request::Snapshot(Reply::Async(reply)))
+            .map_err(|_| Error::Closed)?;
+        answer.await.map_err(|_| Error::Closed)?
     }
 
     /// The last snapshot this instance wrote.
@@ -564,6 +652,12 @@ impl Millpond {
     /// committed by closing; they are discarded by the next recovery, like after a crash.
     pub fn close(self) -> Result<()> {
         self.shutdown()
+    }
+
+    /// [`Millpond::close`] for async code: waits for the snapshot thread and the WAL's last
+    /// write on a thread of its own.
+    pub async fn close_async(self) -> Result<()> {
+        crate::off_thread::off_thread("millpond-close", move || self.shutdown()).await
     }
 
     fn shutdown(&self) -> Result<()> {

@@ -21,7 +21,7 @@
 //!     .unwrap();
 //! let job = opening.recover().unwrap();
 //! counts.update(&"a".to_string(), &1).unwrap();
-//! job.commit(&[SourceOffset { topic: "words".into(), partition: 0, next_offset: 1 }]).unwrap();
+//! let _durable = job.commit(&[SourceOffset { topic: "words".into(), partition: 0, next_offset: 1 }]).unwrap();
 //! assert_eq!(counts.get(&"a".to_string()).unwrap(), Some(1));
 //! job.close().unwrap();
 //! ```
@@ -34,6 +34,7 @@ mod error;
 mod instance;
 mod lower_tiers;
 pub mod metrics;
+mod off_thread;
 mod settings;
 mod snapshotter;
 mod wal_location;

@@ -117,8 +117,24 @@ impl Schedule {
 }
 
 pub(crate) enum Request {
-    Snapshot(Sender<Result<Option<SnapshotReport>>>),
+    Snapshot(Reply),
     Stop,
+}
+
+/// Where the answer to a requested snapshot goes: a blocking caller or an awaiting one.
+pub(crate) enum Reply {
+    Blocking(Sender<Result<Option<SnapshotReport>>>),
+    Async(tokio::sync::oneshot::Sender<Result<Option<SnapshotReport>>>),
+}
+
+impl Reply {
+    fn send(self, r: Result<Option<SnapshotReport>>) {
+        // A caller that went away (a dropped future) needs no answer.
+        let _ = match self {
+            Reply::Blocking(tx) => tx.send(r).map_err(|_| ()),
+            Reply::Async(tx) => tx.send(r).map_err(|_| ()),
+        };
+    }
 }
 
 /// The first failure of an instance; every later commit reports it.
@@ -261,7 +277,7 @@ impl Snapshotter {
                     if let (Ok(Some(_)), Some(c)) = (&r, compaction) {
                         let _ = c.try_send(());
                     }
-                    let _ = reply.send(r);
+                    reply.send(r);
                 }
                 Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
             }

@@ -66,7 +66,7 @@ fn process(job: &Millpond, states: &States, records: &[Record], owned: KeyGroupR
             next_offset,
         })
         .collect();
-    job.commit(&offsets).unwrap();
+    let _durable = job.commit(&offsets).unwrap();
 }
 
 fn latest(archive_dir: &Path) -> (Archive, millpond::snapshot::Manifest) {

@@ -79,10 +79,10 @@ fn a_zombie_commits_nothing_after_a_takeover() {
 
     let (old, old_counts) = setup.open(&tmp.path().join("old"));
     old_counts.update(&key, &1).unwrap();
-    old.commit(&offset(1)).unwrap();
+    let _durable = old.commit(&offset(1)).unwrap();
     old.snapshot_now().unwrap().expect("a snapshot");
     old_counts.update(&key, &2).unwrap();
-    old.commit(&offset(2)).unwrap();
+    let _durable = old.commit(&offset(2)).unwrap();
 
     // The new instance takes over while the old one still runs (a long pause, a partition).
     let (new, new_counts) = setup.open(&tmp.path().join("new"));
@@ -99,12 +99,12 @@ fn a_zombie_commits_nothing_after_a_takeover() {
     assert!(matches!(err, Error::Fenced { .. }), "snapshot: {err}");
 
     new_counts.update(&key, &3).unwrap();
-    new.commit(&offset(3)).unwrap();
+    let _durable = new.commit(&offset(3)).unwrap();
     new.snapshot_now()
         .unwrap()
         .expect("the new owner snapshots");
     new_counts.update(&key, &4).unwrap();
-    new.commit(&offset(4)).unwrap();
+    let _durable = new.commit(&offset(4)).unwrap();
     let next_lsn = new.stats().1.next_lsn;
     let old_epoch = old.recovery().epoch;
     new.close().unwrap();
@@ -127,7 +127,7 @@ fn a_zombie_commits_nothing_after_a_takeover() {
         .value_state(ValueStateDescriptor::new("counts", StringCodec, U64Codec))
         .unwrap();
     zombie_counts.update(&key, &999).unwrap();
-    zombie.commit(&offset(999)).unwrap();
+    let _durable = zombie.commit(&offset(999)).unwrap();
     zombie.close().unwrap();
 
     let (third, third_counts) = setup.open(&tmp.path().join("third"));

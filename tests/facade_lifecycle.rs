@@ -43,10 +43,10 @@ fn uncommitted_changes_are_discarded_and_offsets_merge() {
     let k = |s: &str| s.to_string();
     let (job, state) = open(dir.path());
     state.update(&k("a"), &1).unwrap();
-    job.commit(&[at(0, 10), at(1, 20)]).unwrap();
+    let _durable = job.commit(&[at(0, 10), at(1, 20)]).unwrap();
     state.update(&k("b"), &2).unwrap();
     // Only partition 1 advanced: partition 0 keeps its offset.
-    job.commit(&[at(1, 25)]).unwrap();
+    let _durable = job.commit(&[at(1, 25)]).unwrap();
     state.update(&k("c"), &3).unwrap(); // never committed
     job.close().unwrap();
 
@@ -97,7 +97,7 @@ fn a_state_the_wal_names_must_be_registered_before_recover() {
     let dir = tempfile::tempdir().unwrap();
     let (job, state) = open(dir.path());
     state.update(&"a".to_string(), &1).unwrap();
-    job.commit(&[at(0, 1)]).unwrap();
+    let _durable = job.commit(&[at(0, 1)]).unwrap();
     job.close().unwrap();
     let opening = Millpond::builder(dir.path()).open().unwrap();
     let err = opening.recover().unwrap_err();
@@ -109,7 +109,7 @@ fn key_groups_cannot_change_under_a_snapshot() {
     let dir = tempfile::tempdir().unwrap();
     let (job, state) = open(dir.path());
     state.update(&"a".to_string(), &1).unwrap();
-    job.commit(&[at(0, 1)]).unwrap();
+    let _durable = job.commit(&[at(0, 1)]).unwrap();
     job.snapshot_now().unwrap().unwrap();
     job.close().unwrap();
     let err = Millpond::builder(dir.path())
@@ -142,7 +142,7 @@ fn ttl_survives_a_restart_with_the_injected_clock() {
     state.update(&"old".to_string(), &1).unwrap();
     clock.advance_ms(30_000);
     state.update(&"new".to_string(), &2).unwrap();
-    job.commit(&[at(0, 2)]).unwrap();
+    let _durable = job.commit(&[at(0, 2)]).unwrap();
     job.snapshot_now().unwrap().unwrap();
     job.close().unwrap();
 
@@ -161,7 +161,7 @@ fn metrics_are_reported() {
         let dir = tempfile::tempdir().unwrap();
         let (job, state) = open(dir.path());
         state.update(&"a".to_string(), &1).unwrap();
-        job.commit(&[at(0, 1)]).unwrap();
+        let _durable = job.commit(&[at(0, 1)]).unwrap();
         job.close().unwrap();
     });
     let names: Vec<(String, DebugValue)> = snapshotter

@@ -214,12 +214,13 @@ fn write(job: &Millpond, state: &Values, from: usize, n: usize, value_bytes: usi
 }
 
 fn commit(job: &Millpond, next_offset: i64) {
-    job.commit(&[SourceOffset {
-        topic: "in".into(),
-        partition: 0,
-        next_offset,
-    }])
-    .unwrap();
+    let _durable = job
+        .commit(&[SourceOffset {
+            topic: "in".into(),
+            partition: 0,
+            next_offset,
+        }])
+        .unwrap();
 }
 
 #[test]

@@ -40,7 +40,7 @@ fn write(dir: &Path) {
     let (job, state) = open(dir).unwrap();
     for i in 0..5u64 {
         state.update(&format!("k{i}"), &i).unwrap();
-        job.commit(&[at(i as i64 + 1)]).unwrap();
+        let _durable = job.commit(&[at(i as i64 + 1)]).unwrap();
     }
     job.close().unwrap();
 }

@@ -244,7 +244,7 @@ impl Job<'_> {
 
     fn commit_if_due(&self) -> Result<(), String> {
         if self.writes.is_multiple_of(COMMIT_EVERY) {
-            self.commit()?;
+            let _durable = self.commit()?;
         }
         Ok(())
     }
@@ -472,7 +472,7 @@ fn measure(
         state.update(&k, &value).map_err(err)?;
         job.writes += 1;
         if job.writes.is_multiple_of(COMMIT_EVERY) {
-            job.commit()?;
+            let _durable = job.commit()?;
             if last_note.elapsed() >= Duration::from_secs(5) {
                 last_note = Instant::now();
                 let secs = t0.elapsed().as_secs_f64();

@@ -140,12 +140,13 @@ pub fn run(args: StateArgs) -> Result<String, String> {
         if let Some(w) = &wal {
             if ops.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 10_000 == 9_999 {
                 let c = commits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                w.commit(&[SourceOffset {
-                    topic: "bench".into(),
-                    partition: 0,
-                    next_offset: c as i64,
-                }])
-                .expect("commit");
+                let _durable = w
+                    .commit(&[SourceOffset {
+                        topic: "bench".into(),
+                        partition: 0,
+                        next_offset: c as i64,
+                    }])
+                    .expect("commit");
             }
         }
     };

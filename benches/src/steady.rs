@@ -396,7 +396,7 @@ pub fn run_job(args: JobArgs) -> Result<String, String> {
         state.update(&k, &value).map_err(err)?;
         writes += 1;
         if writes.is_multiple_of(100_000) {
-            job.commit(&offsets(writes)).map_err(err)?;
+            let _durable = job.commit(&offsets(writes)).map_err(err)?;
         }
     }
     job.commit(&offsets(writes))
@@ -444,7 +444,7 @@ pub fn run_job(args: JobArgs) -> Result<String, String> {
             writes += 1;
             n += 1;
             if writes.is_multiple_of(COMMIT_EVERY) {
-                job.commit(&offsets(writes)).map_err(err)?;
+                let _durable = job.commit(&offsets(writes)).map_err(err)?;
             }
         }
         if let Some(r) = job.last_snapshot() {

@@ -320,7 +320,7 @@ fn commit(
             next_offset,
         })
         .collect();
-    job.commit(&offsets)?;
+    let _durable = job.commit(&offsets)?;
     if let Some(path) = acks {
         // All partitions' committed positions, replaced whole (write, then rename).
         let mut acked = read_acks(path);

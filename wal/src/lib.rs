@@ -28,7 +28,7 @@
 //! let store = Store::builder(dir.path().join("state")).change_sink_arc(wal.clone()).open().unwrap();
 //! let counts = store.value_state(ValueStateDescriptor::new("counts", StringCodec, U64Codec)).unwrap();
 //! counts.update(&"a".to_string(), &1).unwrap();
-//! wal.commit(&[SourceOffset { topic: "words".into(), partition: 0, next_offset: 1 }]).unwrap();
+//! let _durable = wal.commit(&[SourceOffset { topic: "words".into(), partition: 0, next_offset: 1 }]).unwrap();
 //! ```
 
 #![warn(missing_docs)]
@@ -62,4 +62,4 @@ pub use replay::replay;
 pub use segment::{LocalSegmentSink, LocalSegmentSource};
 pub use settings::{CommitDurability, SegmentSettings, WalSettings};
 pub use sink::{Batch, StoredBatch, TornTail, UpTo, WalPosition, WalSink, WalSource};
-pub use writer::{CommitTicket, Wal, WalStats};
+pub use writer::{CommitTicket, Durable, Wal, WalStats};

@@ -24,7 +24,7 @@ use crate::OwnedChange;
 /// let (wal, outcome) = open_local(dir.path(), 0, WalSettings::default(), SegmentSettings::default(),
 ///     |_change| Ok::<(), std::io::Error>(())).unwrap();
 /// assert!(outcome.last_commit.is_none());
-/// wal.commit(&[SourceOffset { topic: "t".into(), partition: 0, next_offset: 7 }]).unwrap();
+/// let _durable = wal.commit(&[SourceOffset { topic: "t".into(), partition: 0, next_offset: 7 }]).unwrap();
 /// wal.close().unwrap();
 /// let (_wal, outcome) = open_local(dir.path(), 0, WalSettings::default(), SegmentSettings::default(),
 ///     |_change| Ok::<(), std::io::Error>(())).unwrap();

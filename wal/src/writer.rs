@@ -6,8 +6,11 @@
 //! full, producers wait (backpressure): nothing is dropped or overwritten.
 
 use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -48,6 +51,8 @@ struct State {
     commits: VecDeque<(u64, u64)>,
     /// The newest durable commit marker and the newest change it covers (0: none yet).
     committed: (u64, u64),
+    /// Async waiters on a commit ticket ([`CommitTicket::durable`]), woken with `durable`.
+    wakers: Vec<Waker>,
     /// `(last LSN, bytes_written after it)` for each sink write, oldest first: what
     /// [`Wal::bytes_after`] subtracts. Trimmed at each truncation and thinned past
     /// `WRITTEN_MARKS`, so it stays small whatever the log's length.
@@ -155,8 +160,10 @@ pub struct Wal {
     flusher: Mutex<Option<JoinHandle<()>>>,
 }
 
-/// A commit marker on its way to durability.
+/// A commit marker on its way to durability: [`CommitTicket::wait`] blocks until it is
+/// durable, [`CommitTicket::durable`] is the same as a future.
 #[derive(Clone)]
+#[must_use = "a commit counts once durable: with CommitDurability::Async wait on the ticket (`wait`, `durable`); with the default Wait it already is"]
 pub struct CommitTicket {
     lsn: u64,
     shared: Arc<Shared>,
@@ -187,17 +194,84 @@ impl CommitTicket {
     pub fn wait(&self) -> Result<WalPosition> {
         let mut st = self.shared.state.lock();
         loop {
-            if st.durable_below > self.lsn {
-                return st.last_position.clone().ok_or(Error::Closed);
-            }
-            if let Some(failure) = &st.failed {
-                return Err(failure.to_error());
-            }
-            if st.closed && st.current.is_none() && st.full.is_empty() {
-                return Err(Error::Closed);
+            if let Some(outcome) = self.outcome(&st) {
+                return outcome;
             }
             self.shared.durable.wait(&mut st);
         }
+    }
+
+    /// A future that resolves as [`CommitTicket::wait`] returns, without blocking a thread:
+    /// the flusher wakes it. Works on any executor.
+    ///
+    /// ```
+    /// use millpond_wal::{CommitDurability, LocalSegmentSink, SegmentSettings, SourceOffset, Wal, WalSettings};
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let sink = LocalSegmentSink::open(dir.path(), SegmentSettings::default()).unwrap();
+    /// let settings = WalSettings { commit_durability: CommitDurability::Async, ..WalSettings::default() };
+    /// let wal = Wal::start(sink, 1, settings);
+    /// let ticket = wal.commit(&[SourceOffset { topic: "t".into(), partition: 0, next_offset: 1 }]).unwrap();
+    /// let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    /// rt.block_on(ticket.durable()).unwrap();
+    /// assert!(ticket.is_durable());
+    /// wal.close().unwrap();
+    /// ```
+    pub fn durable(&self) -> Durable {
+        Durable {
+            ticket: self.clone(),
+        }
+    }
+
+    /// What waiting ends with, once it ends.
+    fn outcome(&self, st: &State) -> Option<Result<WalPosition>> {
+        if st.durable_below > self.lsn {
+            return Some(st.last_position.clone().ok_or(Error::Closed));
+        }
+        if let Some(failure) = &st.failed {
+            return Some(Err(failure.to_error()));
+        }
+        if st.closed && st.current.is_none() && st.full.is_empty() {
+            return Some(Err(Error::Closed));
+        }
+        None
+    }
+}
+
+/// The future of [`CommitTicket::durable`]: the position of the newest durable batch once the
+/// marker is durable.
+#[must_use = "futures do nothing unless awaited"]
+pub struct Durable {
+    ticket: CommitTicket,
+}
+
+impl std::fmt::Debug for Durable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Durable")
+            .field("lsn", &self.ticket.lsn)
+            .finish()
+    }
+}
+
+impl Future for Durable {
+    type Output = Result<WalPosition>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut st = self.ticket.shared.state.lock();
+        if let Some(outcome) = self.ticket.outcome(&st) {
+            return Poll::Ready(outcome);
+        }
+        if !st.wakers.iter().any(|w| w.will_wake(cx.waker())) {
+            st.wakers.push(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+}
+
+/// Wakes every waiter on durability: the blocking ones and the futures.
+fn wake_durable(sh: &Shared, st: &mut State) {
+    sh.durable.notify_all();
+    for w in st.wakers.drain(..) {
+        w.wake();
     }
 }
 
@@ -240,6 +314,7 @@ impl Wal {
                 commits: VecDeque::new(),
                 committed: (0, 0),
                 written: VecDeque::new(),
+                wakers: Vec::new(),
             }),
             space: Condvar::new(),
             work: Condvar::new(),
@@ -334,6 +409,17 @@ impl Wal {
     /// flushes at once. With [`CommitDurability::Wait`] (the default) returns once it is
     /// durable; otherwise wait on the ticket.
     pub fn commit(&self, offsets: &[SourceOffset]) -> Result<CommitTicket> {
+        let ticket = self.commit_marker(offsets)?;
+        if self.shared.durability == CommitDurability::Wait {
+            ticket.wait()?;
+        }
+        Ok(ticket)
+    }
+
+    /// Appends a commit marker as [`Wal::commit`] does and returns at once, whatever
+    /// [`CommitDurability`] says: the async path awaits [`CommitTicket::durable`] instead of
+    /// blocking.
+    pub fn commit_marker(&self, offsets: &[SourceOffset]) -> Result<CommitTicket> {
         let record = proto::Record {
             body: Some(proto::record::Body::Commit(proto::CommitMarker {
                 offsets: offsets
@@ -347,11 +433,12 @@ impl Wal {
                 committed_at_ms: now_ms(),
             })),
         };
-        let ticket = self.append_marker(&record)?;
-        if self.shared.durability == CommitDurability::Wait {
-            ticket.wait()?;
-        }
-        Ok(ticket)
+        self.append_marker(&record)
+    }
+
+    /// How [`Wal::commit`] waits, as the settings say.
+    pub fn durability(&self) -> CommitDurability {
+        self.shared.durability
     }
 
     /// Appends a marker record and asks for an immediate flush.
@@ -440,7 +527,9 @@ impl Wal {
         if let Some(handle) = self.flusher.lock().take() {
             let _ = handle.join();
         }
-        let st = self.shared.state.lock();
+        let mut st = self.shared.state.lock();
+        // Whatever was left undurable never will be: waiters learn it now.
+        wake_durable(&self.shared, &mut st);
         match &st.failed {
             Some(failure) => Err(failure.to_error()),
             None => Ok(()),
@@ -545,13 +634,13 @@ fn flush_loop(sh: &Shared, mut sink: impl WalSink) {
                         st.free.push(chunk.buf);
                     }
                     sh.space.notify_all();
-                    sh.durable.notify_all();
+                    wake_durable(sh, &mut st);
                 }
                 Err(e) => {
                     // Nothing after a failed batch may become durable out of order: stop.
                     st.failed = Some(Failure::from(&e));
                     sh.space.notify_all();
-                    sh.durable.notify_all();
+                    wake_durable(sh, &mut st);
                     return;
                 }
             }
@@ -561,7 +650,7 @@ fn flush_loop(sh: &Shared, mut sink: impl WalSink) {
                 let mut st = sh.state.lock();
                 st.failed = Some(Failure::from(&e));
                 sh.space.notify_all();
-                sh.durable.notify_all();
+                wake_durable(sh, &mut st);
                 return;
             }
         }

@@ -81,7 +81,7 @@ fn recovery_refuses_a_writer_older_than_the_log() {
         })
     };
     let (wal, _) = open(Some(5)).unwrap();
-    wal.commit(&[]).unwrap();
+    let _durable = wal.commit(&[]).unwrap();
     wal.close().unwrap();
     drop(wal);
     let Err(err) = open(Some(4)) else {

@@ -105,7 +105,7 @@ fn replay_equals_committed_changes_across_rolls_and_restarts() {
             expected.insert(key, value);
             if i % 50 == 49 {
                 commits += 1;
-                wal.commit(&offsets(commits)).unwrap();
+                let _durable = wal.commit(&offsets(commits)).unwrap();
             }
         }
         wal.close().unwrap();
@@ -119,7 +119,7 @@ fn uncommitted_changes_are_never_applied_even_after_later_commits() {
     let dir = tempfile::tempdir().unwrap();
     let (wal, _, _) = recover(dir.path(), 0);
     put(&wal, b"a", b"committed");
-    wal.commit(&offsets(1)).unwrap();
+    let _durable = wal.commit(&offsets(1)).unwrap();
     put(&wal, b"a", b"uncommitted");
     put(&wal, b"b", b"uncommitted");
     wal.close().unwrap();
@@ -130,7 +130,7 @@ fn uncommitted_changes_are_never_applied_even_after_later_commits() {
     assert!(!model.contains_key(&b"b"[..]));
     // The job reprocesses from offset 1 and commits again: the old tail must stay dropped.
     put(&wal, b"c", b"new");
-    wal.commit(&offsets(2)).unwrap();
+    let _durable = wal.commit(&offsets(2)).unwrap();
     wal.close().unwrap();
 
     let (_wal, outcome, model) = recover(dir.path(), 0);
@@ -166,9 +166,9 @@ fn a_torn_tail_is_dropped_and_the_log_continues() {
     let dir = tempfile::tempdir().unwrap();
     let (wal, _, _) = recover(dir.path(), 0);
     put(&wal, b"a", b"1");
-    wal.commit(&offsets(1)).unwrap();
+    let _durable = wal.commit(&offsets(1)).unwrap();
     put(&wal, b"a", b"2");
-    wal.commit(&offsets(2)).unwrap();
+    let _durable = wal.commit(&offsets(2)).unwrap();
     wal.close().unwrap();
 
     // Half of a next batch, never acknowledged, as a crash during its write would leave it.
@@ -194,7 +194,7 @@ fn a_torn_tail_is_dropped_and_the_log_continues() {
         "{torn}"
     );
     put(&wal, b"a", b"3");
-    wal.commit(&offsets(3)).unwrap();
+    let _durable = wal.commit(&offsets(3)).unwrap();
     wal.close().unwrap();
     let (_wal, _, model) = recover(dir.path(), 0);
     assert_eq!(model.get(&b"a"[..]).unwrap(), b"3");
@@ -206,9 +206,9 @@ fn without_a_watermark_a_cut_last_batch_is_a_torn_tail() {
     let dir = tempfile::tempdir().unwrap();
     let (wal, _, _) = recover(dir.path(), 0);
     put(&wal, b"a", b"1");
-    wal.commit(&offsets(1)).unwrap();
+    let _durable = wal.commit(&offsets(1)).unwrap();
     put(&wal, b"a", b"2");
-    wal.commit(&offsets(2)).unwrap();
+    let _durable = wal.commit(&offsets(2)).unwrap();
     wal.close().unwrap();
     std::fs::remove_file(dir.path().join(watermark::FILE_NAME)).unwrap();
     let path = last_segment(dir.path());
@@ -232,7 +232,7 @@ fn zeros_after_the_last_batch_are_a_torn_tail() {
     let dir = tempfile::tempdir().unwrap();
     let (wal, _, _) = recover(dir.path(), 0);
     put(&wal, b"a", b"1");
-    wal.commit(&offsets(1)).unwrap();
+    let _durable = wal.commit(&offsets(1)).unwrap();
     wal.close().unwrap();
     let path = last_segment(dir.path());
     let mut bytes = std::fs::read(&path).unwrap();
@@ -249,7 +249,7 @@ fn a_bit_flip_before_the_end_is_corruption_not_a_torn_tail() {
     let (wal, _, _) = recover(dir.path(), 0);
     for i in 0..20u8 {
         put(&wal, &[i], b"value");
-        wal.commit(&offsets(i as i64 + 1)).unwrap();
+        let _durable = wal.commit(&offsets(i as i64 + 1)).unwrap();
     }
     wal.close().unwrap();
     let path = last_segment(dir.path());
@@ -276,7 +276,7 @@ fn truncation_below_a_snapshot_keeps_what_replay_after_it_needs() {
         }
         let _ = lsn;
     }
-    wal.commit(&offsets(400)).unwrap();
+    let _durable = wal.commit(&offsets(400)).unwrap();
     let before = std::fs::read_dir(dir.path()).unwrap().count();
     wal.truncate_below(snapshot_lsn + 1);
     wal.close().unwrap();
@@ -317,7 +317,7 @@ fn a_full_ring_applies_backpressure_and_loses_nothing() {
     for t in threads {
         t.join().unwrap();
     }
-    wal.commit(&offsets(1)).unwrap();
+    let _durable = wal.commit(&offsets(1)).unwrap();
     drop(wal);
     let (_wal, outcome, model) = recover(dir.path(), 0);
     assert_eq!(outcome.applied, 8000);
@@ -343,7 +343,7 @@ fn a_store_logs_through_the_wal_and_replays_into_a_fresh_store() {
             .update_with(&format!("w{}", i % 37), |n| Some(n.unwrap_or(0) + 1))
             .unwrap();
     }
-    wal.commit(&offsets(1000)).unwrap();
+    let _durable = wal.commit(&offsets(1000)).unwrap();
     store.close().unwrap();
     drop(counts);
     drop(store);

@@ -637,12 +637,13 @@ fn wal_writer_and_replay_through_pulsar() {
         .expect("append");
         expected.insert(key.to_vec(), value);
         if i % 1000 == 999 {
-            wal.commit(&[SourceOffset {
-                topic: "in".into(),
-                partition: 0,
-                next_offset: i as i64 + 1,
-            }])
-            .expect("commit");
+            let _durable = wal
+                .commit(&[SourceOffset {
+                    topic: "in".into(),
+                    partition: 0,
+                    next_offset: i as i64 + 1,
+                }])
+                .expect("commit");
         }
     }
     let stats = wal.stats();
