@@ -56,6 +56,29 @@ pub enum Error {
     #[error(transparent)]
     Snapshot(millpond_snapshot::Error),
 
+    /// The job's function failed on a record (`millpond::kafka`): the job stopped, and
+    /// nothing it changed after its last commit counts. Fix the cause; a restart reads the
+    /// record again.
+    #[cfg(feature = "kafka")]
+    #[error("processing {topic}-{partition} at offset {offset}: {source}")]
+    Process {
+        /// The record's topic.
+        topic: String,
+        /// The record's partition.
+        partition: i32,
+        /// The record's offset.
+        offset: i64,
+        /// What the job's function returned.
+        #[source]
+        source: millpond_state::BoxError,
+    },
+
+    /// From the Kafka client (`millpond::kafka`): the brokers are unreachable, a setting is
+    /// refused, the group failed. Check the consumer settings and the brokers.
+    #[cfg(feature = "kafka")]
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+
     /// A file system operation on the data directory failed.
     #[error("I/O error on {path}: {source}")]
     Io {

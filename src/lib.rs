@@ -32,6 +32,8 @@
 
 mod error;
 mod instance;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 mod lower_tiers;
 pub mod metrics;
 mod off_thread;

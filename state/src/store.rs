@@ -184,7 +184,6 @@ pub struct Store {
 
 pub(crate) struct Inner {
     pub settings: StoreSettings,
-    pub budget: Budget,
     pub owned: KeyGroupRange,
     pub clock: Arc<dyn Clock>,
     sink: Option<Arc<dyn ChangeSink>>,
@@ -426,7 +425,6 @@ impl Store {
             inner: Arc::new(Inner {
                 owned: s.key_groups.unwrap_or(KeyGroupRange::all(s.max_key_groups)),
                 settings: b.settings,
-                budget,
                 clock: b.clock,
                 sink: b.sink,
                 shards,
@@ -681,14 +679,36 @@ impl Store {
         Ok(removed)
     }
 
+    /// Changes the hot tier's share of memory while the store runs, for a process that splits
+    /// one budget over several stores (one per Kafka partition it holds, say) and re-splits
+    /// it when they come and go. Shards over their new share evict now (dirty entries go to
+    /// the spill queue, as any eviction). The cold tier's cache and the spill queue keep the
+    /// sizes they were opened with. At least 4 KiB a shard.
+    ///
+    /// ```
+    /// use millpond_state::{Store, StoreSettings};
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let store = Store::builder(dir.path()).settings(StoreSettings::default()).open().unwrap();
+    /// store.set_hot_budget(16 << 20).unwrap();
+    /// assert!(store.stats().hot_budget_bytes <= 16 << 20);
+    /// ```
+    pub fn set_hot_budget(&self, hot_bytes: usize) -> Result<()> {
+        self.inner.check_open()?;
+        let per_shard = (hot_bytes / self.inner.shards.len()).max(4096);
+        for shard in self.inner.shards.iter() {
+            let mut guard = shard.lock();
+            guard.budget = per_shard;
+            self.inner.release_shard(guard)?;
+        }
+        Ok(())
+    }
+
     /// Counters and sizes.
     pub fn stats(&self) -> StoreStats {
-        let mut st = StoreStats {
-            hot_budget_bytes: self.inner.budget.hot_bytes as u64,
-            ..Default::default()
-        };
+        let mut st = StoreStats::default();
         for shard in self.inner.shards.iter() {
             let s = shard.lock();
+            st.hot_budget_bytes += s.budget as u64;
             st.hot_entries += s.lru.len() as u64;
             st.hot_bytes += s.used as u64;
             st.pending_entries += s.pending.len() as u64;
