@@ -73,6 +73,13 @@ pub enum Error {
         source: millpond_state::BoxError,
     },
 
+    /// The job's `before_commit` hook failed (`millpond::kafka`, flushing its output, say): the
+    /// job stopped without committing. Fix the cause and restart: records after the last
+    /// commit are read again.
+    #[cfg(feature = "kafka")]
+    #[error("the job's before_commit hook failed: {0}")]
+    BeforeCommit(#[source] millpond_state::BoxError),
+
     /// From the Kafka client (`millpond::kafka`): the brokers are unreachable, a setting is
     /// refused, the group failed. Check the consumer settings and the brokers.
     #[cfg(feature = "kafka")]

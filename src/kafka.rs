@@ -180,6 +180,7 @@ fn now_ms() -> u64 {
 type Register<S> = dyn Fn(&Store) -> Result<S> + Send + Sync;
 type Customize = dyn Fn(&str, i32, Builder) -> Builder + Send + Sync;
 type OnEvent = dyn Fn(&GroupEvent) + Send + Sync;
+type BeforeCommit = dyn Fn() -> std::result::Result<(), BoxError> + Send + Sync;
 
 /// A keyed job in a Kafka consumer group: see the [module docs](self).
 ///
@@ -213,6 +214,7 @@ pub struct GroupJob<S> {
     register: Arc<Register<S>>,
     customize: Option<Arc<Customize>>,
     on_event: Option<Arc<OnEvent>>,
+    before_commit: Option<Arc<BeforeCommit>>,
 }
 
 impl<S> std::fmt::Debug for GroupJob<S> {
@@ -243,7 +245,20 @@ impl<S: Send + 'static> GroupJob<S> {
             register: Arc::new(register),
             customize: None,
             on_event: None,
+            before_commit: None,
         }
+    }
+
+    /// Calls `f` before every commit (periodic, and a revoked partition's last): flush the
+    /// job's output producer there, so that output is delivered before the offsets of the
+    /// records that made it are committed (at-least-once output; docs/guide.md). An error
+    /// stops the job without committing.
+    pub fn before_commit(
+        mut self,
+        f: impl Fn() -> std::result::Result<(), BoxError> + Send + Sync + 'static,
+    ) -> Self {
+        self.before_commit = Some(Arc::new(f));
+        self
     }
 
     /// Calls `f` for every [`GroupEvent`] (on the consuming thread or a handover thread:
@@ -342,6 +357,10 @@ impl<S: Send + 'static> GroupJob<S> {
         let ctx = consumer.context();
         let mut since_commit = 0u64;
         let mut last_commit = Instant::now();
+        let mut group_behind = false;
+        let mut last_group_try = Instant::now()
+            .checked_sub(self.settings.commit_interval)
+            .unwrap_or_else(Instant::now);
         while !stop.load(Ordering::Relaxed) {
             // Rebalance callbacks run inside poll, on this thread.
             let polled = consumer.poll(Duration::from_millis(100));
@@ -396,15 +415,23 @@ impl<S: Send + 'static> GroupJob<S> {
             if since_commit >= self.settings.commit_every_records
                 || (since_commit > 0 && last_commit.elapsed() >= self.settings.commit_interval)
             {
+                ctx.job.before_commit()?;
                 let committed = commit_all(&mut ctx.parts.lock())?;
-                // For lag monitoring only: positions come from millpond.
-                if committed.count() > 0 {
-                    let _ = consumer.commit(&committed, CommitMode::Async);
-                }
+                group_behind |= committed.count() > 0;
                 since_commit = 0;
                 last_commit = Instant::now();
             }
+            // The group's offsets, for lag monitoring only (positions come from millpond):
+            // a commit refused in a rebalance is tried again a commit interval later, so
+            // they catch up even when no record comes any more.
+            if group_behind && last_group_try.elapsed() >= self.settings.commit_interval {
+                let positions = group_positions(&ctx.parts.lock());
+                group_behind =
+                    positions.count() > 0 && consumer.commit(&positions, CommitMode::Sync).is_err();
+                last_group_try = Instant::now();
+            }
         }
+        ctx.job.before_commit()?;
         commit_all(&mut ctx.parts.lock())?;
         Ok(())
     }
@@ -440,6 +467,7 @@ impl<S: Send + 'static> GroupJob<S> {
             register: self.register.clone(),
             customize: self.customize.clone(),
             on_event: self.on_event.clone(),
+            before_commit: self.before_commit.clone(),
             partitions: std::sync::atomic::AtomicUsize::new(1),
         }
     }
@@ -469,6 +497,17 @@ fn commit_all<S>(parts: &mut BTreeMap<(String, i32), Part<S>>) -> Result<TopicPa
     Ok(done)
 }
 
+/// The position of every partition held that has one: what the group's offsets should say.
+fn group_positions<S>(parts: &BTreeMap<(String, i32), Part<S>>) -> TopicPartitionList {
+    let mut tpl = TopicPartitionList::new();
+    for ((topic, partition), part) in parts {
+        if let Some(at) = part.position {
+            let _ = tpl.add_partition_offset(topic, *partition, Offset::Offset(at));
+        }
+    }
+    tpl
+}
+
 /// One partition held by this process.
 struct Part<S> {
     job: Millpond,
@@ -490,6 +529,7 @@ struct Instances<S> {
     register: Arc<Register<S>>,
     customize: Option<Arc<Customize>>,
     on_event: Option<Arc<OnEvent>>,
+    before_commit: Option<Arc<BeforeCommit>>,
     /// Partitions of the subscription: the fixed per-instance shares divide by it.
     partitions: std::sync::atomic::AtomicUsize,
 }
@@ -498,6 +538,14 @@ impl<S> Instances<S> {
     fn event(&self, e: GroupEvent) {
         if let Some(f) = &self.on_event {
             f(&e);
+        }
+    }
+
+    /// The job's hook before a commit.
+    fn before_commit(&self) -> Result<()> {
+        match &self.before_commit {
+            Some(f) => f().map_err(Error::BeforeCommit),
+            None => Ok(()),
         }
     }
 
@@ -655,7 +703,13 @@ impl<S: Send> GroupContext<S> {
             .iter()
             .map(|e| (e.topic().to_owned(), e.partition()))
             .collect();
-        let commit = !lost && !self.failing.load(Ordering::SeqCst);
+        let mut commit = !lost && !self.failing.load(Ordering::SeqCst);
+        if commit {
+            if let Err(e) = self.job.before_commit() {
+                self.fail(e);
+                commit = false;
+            }
+        }
         let mut released = Vec::new();
         {
             let mut parts = self.parts.lock();

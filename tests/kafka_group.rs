@@ -4,7 +4,9 @@
 //! gracefully at random moments, and come back, so partitions move between them again and
 //! again (at least 20 rebalances). Each process checks every record is its key's next (a
 //! duplicate or a gap exits with a violation); at the end every partition's state, restored
-//! from its archive on a fresh directory, equals its records, each applied once.
+//! from its archive on a fresh directory, equals its records, each applied once. The job also
+//! produces one output record per input record, flushed in `before_commit`: the output topic
+//! must hold every one at least once (output is at least once; duplicates are counted).
 //!
 //! Without `KAFKA_BROKERS` the test fails: it never passes without Kafka.
 
@@ -25,7 +27,9 @@ use rand::Rng;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::producer::{
+    BaseProducer, BaseRecord, DefaultProducerContext, Producer, ThreadedProducer,
+};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
 const PARTITIONS: i32 = 8;
@@ -127,6 +131,15 @@ fn child() {
             std::thread::sleep(Duration::from_millis(50));
         });
     }
+    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", common::env("KAFKA_BROKERS"))
+        .set("linger.ms", "5")
+        .create()
+        .unwrap();
+    let producer = Arc::new(producer);
+    let flushing = producer.clone();
+    let job = job.before_commit(move || Ok(flushing.flush(Duration::from_secs(30))?));
+    let out_topic = format!("{topic}-out");
     let started = Instant::now();
     let mut applied = 0u64;
     let violations = root.join("violations");
@@ -150,6 +163,15 @@ fn child() {
             std::process::exit(EXIT_VIOLATION);
         }
         st.last.update(&key, &seq)?;
+        let payload = seq.to_string();
+        let mut out = BaseRecord::to(&out_topic).key(&key).payload(&payload);
+        while let Err((e, back)) = producer.send(out) {
+            if e.rdkafka_error_code() != Some(rdkafka::types::RDKafkaErrorCode::QueueFull) {
+                return Err(e.into());
+            }
+            std::thread::sleep(Duration::from_millis(5));
+            out = back;
+        }
         let n = st.count.get(&key)?.unwrap_or(0);
         st.count.update(&key, &(n + 1))?;
         applied += 1;
@@ -239,8 +261,12 @@ fn produce(topic: &str) {
     let mut config = ClientConfig::new();
     config.set("bootstrap.servers", common::env("KAFKA_BROKERS"));
     let admin: AdminClient<DefaultClientContext> = config.create().unwrap();
+    let out = format!("{topic}-out");
     for r in common::block_on(admin.create_topics(
-        &[NewTopic::new(topic, PARTITIONS, TopicReplication::Fixed(1))],
+        &[
+            NewTopic::new(topic, PARTITIONS, TopicReplication::Fixed(1)),
+            NewTopic::new(&out, PARTITIONS, TopicReplication::Fixed(1)),
+        ],
         &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
     ))
     .unwrap()
@@ -294,6 +320,42 @@ fn group_progress(topic: &str) -> BTreeMap<i32, i64> {
         .collect()
 }
 
+/// Every record of the output topic: (key, seq) → how many times.
+fn read_output(topic: &str) -> BTreeMap<(String, u64), u32> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", common::env("KAFKA_BROKERS"))
+        .set("group.id", format!("{topic}-check"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    let mut left = 0i64;
+    for p in 0..PARTITIONS {
+        let (_, high) = consumer
+            .fetch_watermarks(topic, p, Duration::from_secs(10))
+            .unwrap();
+        left += high;
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let mut out = BTreeMap::new();
+    while left > 0 {
+        let m = consumer
+            .poll(Duration::from_secs(30))
+            .expect("the output topic stalled")
+            .unwrap();
+        let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
+        let seq: u64 = std::str::from_utf8(m.payload().unwrap())
+            .unwrap()
+            .parse()
+            .unwrap();
+        *out.entry((key, seq)).or_insert(0) += 1;
+        left -= 1;
+    }
+    out
+}
+
 #[test]
 fn three_processes_with_joins_leaves_and_kills_apply_each_record_once() {
     let topic = format!(
@@ -344,7 +406,8 @@ fn three_processes_with_joins_leaves_and_kills_apply_each_record_once() {
         }
         assert!(
             Instant::now() < deadline,
-            "the group did not reach the end: {progress:?} of {ends:?}"
+            "the group did not reach the end: {progress:?} of {ends:?}; events:\n{}",
+            std::fs::read_to_string(root.join("events")).unwrap_or_default()
         );
         std::thread::sleep(Duration::from_millis(500));
     }
@@ -364,6 +427,26 @@ fn three_processes_with_joins_leaves_and_kills_apply_each_record_once() {
         takeovers >= 8 + ACTIONS,
         "partitions were taken over only {takeovers} times"
     );
+
+    // The output: every input record's result at least once.
+    let produced = read_output(&format!("{topic}-out"));
+    let mut missing = 0u64;
+    let mut duplicates = 0u64;
+    let model_keys = model().model_below(&ends);
+    for (key, m) in &model_keys {
+        for seq in 1..=m.n {
+            match produced.get(&(key.clone(), seq)).copied().unwrap_or(0) {
+                0 => missing += 1,
+                1 => {}
+                n => duplicates += u64::from(n) - 1,
+            }
+        }
+    }
+    eprintln!(
+        "kafka group: output has {} records, {duplicates} duplicates",
+        produced.values().map(|&n| u64::from(n)).sum::<u64>()
+    );
+    assert_eq!(missing, 0, "output records missing");
 
     // Every partition restored from its archive on a fresh directory, as another machine
     // would: each key holds its records, each applied once.

@@ -66,9 +66,9 @@ const SERVICES_HINT: &str =
     "start the services first: eval \"$(scripts/services up kafka pulsar s3)\" \
      (or out=$(scripts/services up kafka pulsar s3) && eval \"$out\")";
 /// The state every record updates.
-const STATE_NAME: &str = "e2e";
+pub(crate) const STATE_NAME: &str = "e2e";
 /// Bytes of the state value before the record's value: its count and the last offset.
-const VALUE_HEADER_BYTES: usize = 16;
+pub(crate) const VALUE_HEADER_BYTES: usize = 16;
 /// The child prints this, then the position, once it has read `--report-at` records.
 const REACHED: &str = "REACHED";
 /// Limit on one Kafka admin or metadata call.
@@ -121,10 +121,10 @@ pub enum Durability {
 pub struct E2eArgs {
     /// Records produced to the topic, then consumed by the job.
     #[arg(long, default_value_t = 1_000_000)]
-    records: u64,
+    pub(crate) records: u64,
     /// Distinct keys (u64, 8 bytes big-endian in Kafka).
     #[arg(long, default_value_t = 100_000)]
-    keys: u64,
+    pub(crate) keys: u64,
     /// Zipf exponent of key choice; 0 = uniform.
     #[arg(long, default_value_t = 0.0)]
     zipf: f64,
@@ -134,7 +134,7 @@ pub struct E2eArgs {
     value_bytes: usize,
     /// Partitions of the topic.
     #[arg(long, default_value_t = 4)]
-    partitions: i32,
+    pub(crate) partitions: i32,
     /// Where the WAL goes.
     #[arg(long, value_enum, default_value = "pulsar")]
     wal: WalChoice,
@@ -143,21 +143,21 @@ pub struct E2eArgs {
     snapshots: SnapshotStore,
     /// Memory budget of the instance's state.
     #[arg(long, value_parser = parse_bytes, default_value = "1G")]
-    memory_budget: u64,
+    pub(crate) memory_budget: u64,
     /// Seconds between background snapshots (0: none; the restart then replays the whole WAL).
     /// The WAL tail a restart replays is what the job wrote since the last snapshot.
     #[arg(long, default_value_t = 10.0)]
-    snapshot_interval_s: f64,
+    pub(crate) snapshot_interval_s: f64,
     /// Threads that apply the WAL's changes at recovery (0: the facade's default, the
     /// machine's parallelism).
     #[arg(long, default_value_t = 0)]
     replay_threads: usize,
     /// A commit after this many records.
     #[arg(long, default_value_t = 10_000)]
-    commit_every: u64,
+    pub(crate) commit_every: u64,
     /// … or after this many milliseconds with records since the last commit (0: off).
     #[arg(long, default_value_t = 1000)]
-    commit_ms: u64,
+    pub(crate) commit_ms: u64,
     /// Whether `commit` waits for durability.
     #[arg(long, value_enum, default_value = "wait")]
     commit_durability: Durability,
@@ -190,6 +190,23 @@ pub struct E2eArgs {
     /// repeatable: e.g. `--consumer-config max.partition.fetch.bytes=8388608`.
     #[arg(long = "consumer-config")]
     consumer_config: Vec<String>,
+    /// Run the job as a Kafka consumer group of this many processes (`millpond::kafka`, one
+    /// instance per partition; benches/src/group.rs) instead of one process: throughput
+    /// against one process, handover times, with kills and graceful leaves. 0: off.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) group_processes: usize,
+    /// Partitions of the topic in group mode (replaces --partitions there).
+    #[arg(long, default_value_t = 10)]
+    group_partitions: i32,
+    /// Kills and graceful leaves (each followed by a restart) during the group run.
+    #[arg(long, default_value_t = 10)]
+    pub(crate) group_actions: usize,
+    /// Mean seconds between two of them.
+    #[arg(long, default_value_t = 4.0)]
+    pub(crate) group_action_every_s: f64,
+    /// The group's session timeout: how long a killed member's partitions wait.
+    #[arg(long, default_value_t = 6.0)]
+    pub(crate) group_session_timeout_s: f64,
 }
 
 /// One job process: opens an instance, consumes the topic to its end (or until killed).
@@ -239,11 +256,11 @@ pub struct JobArgs {
     consumer_config: Vec<String>,
 }
 
-fn err(e: impl std::fmt::Display) -> String {
+pub(crate) fn err(e: impl std::fmt::Display) -> String {
     e.to_string()
 }
 
-fn round3(x: f64) -> f64 {
+pub(crate) fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
 
@@ -252,7 +269,7 @@ fn ms(ns: u64) -> f64 {
     (ns as f64 / 1e3).round() / 1000.0
 }
 
-fn env(name: &str) -> Result<String, String> {
+pub(crate) fn env(name: &str) -> Result<String, String> {
     std::env::var(name).map_err(|_| format!("{name} is not set: {SERVICES_HINT}"))
 }
 
@@ -322,7 +339,7 @@ impl KeyChooser {
 
 // ------------------------------------------------------------------------------- Kafka
 
-fn kafka_config(brokers: &str) -> ClientConfig {
+pub(crate) fn kafka_config(brokers: &str) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", brokers);
     c
@@ -517,9 +534,9 @@ fn consume_only(brokers: &str, topic: &str, ends: &[i64], extra: &[String]) -> R
 // ------------------------------------------------------------------------------- the job
 
 /// Per key: `[count u64 LE][offset of the last record i64 LE][the last record's value]`.
-type KeyState = ValueState<u64, Vec<u8>>;
+pub(crate) type KeyState = ValueState<u64, Vec<u8>>;
 
-fn header(v: &[u8]) -> (u64, i64) {
+pub(crate) fn header(v: &[u8]) -> (u64, i64) {
     (
         u64::from_le_bytes(v[0..8].try_into().expect("8 bytes")),
         i64::from_le_bytes(v[8..16].try_into().expect("8 bytes")),
@@ -1029,7 +1046,12 @@ fn delete_pulsar_topic(admin_url: &str, topic: &str) -> Result<(), String> {
     }
 }
 
-pub fn run(args: E2eArgs) -> Result<String, String> {
+pub fn run(mut args: E2eArgs) -> Result<String, String> {
+    if args.group_processes > 0 {
+        // One instance per partition: the local WAL, whatever --wal says.
+        args.partitions = args.group_partitions;
+        args.wal = WalChoice::Local;
+    }
     if args.records == 0 || args.keys == 0 || args.partitions <= 0 {
         return Err("--records, --keys and --partitions must be positive".into());
     }
@@ -1176,6 +1198,28 @@ fn measure(
     );
     let consume_only = consume_only(brokers, topic, &ends, &args.consumer_config)?;
     eprintln!("e2e: bare consumer: {consume_only:.0} records/s");
+    if args.group_processes > 0 {
+        let counts = std::fs::read(&expected)
+            .map_err(err)?
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
+            .collect::<Vec<_>>();
+        let mut line: Value = serde_json::from_str(&crate::group::measure(
+            args,
+            brokers,
+            topic,
+            run_id,
+            root,
+            bucket,
+            &counts,
+            consume_only,
+        )?)
+        .map_err(err)?;
+        let out = line.as_object_mut().expect("an object");
+        out.insert("loadavg_1m_at_start".into(), json!(loadavg_at_start));
+        out.insert("loadavg_1m_at_end".into(), json!(loadavg_1m()));
+        return Ok(line.to_string());
+    }
     let setup = Setup {
         args,
         topic: topic.to_string(),

@@ -8,6 +8,7 @@
 
 mod compare;
 mod e2e;
+mod group;
 mod peer;
 mod plot;
 mod recovery;
@@ -60,6 +61,9 @@ enum Command {
     /// One job process of `e2e`, run by it as a child.
     #[command(hide = true)]
     E2eJob(e2e::JobArgs),
+    /// One member of `e2e --group-processes`, run by it as a child.
+    #[command(hide = true)]
+    E2eGroupJob(group::GroupJobArgs),
     /// The Flink peer harness's workload (benches/flink) on a millpond instance, with the
     /// harness's JSON fields: load, updates, gets, a snapshot while updates run, MapState,
     /// then a restore in a fresh process.
@@ -89,6 +93,7 @@ fn main() {
         Command::RecoverySteadyRestore(args) => steady::run_restore(args, started),
         Command::E2e(args) => e2e::run(args),
         Command::E2eJob(args) => e2e::run_job(args, started),
+        Command::E2eGroupJob(args) => group::run_member(args),
         Command::Peer(args) => peer::run(args),
         Command::Compare(args) => compare::run(args),
         Command::PeerRun(args) => peer::run_job(args),
