@@ -4,7 +4,8 @@
 //! After the produce and the bare consumer of `e2e`:
 //!
 //! 1. **One process** (group of one) consumes the topic to its end: `records_per_sec_one_process`.
-//! 2. **N processes** in a new group consume it again from the start while members are killed
+//! 2. **N processes** in a new group consume it from the start without disruption
+//!    (`records_per_sec_no_disruption`); then, in another group, again while members are killed
 //!    with SIGKILL or leave gracefully and come back at random moments (`--group-actions`, one
 //!    every `--group-action-every-s` on average): `records_per_sec`, from the members' start
 //!    to the group's end (the disruptions included).
@@ -490,7 +491,23 @@ pub fn measure(
     eprintln!("e2e group: one process: {one_rate:.0} records/s");
     let _ = std::fs::remove_dir_all(&one.root);
 
-    // 2. N processes with kills and leaves.
+    // 2a. N processes, nobody leaves: what the group does without disruptions.
+    let mut steady = Members {
+        args,
+        topic,
+        group: format!("{topic}-steady"),
+        root: root.join("steady"),
+        archive: archive("steady-archive"),
+        children: Vec::new(),
+    };
+    std::fs::create_dir_all(&steady.root).map_err(err)?;
+    eprintln!("e2e group: {n} processes, no disruption");
+    let steady_seconds = run_group(&mut steady, n, 0, total, brokers)?;
+    let steady_rate = total as f64 / steady_seconds;
+    eprintln!("e2e group: {n} processes: {steady_rate:.0} records/s");
+    let _ = std::fs::remove_dir_all(&steady.root);
+
+    // 2b. N processes with kills and leaves.
     let loadavg = loadavg_1m();
     let mut group = Members {
         args,
@@ -527,6 +544,8 @@ pub fn measure(
         "records_per_sec": rate.round(),
         "records_per_sec_one_process": one_rate.round(),
         "group_vs_one_process": round3(rate / one_rate),
+        "records_per_sec_no_disruption": steady_rate.round(),
+        "no_disruption_vs_one_process": round3(steady_rate / one_rate),
         "kafka_consume_only_records_per_sec": consume_only.round(),
         "handovers": all.len(),
         "handover_seconds_p50": percentile(&all, 0.5),
