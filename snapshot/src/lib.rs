@@ -56,6 +56,7 @@
 //! Limits: one entry (key, value and their length prefixes) is at most
 //! [`data_file::MAX_BLOCK_BYTES`] (1 GiB); keys are at least 2 bytes.
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(missing_docs)]
 
 mod archive;
