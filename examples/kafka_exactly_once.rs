@@ -23,7 +23,7 @@
 //!
 //! ```sh
 //! eval "$(scripts/services up kafka pulsar s3)"
-//! cargo run --release --features pulsar --example kafka_exactly_once
+//! cargo run --release --features kafka,pulsar,s3 --example kafka_exactly_once
 //! ```
 
 use std::collections::HashMap;

@@ -28,6 +28,7 @@
 //!
 //! The `millpond` binary is the command-line tool for snapshots and WALs (docs/cli.md).
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(missing_docs)]
 
 mod error;

@@ -17,6 +17,9 @@
 //! replaces only an earlier restore. Names from files and archives are printed with control
 //! characters escaped (`cli::render::escape`).
 //!
+//! Built with the feature `cli` (`cargo install millpond --features cli`), which also brings S3
+//! archives; `--features cli,pulsar` adds `wal inspect --pulsar-url`.
+//!
 //! The library calls block (the archive runs its own small tokio runtime), so `main` is an
 //! ordinary synchronous function.
 

@@ -7,8 +7,6 @@
 //! Without `KAFKA_BROKERS`, `PULSAR_URL` and `S3_ENDPOINT` the test fails: it never passes
 //! without its services.
 
-#![cfg(feature = "pulsar")]
-
 mod common;
 
 use std::collections::BTreeMap;

@@ -5,8 +5,6 @@
 //!
 //! Without `PULSAR_URL` and `S3_ENDPOINT` the test fails: it never passes without its services.
 
-#![cfg(feature = "pulsar")]
-
 mod common;
 
 use std::sync::Arc;

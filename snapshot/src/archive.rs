@@ -98,6 +98,7 @@ impl ArchiveSettings {
 
     /// The timeouts as S3 builder options: set one by one, since replacing the whole
     /// `ClientOptions` would drop what `from_env` read (`AWS_ALLOW_HTTP`, say).
+    #[cfg(feature = "s3")]
     fn client_config(&self) -> [(object_store::aws::AmazonS3ConfigKey, String); 2] {
         use object_store::aws::AmazonS3ConfigKey::Client;
         use object_store::ClientConfigKey;
@@ -111,6 +112,7 @@ impl ArchiveSettings {
         ]
     }
 
+    #[cfg(feature = "s3")]
     fn retry(&self) -> object_store::RetryConfig {
         object_store::RetryConfig {
             backoff: object_store::BackoffConfig {
@@ -169,12 +171,13 @@ impl Archive {
     ///
     /// - `file:///absolute/dir` (or a plain absolute path): a local directory, created if
     ///   missing;
-    /// - `s3://bucket/prefix`: S3 or an S3-compatible server, configured from the usual AWS
-    ///   environment variables (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
+    /// - `s3://bucket/prefix` (feature `s3`): S3 or an S3-compatible server, configured from
+    ///   the usual AWS environment variables (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
     ///   `AWS_DEFAULT_REGION`, `AWS_ENDPOINT` for another endpoint, `AWS_ALLOW_HTTP=true` for
     ///   plain HTTP).
     ///
-    /// A malformed URL, an unknown scheme or missing S3 credentials is `Error::Invalid`.
+    /// A malformed URL, an unknown scheme, missing S3 credentials or an `s3://` URL in a build
+    /// without the feature `s3` is `Error::Invalid`.
     /// Nothing is read or written yet: an unreachable S3 endpoint shows at the first call.
     pub fn open(url: &str) -> Result<Archive> {
         Archive::open_with(url, &ArchiveSettings::default())
@@ -186,39 +189,7 @@ impl Archive {
         settings.check()?;
         let invalid = |reason: String| Error::Invalid { reason };
         if let Some(rest) = url.strip_prefix("s3://") {
-            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-            if bucket.is_empty() {
-                return Err(invalid(format!("'{url}': no bucket in the S3 URL")));
-            }
-            let has_credentials = [
-                "AWS_ACCESS_KEY_ID",
-                "AWS_WEB_IDENTITY_TOKEN_FILE",
-                "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
-                "AWS_CONTAINER_CREDENTIALS_FULL_URI",
-            ]
-            .iter()
-            .any(|v| std::env::var_os(v).is_some());
-            if !has_credentials {
-                return Err(invalid(format!(
-                    "'{url}': no S3 credentials; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY \
-                     (or use a web identity or container credentials)"
-                )));
-            }
-            let mut builder = object_store::aws::AmazonS3Builder::from_env()
-                .with_bucket_name(bucket)
-                .with_retry(settings.retry());
-            for (key, value) in settings.client_config() {
-                builder = builder.with_config(key, value);
-            }
-            if std::env::var_os("AWS_DEFAULT_REGION").is_none()
-                && std::env::var_os("AWS_REGION").is_none()
-            {
-                builder = builder.with_region("us-east-1");
-            }
-            let store = builder
-                .build()
-                .map_err(|e| invalid(format!("'{url}': {e}")))?;
-            return Archive::from_store(Arc::new(store), prefix, url);
+            return Archive::open_s3(url, rest, settings);
         }
         let dir = match url.strip_prefix("file://") {
             Some(path) => path,
@@ -241,6 +212,56 @@ impl Archive {
         let mut archive = Archive::from_store(Arc::new(store), "", url)?;
         archive.local = Some(std::path::PathBuf::from(dir));
         Ok(archive)
+    }
+
+    /// The S3 archive at `url` (`s3://` + `rest`).
+    #[cfg(feature = "s3")]
+    fn open_s3(url: &str, rest: &str, settings: &ArchiveSettings) -> Result<Archive> {
+        let invalid = |reason: String| Error::Invalid { reason };
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(invalid(format!("'{url}': no bucket in the S3 URL")));
+        }
+        let has_credentials = [
+            "AWS_ACCESS_KEY_ID",
+            "AWS_WEB_IDENTITY_TOKEN_FILE",
+            "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+            "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+        ]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some());
+        if !has_credentials {
+            return Err(invalid(format!(
+                "'{url}': no S3 credentials; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY \
+                 (or use a web identity or container credentials)"
+            )));
+        }
+        let mut builder = object_store::aws::AmazonS3Builder::from_env()
+            .with_bucket_name(bucket)
+            .with_retry(settings.retry());
+        for (key, value) in settings.client_config() {
+            builder = builder.with_config(key, value);
+        }
+        if std::env::var_os("AWS_DEFAULT_REGION").is_none()
+            && std::env::var_os("AWS_REGION").is_none()
+        {
+            builder = builder.with_region("us-east-1");
+        }
+        let store = builder
+            .build()
+            .map_err(|e| invalid(format!("'{url}': {e}")))?;
+        Archive::from_store(Arc::new(store), prefix, url)
+    }
+
+    /// Without the feature `s3` there is no S3 client: say which feature to enable.
+    #[cfg(not(feature = "s3"))]
+    fn open_s3(url: &str, _rest: &str, _settings: &ArchiveSettings) -> Result<Archive> {
+        Err(Error::Invalid {
+            reason: format!(
+                "'{url}': this build has no S3 support; enable the feature `s3` (of the \
+                 `millpond` crate, or of `millpond-snapshot`) for s3:// archives"
+            ),
+        })
     }
 
     /// The directory of a local (`file://`) archive.
@@ -664,10 +685,8 @@ pub(crate) fn os_error(op: &'static str, what: &str, source: object_store::Error
 fn is_timeout(e: &object_store::Error) -> bool {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = source {
-        if let Some(http) = err.downcast_ref::<object_store::client::HttpError>() {
-            if http.kind() == object_store::client::HttpErrorKind::Timeout {
-                return true;
-            }
+        if is_http_timeout(err) {
+            return true;
         }
         if let Some(io) = err.downcast_ref::<std::io::Error>() {
             if io.kind() == std::io::ErrorKind::TimedOut {
@@ -676,6 +695,20 @@ fn is_timeout(e: &object_store::Error) -> bool {
         }
         source = err.source();
     }
+    false
+}
+
+/// Whether `err` is the HTTP client's timeout (object_store's `client` module exists only with
+/// a cloud store, here S3).
+#[cfg(feature = "s3")]
+fn is_http_timeout(err: &(dyn std::error::Error + 'static)) -> bool {
+    err.downcast_ref::<object_store::client::HttpError>()
+        .is_some_and(|http| http.kind() == object_store::client::HttpErrorKind::Timeout)
+}
+
+/// Without the feature `s3` there is no HTTP client, and no HTTP timeout.
+#[cfg(not(feature = "s3"))]
+fn is_http_timeout(_err: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
@@ -723,5 +756,21 @@ impl Archive {
             progress(report.bytes);
         }
         Ok(report)
+    }
+}
+
+#[cfg(all(test, not(feature = "s3")))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn without_the_s3_feature_an_s3_url_is_invalid_and_names_the_feature() {
+        match Archive::open("s3://bucket/prefix") {
+            Err(Error::Invalid { reason }) => {
+                assert!(reason.contains("feature `s3`"), "{reason}");
+                assert!(reason.contains("s3://bucket/prefix"), "{reason}");
+            }
+            other => panic!("expected Error::Invalid, got {other:?}"),
+        }
     }
 }

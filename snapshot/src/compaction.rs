@@ -8,7 +8,7 @@
 //!   `max_runs` delta runs and no major is due.
 //! - [`compact`] writes the job's output from the manifest it was picked from: the input
 //!   files are downloaded to local disk and merged with the same fold a restore reads with
-//!   ([`crate::runs`]), so compaction cannot change what a read sees.
+//!   (the crate's `runs` module), so compaction cannot change what a read sees.
 //! - [`SnapshotWriter::commit_compaction`] commits it on top of whatever the writer
 //!   committed since (snapshots only add runs in front, so the inputs are still there): a
 //!   manifest of kind [`ManifestKind::Compaction`] with the state, LSN and offsets of its

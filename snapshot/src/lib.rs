@@ -1,11 +1,12 @@
 //! Snapshots of millpond state in object storage, aligned with the WAL and the Kafka
 //! offsets the state reflects, incremental, and restored by reading their files in place.
 //!
-//! - [`Archive`]: a `file://` directory or an `s3://bucket/prefix` holding manifests and data
-//!   files, and the commit protocol: a manifest is committed by a conditional create of the
-//!   next sequence number; a writer claims the archive with a higher epoch, which fences
-//!   older writers ([`Error::Fenced`]); [`Archive::gc`] keeps the last N snapshots and never
-//!   deletes a file a snapshot being written needs; [`ArchiveSettings`]: S3 timeouts.
+//! - [`Archive`]: a `file://` directory or (feature `s3`) an `s3://bucket/prefix` holding
+//!   manifests and data files, and the commit protocol: a manifest is committed by a
+//!   conditional create of the next sequence number; a writer claims the archive with a higher
+//!   epoch, which fences older writers ([`Error::Fenced`]); [`Archive::gc`] keeps the last N
+//!   snapshots and never deletes a file a snapshot being written needs; [`ArchiveSettings`]:
+//!   S3 timeouts.
 //! - [`SnapshotWriter`]: builds the next snapshot from its parent and the changes the WAL
 //!   committed since ([`SnapshotWriter::snapshot_from_wal`]), never pausing the live store;
 //!   key groups that did not change keep the parent's files.
@@ -55,6 +56,7 @@
 //! Limits: one entry (key, value and their length prefixes) is at most
 //! [`data_file::MAX_BLOCK_BYTES`] (1 GiB); keys are at least 2 bytes.
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(missing_docs)]
 
 mod archive;

@@ -1,7 +1,8 @@
 //! The manifest: what a snapshot is. Its data files with their key-group ranges, sizes and
 //! checksums; the WAL commit marker (LSN, position) and the source offsets the state reflects;
-//! the states; the writer's epoch. Encoded as `proto/millpond/snapshot/v1/manifest.proto`
-//! inside a checksummed frame; byte by byte in docs/snapshot.md ("Manifest").
+//! the states; the writer's epoch. Encoded as this crate's
+//! `proto/millpond/snapshot/v1/manifest.proto` inside a checksummed frame; byte by byte in
+//! docs/snapshot.md ("Manifest").
 //!
 //! ```text
 //! magic "MPMF" | version u16 LE (3; 1 and 2 still read) | reserved u16 (0)
@@ -18,8 +19,8 @@ use crate::data_file::{DataFile, FileId};
 use crate::digest::FileDigest;
 use crate::error::{Error, Result};
 
-/// Generated from `proto/millpond/snapshot/v1/manifest.proto`; the types it shares with the
-/// WAL (`StateKind`, `SourceOffset`) are re-exported from `millpond_wal::proto`.
+/// Generated from this crate's `proto/millpond/snapshot/v1/manifest.proto`; the types it
+/// shares with the WAL (`StateKind`, `SourceOffset`) are re-exported from `millpond_wal::proto`.
 #[allow(missing_docs, clippy::all)]
 pub mod proto {
     include!(concat!(env!("OUT_DIR"), "/millpond.snapshot.v1.rs"));

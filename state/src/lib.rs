@@ -48,6 +48,7 @@
 //! assert!(sessions.get(&user).unwrap().is_empty());
 //! ```
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(missing_docs)]
 
 mod base;

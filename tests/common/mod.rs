@@ -30,6 +30,7 @@ use millpond::state::{
 };
 use millpond::wal::{SegmentSettings, SourceOffset};
 use millpond::{Millpond, Settings};
+#[cfg(feature = "s3")]
 use object_store::aws::AmazonS3Builder;
 use object_store::ObjectStore;
 use rand::Rng;
@@ -769,6 +770,7 @@ pub fn env(name: &str) -> String {
 
 /// The S3 archive at `prefix` of the test bucket (from `scripts/services`), and its object
 /// store, for listing what a snapshot left behind.
+#[cfg(feature = "s3")]
 pub fn s3_archive(prefix: &str) -> (Archive, Arc<dyn ObjectStore>) {
     env("S3_ENDPOINT");
     let bucket = env("S3_BUCKET");

@@ -15,8 +15,8 @@
 //!   acknowledged, which the local sink records in a [`watermark`] beside its segments, is
 //!   [`Error::Corrupt`] and is never cut.
 //!
-//! Record format: `proto/millpond/wal/v1/wal.proto`; batch framing: [`batch`]; both byte by
-//! byte, and why replay is exactly-once, in `docs/wal.md`.
+//! Record format: this crate's `proto/millpond/wal/v1/wal.proto`; batch framing: [`batch`];
+//! both byte by byte, and why replay is exactly-once, in `docs/wal.md`.
 //!
 //! ```
 //! use millpond_state::{Store, StringCodec, U64Codec, ValueStateDescriptor};
@@ -31,6 +31,7 @@
 //! let _durable = wal.commit(&[SourceOffset { topic: "words".into(), partition: 0, next_offset: 1 }]).unwrap();
 //! ```
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(missing_docs)]
 
 pub mod batch;

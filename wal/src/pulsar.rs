@@ -2,7 +2,7 @@
 //! [`PulsarSource`] reads them back for replay.
 //!
 //! Built on pulsar-rs 6.x (`pulsar` crate, tokio runtime). Both types own a small tokio runtime
-//! of their own ([`OwnRuntime`](crate::runtime::OwnRuntime)) and block the calling thread, so
+//! of their own ([`OwnRuntime`]) and block the calling thread, so
 //! the flusher (a plain thread) can call them directly; calling or dropping them inside another
 //! async runtime does not panic, but blocks that thread.
 //!

@@ -1,5 +1,6 @@
-//! WAL records: the protobuf schema in `proto/millpond/wal/v1/wal.proto`, and a fast encoder
-//! for state changes that writes the same bytes prost would, without building owned messages.
+//! WAL records: the protobuf schema in this crate's `proto/millpond/wal/v1/wal.proto`, and a
+//! fast encoder for state changes that writes the same bytes prost would, without building
+//! owned messages.
 
 use millpond_state::{Change, ChangeOp, StateKind};
 use prost::encoding::{encode_key, encode_varint, encoded_len_varint, key_len, WireType};
