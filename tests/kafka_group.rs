@@ -320,6 +320,31 @@ fn group_progress(topic: &str) -> BTreeMap<i32, i64> {
         .collect()
 }
 
+/// The members: killed when the test ends, a failed one included, so none outlives it.
+struct KillOnDrop(Vec<Child>);
+
+impl std::ops::Deref for KillOnDrop {
+    type Target = Vec<Child>;
+    fn deref(&self) -> &Vec<Child> {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for KillOnDrop {
+    fn deref_mut(&mut self) -> &mut Vec<Child> {
+        &mut self.0
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 /// Every record of the output topic: (key, seq) → how many times.
 fn read_output(topic: &str) -> BTreeMap<(String, u64), u32> {
     let consumer: BaseConsumer = ClientConfig::new()
@@ -374,7 +399,7 @@ fn three_processes_with_joins_leaves_and_kills_apply_each_record_once() {
     };
     let root = root.as_path();
     eprintln!("kafka group: in {}", root.display());
-    let mut members: Vec<Child> = (0..MEMBERS).map(|i| spawn(root, &topic, i)).collect();
+    let mut members = KillOnDrop((0..MEMBERS).map(|i| spawn(root, &topic, i)).collect());
     let mut rng = rand::rng();
     let (mut kills, mut leaves) = (0, 0);
     for _ in 0..ACTIONS {

@@ -186,6 +186,16 @@ struct Members<'a> {
     children: Vec<Child>,
 }
 
+impl Drop for Members<'_> {
+    /// No member outlives its run, a failed one included.
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 impl Members<'_> {
     fn spawn(&self, m: usize) -> Result<Child, String> {
         let log = std::fs::OpenOptions::new()
