@@ -88,8 +88,9 @@ impl Builder {
         self
     }
 
-    /// Keeps snapshots at `url`: `file:///absolute/dir` or `s3://bucket/prefix` (S3 configured
-    /// from the `AWS_*` environment variables, see [`Archive::open`]). Default:
+    /// Keeps snapshots at `url`: `file:///absolute/dir` or, with the feature `s3`,
+    /// `s3://bucket/prefix` (S3 configured from the `AWS_*` environment variables, see
+    /// [`Archive::open`]). Default:
     /// `file://{data_dir}/snapshots`.
     pub fn snapshots_url(self, url: impl Into<String>) -> Self {
         self.snapshots_url_with(url, ArchiveSettings::default())

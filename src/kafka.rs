@@ -235,7 +235,7 @@ impl<S> std::fmt::Debug for GroupJob<S> {
 impl<S: Send + 'static> GroupJob<S> {
     /// A job whose partitions' instances live under `data_root` (local caches and, with the
     /// embedded default, the WAL) and keep snapshots under `archive_root` (`file:///…` shared
-    /// by every process of the group, or `s3://bucket/prefix`). `register` registers the job's
+    /// by every process of the group, or `s3://bucket/prefix` with the feature `s3`). `register` registers the job's
     /// states on each partition's store and returns their handles.
     pub fn new(
         data_root: impl AsRef<Path>,

@@ -11,8 +11,10 @@
 //!    to the group's end (the disruptions included).
 //! 3. Every handover is timed from the members' events: from a partition's revocation (its
 //!    old owner starts releasing it), or from its owner's SIGKILL, to the first record the new
-//!    owner processes; after a SIGKILL the group's session timeout is subtracted and reported
-//!    apart (`session_timeout_seconds`): `handover_seconds_p50` / `_p99` (all handovers),
+//!    owner processes; the session timeout after every SIGKILL is subtracted from the gaps it
+//!    overlaps (a graceful handover waits for it too: the group cannot finish a rebalance while
+//!    a killed member counts as alive) and reported apart (`session_timeout_seconds`):
+//!    `handover_seconds_p50` / `_p99` (all handovers),
 //!    `graceful_handover_seconds_p99`, `kill_handover_seconds_p99`.
 //! 4. Each partition's archive is restored on a fresh directory and every key's count is
 //!    checked against the producer's (each record applied once across the moves).
@@ -357,18 +359,41 @@ fn run_group(
     Ok(seconds)
 }
 
-/// Handover times from the events: (graceful, after a kill with the session timeout taken
-/// off), in seconds.
-fn handovers(events: &str, session_timeout_s: f64) -> (Vec<f64>, Vec<f64>) {
+/// Handover times from the events, in seconds: (graceful, after a kill). A gap starts when a
+/// partition's owner starts releasing it (graceful) or is killed, and ends at the new owner's
+/// first record. The group cannot finish a rebalance while a killed member still counts as
+/// alive, so the session-timeout window after every kill (`[kill, kill + timeout]`) is taken
+/// off every gap it overlaps, a graceful one included, and reported apart. Also returns how
+/// many graceful gaps overlapped such a window.
+fn handovers(events: &str, session_timeout_s: f64) -> (Vec<f64>, Vec<f64>, usize) {
     let mut all: Vec<Value> = events
         .lines()
         .filter_map(|l| serde_json::from_str(l).ok())
         .collect();
     all.sort_by_key(|e| e["at_ms"].as_u64().unwrap_or(0));
+    let timeout_ms = (session_timeout_s * 1000.0) as u64;
+    let kills: Vec<u64> = all
+        .iter()
+        .filter(|e| e["event"] == "killed")
+        .filter_map(|e| e["at_ms"].as_u64())
+        .collect();
+    // The part of [a, b] inside the union of the kills' windows.
+    let waiting = |a: u64, b: u64| -> u64 {
+        let mut covered = 0;
+        let mut reach = a;
+        for &k in &kills {
+            let (from, to) = (k.max(reach), (k + timeout_ms).min(b));
+            if to > from {
+                covered += to - from;
+                reach = to;
+            }
+        }
+        covered
+    };
     let mut holder: BTreeMap<i64, u64> = BTreeMap::new();
     // partition → (when its gap started, after a kill)
     let mut gap: BTreeMap<i64, (u64, bool)> = BTreeMap::new();
-    let (mut graceful, mut killed) = (Vec::new(), Vec::new());
+    let (mut graceful, mut killed, mut overlapped) = (Vec::new(), Vec::new(), 0);
     for e in &all {
         let at = e["at_ms"].as_u64().unwrap_or(0);
         let p = e["partition"].as_i64().unwrap_or(-1);
@@ -394,10 +419,12 @@ fn handovers(events: &str, session_timeout_s: f64) -> (Vec<f64>, Vec<f64>) {
             }
             Some("first") => {
                 if let Some((start, after_kill)) = gap.remove(&p) {
-                    let s = at.saturating_sub(start) as f64 / 1000.0;
+                    let waited = waiting(start, at);
+                    let s = at.saturating_sub(start).saturating_sub(waited) as f64 / 1000.0;
                     if after_kill {
-                        killed.push((s - session_timeout_s).max(0.0));
+                        killed.push(s);
                     } else {
+                        overlapped += usize::from(waited > 0);
                         graceful.push(s);
                     }
                 }
@@ -405,7 +432,7 @@ fn handovers(events: &str, session_timeout_s: f64) -> (Vec<f64>, Vec<f64>) {
             _ => {}
         }
     }
-    (graceful, killed)
+    (graceful, killed, overlapped)
 }
 
 fn percentile(v: &[f64], q: f64) -> Option<f64> {
@@ -535,7 +562,7 @@ pub fn measure(
     let seconds = run_group(&mut group, n, args.group_actions, total, brokers)?;
     let rate = total as f64 / seconds;
     let events = std::fs::read_to_string(group.root.join("events.jsonl")).unwrap_or_default();
-    let (graceful, killed) = handovers(&events, args.group_session_timeout_s);
+    let (graceful, killed, overlapped) = handovers(&events, args.group_session_timeout_s);
     let all: Vec<f64> = graceful.iter().chain(&killed).copied().collect();
     let kills = events.lines().filter(|l| l.contains("\"killed\"")).count();
 
@@ -561,6 +588,7 @@ pub fn measure(
         "handover_seconds_p50": percentile(&all, 0.5),
         "handover_seconds_p99": percentile(&all, 0.99),
         "graceful_handovers": graceful.len(),
+        "graceful_handovers_during_a_kills_timeout": overlapped,
         "graceful_handover_seconds_p50": percentile(&graceful, 0.5),
         "graceful_handover_seconds_p99": percentile(&graceful, 0.99),
         "kill_handovers": killed.len(),
